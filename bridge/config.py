@@ -1,0 +1,344 @@
+"""Settings: every environment variable the bridge reads, declared once, validated at start-up.
+
+``SETTINGS`` is the single list of names (the infra templates and ``local.settings.sample.json``
+are tested against it). ``Settings.from_env`` turns an environment into one frozen object or
+raises :class:`~bridge.errors.ConfigError` naming the first bad setting. Values of secret settings
+never appear in messages or in ``repr``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+__all__ = [
+    "AZURE_MONITOR_APP_ID",
+    "SETTINGS",
+    "MappingRules",
+    "Setting",
+    "Settings",
+    "SETTING_NAMES",
+    "SECRET_SETTING_NAMES",
+]
+
+AZURE_MONITOR_APP_ID = "461e8683-5575-4561-ac7f-899cc907d62a"
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    help: str
+    default: str | None = None
+    required: bool = False
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("AUTH_TENANT_ID", "Entra tenant (GUID) whose tokens are accepted", required=True),
+    Setting("AUTH_AUDIENCES", "comma list of accepted 'aud' values (Application ID URI and/or client id)", required=True),
+    Setting("AUTH_ALLOWED_APP_IDS", "comma list of caller app ids (appid v1 / azp v2)", AZURE_MONITOR_APP_ID),
+    Setting("AUTH_REQUIRED_ROLE", "app role that must be in 'roles', e.g. ActionGroupsSecureWebhook"),
+    Setting("AUTH_OPENID_CONFIG_URL", "OpenID discovery document to take jwks_uri from (default: Entra ID's for the tenant)"),
+    Setting("ALLOWED_SUBSCRIPTION_IDS", "comma list of subscription ids whose alerts are accepted (default: any)"),
+    Setting("ITSM_ADAPTER", "ITSM adapter name", "servicenow"),
+    Setting("ITSM_TIMEOUT_SECONDS", "read timeout of one ITSM HTTP call", "4"),
+    Setting("ITSM_RETRY_ATTEMPTS", "most attempts for one alert's ITSM work", "4"),
+    Setting("ITSM_RETRY_BUDGET_SECONDS", "total time one alert may spend on ITSM retries", "8"),
+    Setting("SERVICENOW_INSTANCE_URL", "e.g. https://contoso.service-now.com"),
+    Setting("SERVICENOW_USERNAME", "basic auth user (or OAuth password-grant user)"),
+    Setting("SERVICENOW_PASSWORD", "basic auth password", secret=True),
+    Setting("SERVICENOW_CLIENT_ID", "OAuth client id (/oauth_token.do)"),
+    Setting("SERVICENOW_CLIENT_SECRET", "OAuth client secret", secret=True),
+    Setting("SERVICENOW_TABLE", "target table", "incident"),
+    Setting("SERVICENOW_CALLER_ID", "caller_id for new incidents (sys_id or user name)"),
+    Setting("SERVICENOW_ASSIGNMENT_GROUP", "assignment_group for new incidents"),
+    Setting("SERVICENOW_CATEGORY", "category for new incidents"),
+    Setting("SERVICENOW_CLOSE_CODE", "close_code used when an alert resolves", "Solution provided"),
+    Setting("CMDB_LOOKUP", "bind incidents to CMDB configuration items (true/false)", "true"),
+    Setting("CMDB_TABLE", "CMDB table searched for the alert's resources", "cmdb_ci"),
+    Setting("CMDB_RESOURCE_ID_FIELD", "CMDB field holding the Azure resource id", "object_id"),
+    Setting("CMDB_NAME_FIELD", "CMDB field matched against configurationItems", "name"),
+    Setting("CMDB_CACHE_SECONDS", "how long CMDB lookups (found or not) are cached", "300"),
+    Setting("MAPPING_FILE", "JSON file of mapping rules (severity matrix, templates, routing, close code)"),
+    Setting("STATE_TABLE_NAME", "storage table for the bridge's delivery state (durable outbox)", "bridgestate"),
+    Setting("OUTBOX_QUEUE_NAME", "storage queue for alerts awaiting delivery (durable outbox)", "bridge-outbox"),
+)
+
+SETTING_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS)
+SECRET_SETTING_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS if s.secret)
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+# Impact/urgency (1 high .. 3 low) per severity; CONTRACT section 2 defaults.
+DEFAULT_SEVERITY_MATRIX: Mapping[str, tuple[int, int]] = {
+    "Sev0": (1, 1),
+    "Sev1": (1, 2),
+    "Sev2": (2, 2),
+    "Sev3": (2, 3),
+    "Sev4": (3, 3),
+}
+DEFAULT_SEVERITY = (3, 3)
+
+
+@dataclass(frozen=True)
+class RoutingRule:
+    """When every ``match`` key equals the alert's value (case-insensitive), ``set`` these fields."""
+
+    match: Mapping[str, str]
+    set: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class MappingRules:
+    """How alerts become work items; loaded from ``MAPPING_FILE`` over the built-in defaults."""
+
+    severity_matrix: Mapping[str, tuple[int, int]] = field(
+        default_factory=lambda: dict(DEFAULT_SEVERITY_MATRIX)
+    )
+    close_code: str = "Solution provided"
+    caller_id: str | None = None
+    assignment_group: str | None = None
+    category: str | None = None
+    short_description_template: str = "[Azure Monitor] {severity} {monitorCondition}: {alertRule} on {target}"
+    routing: tuple[RoutingRule, ...] = ()
+    extra_fields: Mapping[str, str] = field(default_factory=dict)
+
+    def impact_urgency(self, severity: str | None) -> tuple[int, int]:
+        return self.severity_matrix.get(severity or "", DEFAULT_SEVERITY)
+
+
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def _split(value: str | None) -> tuple[str, ...]:
+    if not value:
+        return ()
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def _positive_float(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(name, "must be a number") from None
+    if number <= 0:
+        raise ConfigError(name, "must be greater than zero")
+    return number
+
+
+def _bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(name, "must be true or false")
+
+
+def _https_url(name: str, value: str, *, allow_loopback_http: bool = True) -> str:
+    parts = urlsplit(value)
+    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme == "https" or (allow_loopback_http and parts.scheme == "http" and loopback):
+        if parts.hostname:
+            return value.rstrip("/")
+    raise ConfigError(name, "must be an https:// URL (plain http is allowed only on loopback)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting, parsed and validated. Build with :meth:`from_env`."""
+
+    tenant_id: str
+    audiences: tuple[str, ...]
+    allowed_app_ids: tuple[str, ...]
+    required_role: str | None
+    openid_config_url: str | None
+    allowed_subscription_ids: frozenset[str]
+    itsm_adapter: str
+    itsm_timeout_seconds: float
+    retry_attempts: int
+    retry_budget_seconds: float
+    servicenow_instance_url: str | None
+    servicenow_username: str | None
+    servicenow_password: str | None = field(repr=False)
+    servicenow_client_id: str | None
+    servicenow_client_secret: str | None = field(repr=False)
+    servicenow_table: str
+    cmdb_lookup: bool
+    cmdb_table: str
+    cmdb_resource_id_field: str
+    cmdb_name_field: str
+    cmdb_cache_seconds: float
+    mapping: MappingRules
+    state_table_name: str
+    outbox_queue_name: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        def get(name: str) -> str | None:
+            raw = env.get(name)
+            value = raw.strip() if raw is not None else ""
+            if value:
+                return value
+            spec = _BY_NAME[name]
+            if spec.required:
+                raise ConfigError(name, "is required")
+            return spec.default
+
+        tenant_id = get("AUTH_TENANT_ID") or ""
+        if not _GUID.match(tenant_id):
+            raise ConfigError("AUTH_TENANT_ID", "must be the tenant's GUID")
+        audiences = _split(get("AUTH_AUDIENCES"))
+        if not audiences:
+            raise ConfigError("AUTH_AUDIENCES", "is required")
+        allowed_app_ids = tuple(a.lower() for a in _split(get("AUTH_ALLOWED_APP_IDS")))
+        if not allowed_app_ids:
+            raise ConfigError("AUTH_ALLOWED_APP_IDS", "must name at least one app id")
+        openid = get("AUTH_OPENID_CONFIG_URL")
+        if openid:
+            openid = _https_url("AUTH_OPENID_CONFIG_URL", openid)
+        subscriptions = frozenset(s.lower() for s in _split(get("ALLOWED_SUBSCRIPTION_IDS")))
+        for sub in subscriptions:
+            if not _GUID.match(sub):
+                raise ConfigError("ALLOWED_SUBSCRIPTION_IDS", "every entry must be a subscription GUID")
+
+        adapter = (get("ITSM_ADAPTER") or "").lower()
+        attempts_raw = get("ITSM_RETRY_ATTEMPTS") or ""
+        if not attempts_raw.isdigit() or int(attempts_raw) < 1:
+            raise ConfigError("ITSM_RETRY_ATTEMPTS", "must be a whole number of at least 1")
+
+        instance = get("SERVICENOW_INSTANCE_URL")
+        username, password = get("SERVICENOW_USERNAME"), get("SERVICENOW_PASSWORD")
+        client_id, client_secret = get("SERVICENOW_CLIENT_ID"), get("SERVICENOW_CLIENT_SECRET")
+        if adapter == "servicenow":
+            if not instance:
+                raise ConfigError("SERVICENOW_INSTANCE_URL", "is required for the servicenow adapter")
+            instance = _https_url("SERVICENOW_INSTANCE_URL", instance)
+            if bool(username) != bool(password):
+                missing = "SERVICENOW_PASSWORD" if username else "SERVICENOW_USERNAME"
+                raise ConfigError(missing, "username and password go together")
+            if bool(client_id) != bool(client_secret):
+                missing = "SERVICENOW_CLIENT_SECRET" if client_id else "SERVICENOW_CLIENT_ID"
+                raise ConfigError(missing, "OAuth client id and secret go together")
+            if not username and not client_id:
+                raise ConfigError(
+                    "SERVICENOW_USERNAME",
+                    "set SERVICENOW_USERNAME/PASSWORD (basic auth) or SERVICENOW_CLIENT_ID/SECRET (OAuth)",
+                )
+
+        mapping = load_mapping(get("MAPPING_FILE"), env)
+
+        return cls(
+            tenant_id=tenant_id.lower(),
+            audiences=audiences,
+            allowed_app_ids=allowed_app_ids,
+            required_role=get("AUTH_REQUIRED_ROLE"),
+            openid_config_url=openid,
+            allowed_subscription_ids=subscriptions,
+            itsm_adapter=adapter,
+            itsm_timeout_seconds=_positive_float("ITSM_TIMEOUT_SECONDS", get("ITSM_TIMEOUT_SECONDS") or ""),
+            retry_attempts=int(attempts_raw),
+            retry_budget_seconds=_positive_float(
+                "ITSM_RETRY_BUDGET_SECONDS", get("ITSM_RETRY_BUDGET_SECONDS") or ""
+            ),
+            servicenow_instance_url=instance,
+            servicenow_username=username,
+            servicenow_password=password,
+            servicenow_client_id=client_id,
+            servicenow_client_secret=client_secret,
+            servicenow_table=get("SERVICENOW_TABLE") or "incident",
+            cmdb_lookup=_bool("CMDB_LOOKUP", get("CMDB_LOOKUP") or ""),
+            cmdb_table=get("CMDB_TABLE") or "cmdb_ci",
+            cmdb_resource_id_field=get("CMDB_RESOURCE_ID_FIELD") or "object_id",
+            cmdb_name_field=get("CMDB_NAME_FIELD") or "name",
+            cmdb_cache_seconds=_positive_float("CMDB_CACHE_SECONDS", get("CMDB_CACHE_SECONDS") or ""),
+            mapping=mapping,
+            state_table_name=get("STATE_TABLE_NAME") or "bridgestate",
+            outbox_queue_name=get("OUTBOX_QUEUE_NAME") or "bridge-outbox",
+        )
+
+
+def load_mapping(path: str | None, env: Mapping[str, str]) -> MappingRules:
+    """Built-in defaults, then ``MAPPING_FILE``, then the single-value ``SERVICENOW_*`` settings."""
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError("MAPPING_FILE", f"cannot be read ({exc.strerror})") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError("MAPPING_FILE", f"is not valid JSON (line {exc.lineno})") from None
+        if not isinstance(data, dict):
+            raise ConfigError("MAPPING_FILE", "must hold a JSON object")
+    known = {
+        "severity_matrix", "close_code", "caller_id", "assignment_group", "category",
+        "short_description_template", "routing", "extra_fields",
+    }
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError("MAPPING_FILE", f"unknown keys {unknown}; allowed: {sorted(known)}")
+
+    matrix = dict(DEFAULT_SEVERITY_MATRIX)
+    for sev, pair in (data.get("severity_matrix") or {}).items():
+        if (
+            not isinstance(pair, dict)
+            or pair.get("impact") not in (1, 2, 3)
+            or pair.get("urgency") not in (1, 2, 3)
+        ):
+            raise ConfigError(
+                "MAPPING_FILE", f"severity_matrix.{sev} must be {{\"impact\": 1-3, \"urgency\": 1-3}}"
+            )
+        matrix[sev] = (pair["impact"], pair["urgency"])
+
+    routing: list[RoutingRule] = []
+    for i, rule in enumerate(data.get("routing") or []):
+        if not (isinstance(rule, dict) and isinstance(rule.get("match"), dict) and isinstance(rule.get("set"), dict)):
+            raise ConfigError("MAPPING_FILE", f"routing[{i}] must be {{\"match\": {{...}}, \"set\": {{...}}}}")
+        routing.append(
+            RoutingRule(
+                match={str(k): str(v) for k, v in rule["match"].items()},
+                set={str(k): str(v) for k, v in rule["set"].items()},
+            )
+        )
+
+    def text(key: str, setting: str) -> str | None:
+        override = (env.get(setting) or "").strip()
+        if override:
+            return override
+        value = data.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ConfigError("MAPPING_FILE", f"{key} must be a string")
+        return value or None
+
+    template = data.get("short_description_template", MappingRules.short_description_template)
+    if not isinstance(template, str) or not template:
+        raise ConfigError("MAPPING_FILE", "short_description_template must be a non-empty string")
+    extra = data.get("extra_fields") or {}
+    if not isinstance(extra, dict):
+        raise ConfigError("MAPPING_FILE", "extra_fields must be an object of field: value")
+
+    return MappingRules(
+        severity_matrix=matrix,
+        close_code=text("close_code", "SERVICENOW_CLOSE_CODE") or "Solution provided",
+        caller_id=text("caller_id", "SERVICENOW_CALLER_ID"),
+        assignment_group=text("assignment_group", "SERVICENOW_ASSIGNMENT_GROUP"),
+        category=text("category", "SERVICENOW_CATEGORY"),
+        short_description_template=template,
+        routing=tuple(routing),
+        extra_fields={str(k): str(v) for k, v in extra.items()},
+    )
+
+
+def is_guid(value: str) -> bool:
+    return bool(_GUID.match(value))
+
+
+def new_guid() -> str:
+    return str(uuid.uuid4())
