@@ -1,0 +1,7 @@
+"""``python -m bridge``: see :mod:`bridge.cli`."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,233 @@
+"""The bridge's HTTP API, free of any web framework (CONTRACT section 1).
+
+Both front doors, the Azure Function (``function_app.py``) and the local server
+(:mod:`bridge.server`), turn their request into an :class:`ApiRequest`, call
+:meth:`BridgeApi.handle` and write back the :class:`ApiResponse`: one code path, so the two
+cannot diverge. Nothing in here ever answers 500: an unexpected failure becomes a 503, which
+Azure Monitor retries, so no alert is lost to a bug either.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import __version__
+from .alerts import Alert, parse_alert
+from .auth import TokenVerifier
+from .config import Settings
+from .correlation import correlation_key
+from .errors import (
+    AuthError,
+    AuthUnavailable,
+    BridgeError,
+    Forbidden,
+    ItsmError,
+    PayloadError,
+    PayloadTooLarge,
+)
+from .lifecycle import Action, Lifecycle, Outcome
+
+__all__ = ["MAX_BODY_BYTES", "ApiRequest", "ApiResponse", "BridgeApi", "UnavailableApi"]
+
+logger = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1024 * 1024
+# Azure Monitor retries 503 a few times within about a minute; ask for a short pause.
+DEFAULT_RETRY_AFTER_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class ApiRequest:
+    method: str
+    path: str
+    headers: Mapping[str, str]  # keys lower-cased by :meth:`of`
+    body: bytes
+
+    @classmethod
+    def of(cls, method: str, path: str, headers: Mapping[str, str], body: bytes) -> ApiRequest:
+        return cls(method.upper(), path, {k.lower(): v for k, v in headers.items()}, body)
+
+
+@dataclass(frozen=True)
+class ApiResponse:
+    status: int
+    body: Mapping[str, Any]
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def body_bytes(self) -> bytes:
+        return json.dumps(self.body, separators=(",", ":")).encode("utf-8")
+
+
+def error(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> ApiResponse:
+    return ApiResponse(status, {"error": {"code": code, "message": message}}, dict(headers or {}))
+
+
+def unavailable(message: str, retry_after: float | None = None) -> ApiResponse:
+    seconds = max(1, round(retry_after)) if retry_after else DEFAULT_RETRY_AFTER_SECONDS
+    return error(503, "unavailable", message, {"Retry-After": str(seconds)})
+
+
+ROUTES: Mapping[tuple[str, str], str] = {
+    ("POST", "/api/alerts"): "alerts",
+    ("GET", "/api/health"): "health",
+}
+
+
+class _Routed:
+    """Dispatch shared by the working API and the misconfigured stand-in."""
+
+    def handle(self, request: ApiRequest) -> ApiResponse:
+        name = ROUTES.get((request.method, request.path.rstrip("/") or "/"))
+        if name is None:
+            if any(path == request.path.rstrip("/") for _, path in ROUTES):
+                return error(405, "method_not_allowed", f"{request.method} is not allowed here")
+            return error(404, "not_found", "no such route")
+        handler: Callable[[ApiRequest], ApiResponse] = getattr(self, name)
+        return handler(request)
+
+    def alerts(self, request: ApiRequest) -> ApiResponse:
+        raise NotImplementedError
+
+    def health(self, request: ApiRequest) -> ApiResponse:
+        raise NotImplementedError
+
+
+class BridgeApi(_Routed):
+    def __init__(
+        self,
+        settings: Settings,
+        verifier: TokenVerifier,
+        lifecycle: Lifecycle,
+        *,
+        adapter_name: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._verifier = verifier
+        self._lifecycle = lifecycle
+        self._adapter_name = adapter_name
+        self._clock = clock
+
+    def health(self, request: ApiRequest) -> ApiResponse:
+        return ApiResponse(200, {"status": "ok", "version": __version__, "adapter": self._adapter_name})
+
+    def alerts(self, request: ApiRequest) -> ApiResponse:
+        started = self._clock()
+        alert: Alert | None = None
+        try:
+            if len(request.body) > MAX_BODY_BYTES:
+                raise PayloadTooLarge(f"body is {len(request.body)} bytes; the limit is {MAX_BODY_BYTES}")
+            caller = self._verifier.verify(request.headers.get("authorization"))
+            alert = parse_alert(request.body)
+            self._authorize_subscription(alert)
+            outcome = self._lifecycle.apply(alert)
+        except BridgeError as exc:
+            response = self._error_response(exc)
+            self._log(alert, None, response, started, exc)
+            return response
+        except Exception:
+            # A bug must not lose the alert: 503 makes Azure Monitor deliver it again.
+            logger.exception("unexpected failure handling an alert")
+            response = unavailable("the bridge failed unexpectedly; the alert will be retried")
+            self._log(alert, None, response, started, None)
+            return response
+        response = ApiResponse(200, _outcome_body(alert, outcome))
+        self._log(alert, outcome, response, started, None)
+        logger.debug("caller app %s (token v%s)", caller.app_id, caller.version)
+        return response
+
+    def _authorize_subscription(self, alert: Alert) -> None:
+        allowed = self._settings.allowed_subscription_ids
+        if not allowed:
+            return
+        subscriptions = alert.subscription_ids
+        if not subscriptions:
+            raise Forbidden("the alert names no subscription, and only listed subscriptions are accepted")
+        outside = sorted(subscriptions - allowed)
+        if outside:
+            raise Forbidden(f"subscription {outside[0]} is not allowed")
+
+    def _error_response(self, exc: BridgeError) -> ApiResponse:
+        if isinstance(exc, PayloadError):
+            return error(exc.status, exc.code, str(exc))
+        if isinstance(exc, AuthError):
+            headers = {}
+            if exc.status == 401:
+                headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+            return error(exc.status, exc.code, str(exc), headers)
+        if isinstance(exc, AuthUnavailable):
+            return unavailable(str(exc))
+        if isinstance(exc, ItsmError):
+            if exc.retryable:
+                return unavailable(
+                    f"the ITSM is unavailable after {exc.attempts} attempt(s): {exc}", exc.retry_after
+                )
+            return error(502, "itsm_rejected", str(exc))
+        return unavailable("the bridge cannot process alerts right now")
+
+    def _log(
+        self,
+        alert: Alert | None,
+        outcome: Outcome | None,
+        response: ApiResponse,
+        started: float,
+        exc: BaseException | None,
+    ) -> None:
+        elapsed_ms = round((self._clock() - started) * 1000)
+        fields = {
+            "alertId": alert.alert_id if alert else None,
+            "correlationId": correlation_key(alert.alert_id) if alert else None,
+            "action": outcome.action.value if outcome else None,
+            "workItem": (outcome.work_item.number or outcome.work_item.id)
+            if outcome and outcome.work_item
+            else None,
+            "status": response.status,
+            "durationMs": elapsed_ms,
+        }
+        level = logging.INFO if response.status < 500 else logging.WARNING
+        if exc is not None:
+            fields["error"] = f"{type(exc).__name__}: {exc}"
+        logger.log(
+            level,
+            "alert %s",
+            " ".join(f"{k}={v}" for k, v in fields.items() if v is not None),
+            extra={"custom_dimensions": fields},
+        )
+
+
+def _outcome_body(alert: Alert, outcome: Outcome) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "status": "processed",
+        "action": outcome.action.value,
+        "alertId": alert.alert_id,
+        "correlationId": outcome.correlation_id,
+        "workItem": outcome.work_item.as_json() if outcome.work_item else None,
+    }
+    if outcome.action is Action.IGNORED:
+        body["reason"] = outcome.reason
+    return body
+
+
+class UnavailableApi(_Routed):
+    """What answers when the settings are bad: alerts get 503 (Azure retries, nothing is lost)
+    and health names the bad setting (never its value) until the operator fixes it."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        self._setting = setting
+        self._message = message
+
+    def alerts(self, request: ApiRequest) -> ApiResponse:
+        return unavailable(f"the bridge is misconfigured ({self._setting}); see its logs")
+
+    def health(self, request: ApiRequest) -> ApiResponse:
+        return ApiResponse(
+            503,
+            {"status": "misconfigured", "version": __version__, "setting": self._setting,
+             "message": self._message},
+            {"Retry-After": str(DEFAULT_RETRY_AFTER_SECONDS)},
+        )

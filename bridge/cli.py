@@ -1,0 +1,205 @@
+"""``python -m bridge COMMAND``: demo, serve, send, check-config (CONTRACT section 4)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from . import __version__
+
+__all__ = ["main"]
+
+logger = logging.getLogger(__name__)
+
+
+def _settings_file_env(path: str | None) -> dict[str, str]:
+    """The environment, with a local.settings.json's ``Values`` underneath it (env wins)."""
+    env: dict[str, str] = {}
+    if path:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        values = data.get("Values", {}) if isinstance(data, dict) else {}
+        env.update({str(k): str(v) for k, v in values.items()})
+    env.update(os.environ)
+    return env
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo()
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .runtime import build_api
+    from .server import BridgeServer
+
+    stack = None
+    if args.sandbox:
+        from .sandbox.stack import SandboxStack
+
+        stack = SandboxStack(servicenow_port=args.servicenow_port, entra_port=args.entra_port).start()
+        env = stack.bridge_env()
+    else:
+        env = _settings_file_env(args.settings)
+    try:
+        api = build_api(env)
+        server = BridgeServer(api, args.host, args.port).start()
+    except Exception:
+        if stack:
+            stack.stop()
+        raise
+    print(f"bridge {__version__} serving {server.url}/api/alerts and {server.url}/api/health", flush=True)
+    if stack:
+        print(f"  ServiceNow stand-in: {stack.servicenow.url} (user bridge / sandbox-password)", flush=True)
+        print(f"  Entra ID stand-in:   {stack.entra.base_url}", flush=True)
+        print(
+            "  try: python -m bridge send bridge/sandbox/samples/metric_static_fired.testaction.json "
+            f"--url {server.url}/api/alerts --sandbox-entra {stack.entra.base_url}",
+            flush=True,
+        )
+    print("Ctrl-C to stop", flush=True)
+    stopped = threading.Event()
+    try:
+        stopped.wait()
+    except KeyboardInterrupt:
+        print("stopping", flush=True)
+    finally:
+        server.stop()
+        if stack:
+            stack.stop()
+    return 0
+
+
+def _token_for_send(args: argparse.Namespace) -> str:
+    if args.token:
+        return str(args.token)
+    if args.token_env:
+        value = os.environ.get(args.token_env, "")
+        if not value:
+            raise SystemExit(f"send: environment variable {args.token_env} is empty")
+        return value
+    if args.sandbox_entra:
+        from .sandbox.entra import mint_remote
+
+        return mint_remote(args.sandbox_entra, version=args.token_version)
+    if args.tenant and args.client_id and args.scope:
+        import msal
+
+        secret = args.client_secret or os.environ.get("BRIDGE_SEND_CLIENT_SECRET", "")
+        if not secret:
+            raise SystemExit("send: give --client-secret or set BRIDGE_SEND_CLIENT_SECRET")
+        app = msal.ConfidentialClientApplication(
+            args.client_id,
+            authority=f"https://login.microsoftonline.com/{args.tenant}",
+            client_credential=secret,
+        )
+        result = app.acquire_token_for_client(scopes=[args.scope])
+        if "access_token" not in result:
+            raise SystemExit(f"send: no token from Entra ID: {result.get('error')}: "
+                             f"{result.get('error_description', '').splitlines()[0:1]}")
+        return str(result["access_token"])
+    raise SystemExit(
+        "send: choose a token: --token, --token-env VAR, --sandbox-entra URL, "
+        "or --tenant/--client-id/--client-secret/--scope (msal client credentials)"
+    )
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    import requests
+
+    token = _token_for_send(args)
+    worst = 0
+    with requests.Session() as http:
+        for name in args.files:
+            body = Path(name).read_bytes()
+            try:
+                response = http.post(
+                    args.url,
+                    data=body,
+                    headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                    timeout=args.timeout,
+                )
+            except requests.RequestException as exc:
+                print(f"{name}: request failed: {type(exc).__name__}")
+                worst = 1
+                continue
+            print(f"{name}: {response.status_code} {response.text.strip()}")
+            if not 200 <= response.status_code < 300:
+                worst = 1
+    return worst
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from .config import SETTINGS, Settings
+    from .errors import ConfigError
+
+    env = _settings_file_env(args.settings)
+    try:
+        Settings.from_env(env)
+    except ConfigError as exc:
+        print(f"invalid settings: {exc}", file=sys.stderr)
+        return 2
+    for spec in SETTINGS:
+        value = env.get(spec.name, "").strip()
+        shown = ("(set, hidden)" if spec.secret else value) if value else f"(default: {spec.default or 'none'})"
+        print(f"{spec.name:28} {shown}")
+    print("settings are valid")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bridge", description=__doc__)
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="run the whole job on the embedded sandbox and exit",
+                          description="Start the ServiceNow and Entra ID stand-ins and the bridge on loopback, "
+                          "send the bundled sample alerts, print what happened; exit 0 when all went as it should.")
+    demo.set_defaults(func=_cmd_demo)
+
+    serve = sub.add_parser("serve", help="serve the HTTP API locally",
+                           description="Serve POST /api/alerts and GET /api/health, the same API as the Function.")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=7071)
+    serve.add_argument("--sandbox", action="store_true", help="also start the stand-ins and point the bridge at them")
+    serve.add_argument("--servicenow-port", type=int, default=0, help="with --sandbox: ServiceNow stand-in port")
+    serve.add_argument("--entra-port", type=int, default=0, help="with --sandbox: Entra ID stand-in port")
+    serve.add_argument("--settings", help="a local.settings.json whose Values fill in unset variables")
+    serve.set_defaults(func=_cmd_serve)
+
+    send = sub.add_parser("send", help="post alert files the way an action group does",
+                          description="POST each FILE to --url with an Entra ID bearer token.")
+    send.add_argument("files", nargs="+", metavar="FILE")
+    send.add_argument("--url", required=True, help="e.g. https://<app>.azurewebsites.net/api/alerts")
+    send.add_argument("--token", help="a bearer token, taken literally")
+    send.add_argument("--token-env", metavar="VAR", help="read the bearer token from this environment variable")
+    send.add_argument("--sandbox-entra", metavar="URL", help="mint a token from a running sandbox Entra stand-in")
+    send.add_argument("--token-version", choices=["1.0", "2.0"], default="2.0", help="with --sandbox-entra")
+    send.add_argument("--tenant", help="msal: tenant id")
+    send.add_argument("--client-id", help="msal: client id of an app allowed to call the bridge")
+    send.add_argument("--client-secret", help="msal: its secret (or set BRIDGE_SEND_CLIENT_SECRET)")
+    send.add_argument("--scope", help="msal: e.g. api://<bridge app>/.default")
+    send.add_argument("--timeout", type=float, default=30.0)
+    send.set_defaults(func=_cmd_send)
+
+    check = sub.add_parser("check-config", help="validate settings and mapping file",
+                           description="Validate the bridge settings; exit 0 when good, 2 with the reason.")
+    check.add_argument("--settings", help="a local.settings.json whose Values fill in unset variables")
+    check.set_defaults(func=_cmd_check_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.func(args))

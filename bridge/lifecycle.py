@@ -1,0 +1,175 @@
+"""The alert lifecycle: what one alert does to its work item (CONTRACT section 2).
+
+Each alert is one *step*, retried as a whole: every attempt starts with a fresh lookup by
+correlation key, so a create whose response was lost is found (not repeated) on the next
+attempt. Deliveries of the same alert inside this process are serialised by a per-key lock;
+the ITSM lookup is what keeps separate processes from acting twice on an existing item.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from .adapters.base import ConfigurationItem, ItsmAdapter, WorkItemRecord, WorkItemRef
+from .alerts import Alert
+from .cmdb import CmdbBinder
+from .config import MappingRules
+from .correlation import correlation_key, fingerprint, note_marker
+from .mapping import build_work_item, resolution, update_note
+from .retry import RetryPolicy, call_with_retry
+
+__all__ = ["Action", "Lifecycle", "Outcome"]
+
+logger = logging.getLogger(__name__)
+
+
+class Action(str, enum.Enum):
+    CREATED = "created"
+    UPDATED = "updated"
+    RESOLVED = "resolved"
+    REOPENED = "reopened"
+    IGNORED = "ignored"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    action: Action
+    correlation_id: str
+    work_item: WorkItemRef | None
+    reason: str | None = None
+    configuration_item: ConfigurationItem | None = None
+
+
+@dataclass
+class _Attempt:
+    """What earlier attempts of the same step did, so a retry can tell its own writes apart."""
+
+    create_sent: bool = False
+    binding_done: bool = False
+    ci: ConfigurationItem | None = None
+    ci_note: str | None = None
+
+
+class _KeyLocks:
+    """One lock per correlation key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users <= 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+
+class Lifecycle:
+    """Applies alerts to work items through one adapter."""
+
+    def __init__(
+        self,
+        adapter: ItsmAdapter,
+        rules: MappingRules,
+        policy: RetryPolicy,
+        cmdb: CmdbBinder | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._adapter = adapter
+        self._rules = rules
+        self._policy = policy
+        self._cmdb = cmdb
+        self._sleep = sleep
+        self._locks = _KeyLocks()
+
+    def apply(self, alert: Alert) -> Outcome:
+        key = correlation_key(alert.alert_id)
+        attempt = _Attempt()
+        with self._locks.hold(key):
+            return call_with_retry(
+                lambda: self._step(alert, key, attempt),
+                self._policy,
+                sleep=self._sleep,
+                describe=f"alert {key}",
+            )
+
+    def _step(self, alert: Alert, key: str, attempt: _Attempt) -> Outcome:
+        records = self._adapter.find(key)
+        open_items = [r for r in records if r.is_open]
+
+        if alert.is_resolved and not alert.is_stateless:
+            return self._resolve(alert, key, records, open_items)
+
+        if open_items:
+            target = open_items[0]
+            if attempt.create_sent:
+                # Our earlier create committed although its response was lost.
+                return Outcome(Action.CREATED, key, target.ref, configuration_item=attempt.ci)
+            if self._adapter.has_note(target.ref, note_marker(fingerprint(alert))):
+                return Outcome(Action.IGNORED, key, target.ref, "identical alert already recorded")
+            self._adapter.add_note(target.ref, update_note(alert))
+            return Outcome(Action.UPDATED, key, target.ref)
+
+        if records:
+            return Outcome(
+                Action.IGNORED,
+                key,
+                records[-1].ref,
+                f"incident already {_state_word(records[-1])}; a Fired after the Resolved opens nothing",
+            )
+
+        if not attempt.binding_done:
+            if self._cmdb is not None:
+                attempt.ci, attempt.ci_note = self._cmdb.bind(alert)
+            attempt.binding_done = True
+        item = build_work_item(alert, self._rules, attempt.ci, attempt.ci_note)
+        attempt.create_sent = True
+        ref = self._adapter.create(item)
+        return Outcome(Action.CREATED, key, ref, configuration_item=attempt.ci)
+
+    def _resolve(
+        self,
+        alert: Alert,
+        key: str,
+        records: Sequence[WorkItemRecord],
+        open_items: list[WorkItemRecord],
+    ) -> Outcome:
+        if not records:
+            return Outcome(Action.IGNORED, key, None, "no incident for this alert")
+        if not open_items:
+            return Outcome(
+                Action.IGNORED, key, records[-1].ref, f"incident already {_state_word(records[-1])}"
+            )
+        if len(open_items) > 1:
+            # Exact duplicates of one alert: all of them describe the same condition, so all resolve.
+            logger.warning(
+                "correlationId=%s has %d open work items; resolving all of them", key, len(open_items)
+            )
+        how = resolution(alert, self._rules)
+        for item in open_items:
+            self._adapter.resolve(item.ref, how)
+        return Outcome(Action.RESOLVED, key, open_items[0].ref)
+
+
+_STATE_WORDS = {"6": "resolved", "7": "closed", "8": "canceled"}
+
+
+def _state_word(record: WorkItemRecord) -> str:
+    return _STATE_WORDS.get(record.state, f"in state {record.state}")
