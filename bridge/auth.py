@@ -1,0 +1,373 @@
+"""Verify the Entra ID bearer token on an incoming alert and say who the caller is.
+
+:class:`TokenVerifier` turns an ``Authorization`` header into a :class:`Caller` or raises
+:class:`~bridge.errors.InvalidToken` (401), :class:`~bridge.errors.Forbidden` (403) or
+:class:`~bridge.errors.AuthUnavailable` (503). Signing keys come from the tenant's OpenID
+discovery documents (v1 or v2, chosen by the token's ``ver``) and are cached; an unknown key id
+triggers at most one refresh per ``min_refresh_gap_seconds`` so forged tokens cannot make the
+bridge hammer Entra ID.
+
+Order of checks, and why:
+
+1. header shape, scheme, size, then ``alg`` is exactly RS256 *before any key is touched* (this
+   closes ``alg: none`` and the HS256-signed-with-the-public-key confusion);
+2. the signature against a key from the configured discovery document (never a key or URL
+   named by the token itself: ``jku``/``x5u``/``jwk`` headers are ignored);
+3. time (``exp``/``nbf``/``iat`` with leeway), then issuer/tenant, then audience: all 401, except
+   that a correctly signed token from *another* Entra tenant (its ``iss`` is the well-formed
+   issuer of its own ``tid``) is 403 "tenant not allowed", as CONTRACT section 1 lists tenant
+   under 403;
+4. caller app and role: 403.
+
+Messages are fixed short phrases; they never contain the token, any part of it, or a library's
+message (which may quote token content).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeGuard
+from urllib.parse import urlsplit
+
+import jwt
+import requests
+
+from .config import Settings
+from .errors import AuthUnavailable, Forbidden, InvalidToken
+
+__all__ = ["Caller", "TokenVerifier"]
+
+logger = logging.getLogger(__name__)
+
+_ALGORITHM = "RS256"
+# Entra access tokens are 1-3 KB; anything far larger is not one of them, and bounding it
+# bounds the work an unauthenticated caller can make us do.
+_MAX_TOKEN_CHARS = 16 * 1024
+_MAX_KID_CHARS = 256
+_MIN_RSA_BITS = 2048
+_LOGIN = "https://login.microsoftonline.com"
+_VERSIONS = ("1.0", "2.0")
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who called, taken from a verified token."""
+
+    app_id: str
+    tenant_id: str
+    version: str
+    audience: str
+    roles: tuple[str, ...]
+    object_id: str | None
+
+
+def _entra_issuers(tenant_id: str) -> tuple[str, str]:
+    """The v1 and v2 issuer forms Entra ID uses for one tenant."""
+    return f"https://sts.windows.net/{tenant_id}/", f"{_LOGIN}/{tenant_id}/v2.0"
+
+
+def _fetchable_url(value: object) -> bool:
+    # Same rule as config's _https_url: https, or plain http only on loopback (the sandbox).
+    if not isinstance(value, str):
+        return False
+    parts = urlsplit(value)
+    if not parts.hostname:
+        return False
+    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
+    return parts.scheme == "https" or (parts.scheme == "http" and loopback)
+
+
+@dataclass
+class _KeySource:
+    """One discovery document and the signing keys its ``jwks_uri`` published."""
+
+    metadata_url: str
+    keys: dict[str, jwt.PyJWK] | None = None
+    issuer: str | None = None
+    fetched_at: float = 0.0
+    last_attempt: float | None = None
+
+
+class _Unavailable(Exception):
+    """Internal: a fetch failed; the text is a short reason safe to log."""
+
+
+class TokenVerifier:
+    """Verifies Entra ID access tokens for the configured tenant, audiences, apps and role."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        session: requests.Session | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        leeway_seconds: float = 120.0,
+        min_refresh_gap_seconds: float = 10.0,
+        max_key_age_seconds: float = 86400.0,
+        http_timeout_seconds: float = 5.0,
+    ) -> None:
+        self._settings = settings
+        self._session = session if session is not None else requests.Session()
+        self._clock = clock
+        self._leeway = leeway_seconds
+        self._min_gap = min_refresh_gap_seconds
+        self._max_age = max_key_age_seconds
+        self._timeout = http_timeout_seconds
+        self._tenant = settings.tenant_id.lower()
+        self._audiences = {a.casefold(): a for a in settings.audiences}
+        self._allowed_apps = frozenset(a.lower() for a in settings.allowed_app_ids)
+        self._jws = jwt.PyJWS()
+        # One lock for the whole cache: a fetch happens under it, so concurrent requests that
+        # need fresh keys wait for the one fetch instead of each starting their own.
+        self._lock = threading.Lock()
+        if settings.openid_config_url:
+            shared = _KeySource(settings.openid_config_url)
+            self._sources = {"1.0": shared, "2.0": shared}
+        else:
+            self._sources = {
+                "1.0": _KeySource(f"{_LOGIN}/{self._tenant}/.well-known/openid-configuration"),
+                "2.0": _KeySource(f"{_LOGIN}/{self._tenant}/v2.0/.well-known/openid-configuration"),
+            }
+
+    # ------------------------------------------------------------------ public
+
+    def verify(self, authorization: str | None) -> Caller:
+        """Check the ``Authorization`` header value and return the caller it proves."""
+        try:
+            return self._verify(authorization)
+        except (InvalidToken, Forbidden) as exc:
+            logger.info("token rejected (%s): %s", exc.status, exc)
+            raise
+
+    # ----------------------------------------------------------------- parsing
+
+    def _verify(self, authorization: str | None) -> Caller:
+        token = self._bearer_token(authorization)
+        try:
+            unverified = self._jws.decode_complete(token, options={"verify_signature": False})
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise InvalidToken("malformed token") from None
+        header = unverified["header"]
+        if header.get("alg") != _ALGORITHM:
+            raise InvalidToken("token algorithm not accepted")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid or len(kid) > _MAX_KID_CHARS:
+            raise InvalidToken("token has no usable key id")
+        version = self._claims(unverified["payload"]).get("ver")
+        if version not in _VERSIONS:
+            raise InvalidToken("token version not accepted")
+        assert isinstance(version, str)
+
+        key = self._signing_key(version, kid)
+        if key is None:
+            raise InvalidToken("signing key not found")
+        try:
+            verified = self._jws.decode_complete(token, key=key, algorithms=[_ALGORITHM])
+        except jwt.InvalidSignatureError:
+            raise InvalidToken("invalid token signature") from None
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise InvalidToken("malformed token") from None
+        claims = self._claims(verified["payload"])
+        if claims.get("ver") != version:  # the signed payload is what counts
+            raise InvalidToken("token version not accepted")
+
+        self._check_times(claims)
+        tenant = self._check_issuer(claims, version)
+        audience = self._check_audience(claims)
+        return self._authorize(claims, version, tenant, audience)
+
+    @staticmethod
+    def _bearer_token(authorization: str | None) -> str:
+        if authorization is None or not authorization.strip():
+            raise InvalidToken("missing bearer token")
+        parts = authorization.strip().split(None, 1)
+        if parts[0].lower() != "bearer":
+            raise InvalidToken("authorization scheme must be Bearer")
+        token = parts[1].strip() if len(parts) == 2 else ""
+        if not token:
+            raise InvalidToken("missing bearer token")
+        if len(token) > _MAX_TOKEN_CHARS or any(c.isspace() for c in token):
+            raise InvalidToken("malformed token")
+        return token
+
+    @staticmethod
+    def _claims(payload: bytes) -> dict[str, Any]:
+        try:
+            claims = json.loads(payload)
+        except (ValueError, RecursionError):
+            raise InvalidToken("malformed token") from None
+        if not isinstance(claims, dict):
+            raise InvalidToken("malformed token")
+        return claims
+
+    # ------------------------------------------------------------ claim checks
+
+    def _check_times(self, claims: Mapping[str, Any]) -> None:
+        now = self._clock()
+        exp = claims.get("exp")
+        if not _is_number(exp):
+            raise InvalidToken("token has no valid expiry")
+        if now >= exp + self._leeway:
+            raise InvalidToken("token expired")
+        for name in ("nbf", "iat"):
+            value = claims.get(name)
+            if value is None:
+                continue
+            if not _is_number(value):
+                raise InvalidToken(f"token has an invalid {name}")
+            if value - self._leeway > now:
+                raise InvalidToken("token not yet valid")
+
+    def _check_issuer(self, claims: Mapping[str, Any], version: str) -> str:
+        issuer, tid = claims.get("iss"), claims.get("tid")
+        if not isinstance(issuer, str) or not isinstance(tid, str) or not tid:
+            raise InvalidToken("issuer not accepted")
+        tid = tid.lower()
+        if tid != self._tenant:
+            # Entra signs every tenant's tokens with the same keys, so a genuine token from
+            # another tenant verifies: that caller is proven but not allowed (403). A token
+            # whose iss does not even match its own tid is not a genuine Entra token (401).
+            if issuer in _entra_issuers(tid):
+                raise Forbidden("tenant not allowed")
+            raise InvalidToken("issuer not accepted")
+        if issuer not in self._accepted_issuers(version):
+            raise InvalidToken("issuer not accepted")
+        return tid
+
+    def _accepted_issuers(self, version: str) -> set[str]:
+        accepted = set(_entra_issuers(self._tenant))
+        if self._settings.openid_config_url:
+            with self._lock:
+                custom = self._sources[version].issuer
+            if custom:
+                accepted.add(custom)
+        return accepted
+
+    def _check_audience(self, claims: Mapping[str, Any]) -> str:
+        aud = claims.get("aud")
+        candidates = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        for candidate in candidates:
+            # App ID URIs and client ids are case-insensitive in Entra; a GUID typed in upper
+            # case in the setting must still match.
+            if isinstance(candidate, str) and candidate.casefold() in self._audiences:
+                return candidate
+        raise InvalidToken("audience not accepted")
+
+    def _authorize(self, claims: Mapping[str, Any], version: str, tenant: str, audience: str) -> Caller:
+        app_id = claims.get("appid" if version == "1.0" else "azp")
+        if not isinstance(app_id, str) or app_id.lower() not in self._allowed_apps:
+            raise Forbidden("caller app not allowed")
+        raw_roles = claims.get("roles")
+        roles = tuple(r for r in raw_roles if isinstance(r, str)) if isinstance(raw_roles, list) else ()
+        required = self._settings.required_role
+        if required and required not in roles:
+            raise Forbidden("required role missing")
+        oid = claims.get("oid")
+        return Caller(
+            app_id=app_id.lower(),
+            tenant_id=tenant,
+            version=version,
+            audience=audience,
+            roles=roles,
+            object_id=oid if isinstance(oid, str) else None,
+        )
+
+    # -------------------------------------------------------------- key cache
+
+    def _signing_key(self, version: str, kid: str) -> jwt.PyJWK | None:
+        """The published key ``kid`` for this token version, refreshing within the limits."""
+        with self._lock:
+            source = self._sources[version]
+            now = self._clock()
+            stale = source.keys is None or now - source.fetched_at >= self._max_age
+            if stale:
+                # No usable key set: never fall back to an old one; 503 lets Azure Monitor retry.
+                if not self._may_refresh(source, now):
+                    raise AuthUnavailable("signing keys unavailable")
+                self._refresh(source, now)
+            assert source.keys is not None
+            key = source.keys.get(kid)
+            if key is None and not stale and self._may_refresh(source, now):
+                # Possibly a rolled-over key: one refresh, then the answer stands until the gap
+                # has passed, however many unknown kids arrive meanwhile.
+                self._refresh(source, now)
+                key = source.keys.get(kid)
+            return key
+
+    def _may_refresh(self, source: _KeySource, now: float) -> bool:
+        return source.last_attempt is None or now - source.last_attempt >= self._min_gap
+
+    def _refresh(self, source: _KeySource, now: float) -> None:
+        source.last_attempt = now
+        try:
+            issuer, keys = self._fetch(source.metadata_url)
+        except _Unavailable as exc:
+            logger.warning("signing keys unavailable from %s: %s", source.metadata_url, exc)
+            if source.keys is None or now - source.fetched_at >= self._max_age:
+                raise AuthUnavailable("signing keys unavailable") from None
+            return  # a failed unknown-kid refresh keeps the current, still fresh keys
+        source.keys, source.issuer, source.fetched_at = keys, issuer, now
+        logger.info("loaded %d signing keys from %s", len(keys), source.metadata_url)
+
+    def _fetch(self, metadata_url: str) -> tuple[str | None, dict[str, jwt.PyJWK]]:
+        metadata = self._get_json(metadata_url, "metadata")
+        jwks_uri = metadata.get("jwks_uri")
+        if not _fetchable_url(jwks_uri):
+            raise _Unavailable("metadata has no usable jwks_uri")
+        assert isinstance(jwks_uri, str)
+        issuer = metadata.get("issuer")
+        jwks = self._get_json(jwks_uri, "jwks")
+        entries = jwks.get("keys")
+        if not isinstance(entries, list):
+            raise _Unavailable("jwks has no keys list")
+        keys: dict[str, jwt.PyJWK] = {}
+        for entry in entries:
+            parsed = _rsa_signing_key(entry)
+            if parsed is not None:
+                keys[parsed[0]] = parsed[1]
+        if not keys:
+            raise _Unavailable("jwks has no usable RSA signing key")
+        return (issuer if isinstance(issuer, str) and issuer else None), keys
+
+    def _get_json(self, url: str, what: str) -> dict[str, Any]:
+        try:
+            # No redirects: a redirect could only downgrade where keys come from.
+            response = self._session.get(url, timeout=self._timeout, allow_redirects=False)
+        except requests.RequestException as exc:
+            raise _Unavailable(f"{what} request failed ({type(exc).__name__})") from None
+        if response.status_code != 200:
+            raise _Unavailable(f"{what} answered HTTP {response.status_code}")
+        try:
+            body = response.json()
+        except ValueError:
+            raise _Unavailable(f"{what} is not JSON") from None
+        if not isinstance(body, dict):
+            raise _Unavailable(f"{what} is not a JSON object")
+        return body
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _rsa_signing_key(entry: object) -> tuple[str, jwt.PyJWK] | None:
+    """(kid, key) for a usable RSA signature key entry of a JWKS, else None."""
+    if not isinstance(entry, dict):
+        return None
+    kid = entry.get("kid")
+    if entry.get("kty") != "RSA" or not isinstance(kid, str) or not kid:
+        return None
+    if entry.get("use", "sig") != "sig" or entry.get("alg", _ALGORITHM) != _ALGORITHM:
+        return None
+    try:
+        key = jwt.PyJWK(entry, algorithm=_ALGORITHM)
+    except (jwt.PyJWTError, ValueError, TypeError):
+        return None
+    if getattr(key.key, "key_size", 0) < _MIN_RSA_BITS:
+        return None
+    return kid, key
