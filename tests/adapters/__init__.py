@@ -1,0 +1,1 @@
+"""Adapter tests: the shared contract (contract.py) and per-adapter wire tests."""

@@ -1,0 +1,1343 @@
+"""ServiceNow adapter: the shared contract against a stateful fake, then ServiceNow's wire details.
+
+The fake (:class:`FakeServiceNow`) answers through ``responses`` callbacks, so nothing leaves the
+process. It keeps incidents and CMDB records, parses encoded queries the way ServiceNow does
+(unknown clauses silently ignored, ``=`` case-insensitive), renders journal fields as display
+values, checks basic auth or OAuth bearer tokens, and lets a test script failures.
+The ``TestServiceNowWire`` cases assert exact URLs, query strings, bodies and headers.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import itertools
+import json
+import logging
+import re
+import uuid
+from collections import deque
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, parse_qsl, urlsplit
+
+import pytest
+import requests
+import responses
+
+from bridge import __version__
+from bridge.adapters import ADAPTERS, build_adapter
+from bridge.adapters.base import ConfigurationItem, ItsmAdapter, Resolution, WorkItemRef
+from bridge.adapters.servicenow import ServiceNowAdapter
+from bridge.config import Settings
+from bridge.errors import ConfigError, ItsmError, Reason
+from bridge.httpclient import error_from_exception, new_session, parse_retry_after, redact_url
+
+from .contract import KEY, RESOURCE_ID, AdapterContract, FakeClock, FakeRecord, make_item
+
+INSTANCE = "https://contoso.service-now.com"
+TABLE_URL = f"{INSTANCE}/api/now/table/incident"
+USERNAME = "svc_azure_bridge"
+PASSWORD = "pw-Sup3r$ecret!value"
+CLIENT_ID = "3f2a1b0c9d8e7f6a5b4c3d2e1f0a9b8c"
+CLIENT_SECRET = "cs-T0p~Secret_client_value"
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+
+AUTH_MODES = ("basic", "oauth_client_credentials", "oauth_password")
+_INCIDENT_FIELDS = frozenset(
+    {
+        "sys_id",
+        "number",
+        "state",
+        "correlation_id",
+        "correlation_display",
+        "short_description",
+        "description",
+        "impact",
+        "urgency",
+        "work_notes",
+        "cmdb_ci",
+        "caller_id",
+        "assignment_group",
+        "category",
+        "close_code",
+        "close_notes",
+        "sys_created_on",
+        "u_source",
+        "u_alert_rule",
+    }
+)
+_CI_FIELDS = frozenset({"sys_id", "name", "object_id", "sys_class_name", "u_azure_id", "sys_created_on"})
+
+
+def make_settings(auth: str = "basic", **extra: str) -> Settings:
+    env = {
+        "AUTH_TENANT_ID": TENANT,
+        "AUTH_AUDIENCES": "api://bridge",
+        "SERVICENOW_INSTANCE_URL": INSTANCE,
+    }
+    if auth in ("basic", "oauth_password"):
+        env.update(SERVICENOW_USERNAME=USERNAME, SERVICENOW_PASSWORD=PASSWORD)
+    if auth.startswith("oauth"):
+        env.update(SERVICENOW_CLIENT_ID=CLIENT_ID, SERVICENOW_CLIENT_SECRET=CLIENT_SECRET)
+    env.update(extra)
+    return Settings.from_env(env)
+
+
+def sn_error(message: str | None, detail: str | None = None) -> str:
+    return json.dumps({"error": {"message": message, "detail": detail}, "status": "failure"})
+
+
+class FakeServiceNow:
+    """A small, stateful ServiceNow behind ``responses``; satisfies the contract's ``FakeItsm``."""
+
+    def __init__(self, mock: responses.RequestsMock, *, auth: str, clock: FakeClock) -> None:
+        self.auth = auth
+        self.clock = clock
+        self.tables: dict[str, dict[str, dict[str, str]]] = {"incident": {}, "cmdb_ci": {}}
+        self.journal: dict[str, list[str]] = {}
+        self.failures: deque[tuple[int, Mapping[str, str], str] | Exception] = deque()
+        self.token_failures: deque[tuple[int, Mapping[str, str], str] | Exception] = deque()
+        self.valid_tokens: dict[str, float] = {}
+        self.issued_tokens: list[str] = []
+        self.token_forms: list[dict[str, str]] = []
+        self.api_requests: list[requests.PreparedRequest] = []
+        self.token_lifetime: Any = 1799
+        self.sloppy = False
+        self._numbers = itertools.count(10001)
+        self._created = itertools.count()
+        mock.add_callback(responses.POST, f"{INSTANCE}/oauth_token.do", callback=self._token_endpoint)
+        api = re.compile(re.escape(INSTANCE) + r"/api/now/table/.*")
+        for method in (responses.GET, responses.POST, responses.PATCH, responses.PUT, responses.DELETE):
+            mock.add_callback(method, api, callback=self._table_api)
+
+    # ------------------------------------------------------------- FakeItsm
+
+    def seed(self, correlation_id: str, *, is_open: bool = True) -> str:
+        return self.seed_incident(correlation_id, state="1" if is_open else "7")
+
+    def seed_incident(self, correlation_id: str, *, state: str = "1", **fields: str) -> str:
+        return self._insert("incident", {"correlation_id": correlation_id, "state": state, **fields})
+
+    def seed_ci(self, name: str, resource_id: str | None = None) -> str:
+        fields = {"name": name, "sys_class_name": "cmdb_ci_vm_instance"}
+        if resource_id is not None:
+            fields["object_id"] = resource_id
+        return self._insert("cmdb_ci", fields)
+
+    def records(self) -> list[FakeRecord]:
+        return [
+            FakeRecord(
+                id=sys_id,
+                correlation_id=row.get("correlation_id", ""),
+                is_open=row.get("state") in ("1", "2", "3"),
+                notes=tuple(self.journal.get(sys_id, [])),
+                fields=dict(row),
+            )
+            for sys_id, row in self.tables["incident"].items()
+        ]
+
+    def fail_next(
+        self,
+        status: int,
+        headers: Mapping[str, str] | None = None,
+        body: str | None = None,
+        *,
+        times: int = 1,
+    ) -> None:
+        if body is None:
+            body = sn_error(_reason(status), None) if status >= 400 else ""
+        for _ in range(times):
+            self.failures.append((status, dict(headers or {}), body))
+
+    def clear_failures(self) -> None:
+        self.failures.clear()
+
+    def drop_next(self) -> None:
+        self.failures.append(requests.ConnectionError(OSError(111, "Connection refused")))
+
+    def timeout_next(self) -> None:
+        self.failures.append(requests.ReadTimeout("Read timed out. (read timeout=4.0)"))
+
+    def sloppy_search(self) -> None:
+        self.sloppy = True
+
+    def error_body(self, message: str, detail: str) -> str:
+        return sn_error(message, detail)
+
+    def secrets(self) -> list[str]:
+        if self.auth == "basic":
+            return [PASSWORD, base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()]
+        if self.auth == "oauth_password":
+            return [PASSWORD, CLIENT_SECRET, *self.issued_tokens]
+        return [CLIENT_SECRET, *self.issued_tokens]
+
+    # ------------------------------------------------------------- extra controls
+
+    def fail_token_next(
+        self, status: int, headers: Mapping[str, str] | None = None, body: str | None = None
+    ) -> None:
+        if body is None:
+            body = json.dumps({"error_description": "access_denied", "error": "server_error"})
+        self.token_failures.append((status, dict(headers or {}), body))
+
+    def revoke_tokens(self) -> None:
+        self.valid_tokens.clear()
+
+    def incident(self, sys_id: str) -> dict[str, str]:
+        return self.tables["incident"][sys_id]
+
+    # ------------------------------------------------------------- HTTP
+
+    def _token_endpoint(self, request: requests.PreparedRequest) -> Any:
+        form = dict(parse_qsl(_body_text(request), keep_blank_values=True))
+        self.token_forms.append(form)
+        if self.token_failures:
+            return _scripted(self.token_failures.popleft())
+        denied: tuple[int, dict[str, str], str] = (
+            401,
+            {},
+            json.dumps({"error_description": "access_denied", "error": "server_error"}),
+        )
+        if form.get("client_id") != CLIENT_ID or form.get("client_secret") != CLIENT_SECRET:
+            return denied
+        grant = form.get("grant_type")
+        if grant == "password":
+            if form.get("username") != USERNAME or form.get("password") != PASSWORD:
+                return denied
+        elif grant != "client_credentials":
+            return (400, {}, json.dumps({"error": "unsupported_grant_type"}))
+        token = f"tok-{len(self.issued_tokens)}-{uuid.uuid4().hex}"
+        self.issued_tokens.append(token)
+        body: dict[str, Any] = {"access_token": token, "scope": "useraccount", "token_type": "Bearer"}
+        if self.token_lifetime is not None:
+            body["expires_in"] = self.token_lifetime
+        lifetime = float(self.token_lifetime) if isinstance(self.token_lifetime, int) else 1799.0
+        self.valid_tokens[token] = self.clock() + lifetime
+        return (200, {"Content-Type": "application/json"}, json.dumps(body))
+
+    def _table_api(self, request: requests.PreparedRequest) -> Any:
+        self.api_requests.append(request)
+        if not self._authorized(str(request.headers.get("Authorization", ""))):
+            return (401, {}, sn_error("User Not Authenticated", "Required to provide Auth information"))
+        if self.failures:
+            return _scripted(self.failures.popleft())
+        parts = urlsplit(request.url or "")
+        params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+        segments = parts.path.split("/")[4:]  # after /api/now/table/
+        table = segments[0]
+        if table not in self.tables:
+            return (400, {}, sn_error(f"Invalid table {table}", None))
+        sys_id = segments[1] if len(segments) > 1 else None
+        method = request.method
+        if method == "GET" and sys_id is None:
+            return self._list(table, params)
+        if method == "POST" and sys_id is None:
+            fields = json.loads(_body_text(request))
+            new_id = self._insert(table, {k: str(v) for k, v in fields.items()})
+            return _ok(self._render(table, new_id, params), status=201)
+        if sys_id is None or sys_id not in self.tables[table]:
+            return (
+                404,
+                {},
+                sn_error("No Record found", "Record doesn't exist or ACL restricts the record retrieval"),
+            )
+        if method == "GET":
+            return _ok(self._render(table, sys_id, params))
+        if method == "PATCH":
+            self._update(table, sys_id, json.loads(_body_text(request)))
+            return _ok(self._render(table, sys_id, params))
+        return (405, {}, sn_error("Method not Supported", None))
+
+    def _authorized(self, header: str) -> bool:
+        if self.auth == "basic":
+            expected = base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
+            return header == f"Basic {expected}"
+        if not header.startswith("Bearer "):
+            return False
+        expires = self.valid_tokens.get(header.removeprefix("Bearer "))
+        return expires is not None and self.clock() < expires
+
+    # ------------------------------------------------------------- store
+
+    def _insert(self, table: str, fields: Mapping[str, str]) -> str:
+        sys_id = uuid.uuid4().hex
+        created = datetime(2025, 6, 15, 9, 0, tzinfo=UTC) + timedelta(seconds=next(self._created))
+        row = {"sys_id": sys_id, "sys_created_on": created.strftime("%Y-%m-%d %H:%M:%S")}
+        if table == "incident":
+            row["number"] = f"INC{next(self._numbers):07d}"
+            row.setdefault("state", "1")
+        row.update({k: v for k, v in fields.items() if k != "work_notes"})
+        self.tables[table][sys_id] = row
+        if fields.get("work_notes"):
+            self.journal.setdefault(sys_id, []).append(fields["work_notes"])
+        return sys_id
+
+    def _update(self, table: str, sys_id: str, fields: Mapping[str, Any]) -> None:
+        row = self.tables[table][sys_id]
+        for key, value in fields.items():
+            if key == "work_notes":
+                if value:
+                    self.journal.setdefault(sys_id, []).append(str(value))
+            else:
+                row[key] = str(value)
+
+    def _list(self, table: str, params: Mapping[str, str]) -> Any:
+        rows = list(self.tables[table].values())
+        known = _INCIDENT_FIELDS if table == "incident" else _CI_FIELDS
+        order: tuple[str, bool] | None = None
+        conditions: list[tuple[str, str]] = []
+        for clause in params.get("sysparm_query", "").split("^"):
+            if clause.startswith("ORDERBYDESC"):
+                order = (clause.removeprefix("ORDERBYDESC"), True)
+            elif clause.startswith("ORDERBY"):
+                order = (clause.removeprefix("ORDERBY"), False)
+            elif "=" in clause and clause.split("=", 1)[0] in known:
+                field, value = clause.split("=", 1)
+                conditions.append((field, value))
+            # Anything else is dropped without a word, as ServiceNow does by default.
+        if not self.sloppy:
+            rows = [r for r in rows if all(r.get(f, "").lower() == v.lower() for f, v in conditions)]
+        if order is not None:
+            rows.sort(key=lambda r: r.get(order[0], ""), reverse=order[1])
+        limit = int(params.get("sysparm_limit", "10000"))
+        result = [self._render(table, r["sys_id"], params) for r in rows[:limit]]
+        return _ok(result)
+
+    def _render(self, table: str, sys_id: str, params: Mapping[str, str]) -> dict[str, str]:
+        row = dict(self.tables[table][sys_id])
+        notes = self.journal.get(sys_id, [])
+        if params.get("sysparm_display_value") == "true":
+            # A journal field's display value: every entry, newest first, with a header line each.
+            row["work_notes"] = "".join(
+                f"2025-06-15 10:{i:02d}:00 - Azure Bridge (Work notes)\n{note}\n\n"
+                for i, note in reversed(list(enumerate(notes)))
+            )
+        else:
+            row["work_notes"] = ""
+        fields = params.get("sysparm_fields")
+        if fields:
+            row = {f: row.get(f, "") for f in fields.split(",")}
+        return row
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _scripted(entry: tuple[int, Mapping[str, str], str] | Exception) -> Any:
+    if isinstance(entry, Exception):
+        return entry
+    status, headers, body = entry
+    return (status, dict(headers), body)
+
+
+def _ok(result: Any, status: int = 200) -> Any:
+    return (status, {"Content-Type": "application/json"}, json.dumps({"result": result}))
+
+
+def _body_text(request: requests.PreparedRequest) -> str:
+    body = request.body
+    if body is None:
+        return ""
+    return body.decode() if isinstance(body, bytes) else str(body)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+# ===================================================================== contract
+
+
+class TestServiceNowContract(AdapterContract):
+    """The shared adapter contract, for basic auth and both OAuth grants."""
+
+    @pytest.fixture(params=AUTH_MODES)
+    def auth_mode(self, request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
+    @pytest.fixture
+    def itsm(self, auth_mode: str, clock: FakeClock) -> Iterator[FakeServiceNow]:
+        with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+            yield FakeServiceNow(mock, auth=auth_mode, clock=clock)
+
+    @pytest.fixture
+    def adapter(self, auth_mode: str, itsm: FakeServiceNow, clock: FakeClock) -> Iterator[ServiceNowAdapter]:
+        adapter = ServiceNowAdapter(make_settings(auth_mode), clock=clock)
+        yield adapter
+        adapter.close()
+
+
+# ===================================================================== wire details
+
+
+@pytest.fixture
+def fake(clock: FakeClock) -> Iterator[FakeServiceNow]:
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
+        yield FakeServiceNow(mock, auth="basic", clock=clock)
+
+
+@pytest.fixture
+def adapter(fake: FakeServiceNow, clock: FakeClock) -> Iterator[ServiceNowAdapter]:
+    adapter = ServiceNowAdapter(make_settings("basic"), clock=clock)
+    yield adapter
+    adapter.close()
+
+
+@pytest.fixture
+def mock() -> Iterator[responses.RequestsMock]:
+    """A plain scripted mock for responses the stateful fake would never give."""
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as rsps:
+        yield rsps
+
+
+def query_of(request: requests.PreparedRequest) -> dict[str, list[str]]:
+    return parse_qs(urlsplit(request.url or "").query, keep_blank_values=True)
+
+
+def path_of(request: requests.PreparedRequest) -> str:
+    return urlsplit(request.url or "").path
+
+
+def json_of(request: requests.PreparedRequest) -> Any:
+    return json.loads(_body_text(request))
+
+
+class TestFind:
+    def test_exact_request(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
+        adapter.find(KEY)
+
+        (request,) = fake.api_requests
+        assert request.method == "GET"
+        assert path_of(request) == "/api/now/table/incident"
+        assert query_of(request) == {
+            "sysparm_query": [f"correlation_id={KEY}^ORDERBYsys_created_on"],
+            "sysparm_fields": ["sys_id,number,state,correlation_id,sys_created_on"],
+            "sysparm_limit": ["10"],
+            "sysparm_exclude_reference_link": ["true"],
+        }
+        # The encoded query travels percent-encoded: '^' must not reach the server raw.
+        assert "%5EORDERBYsys_created_on" in (request.url or "")
+        assert request.req_kwargs["timeout"] == (3.05, 4.0)  # type: ignore[attr-defined]
+        assert request.headers["Accept"] == "application/json"
+        assert request.headers["User-Agent"] == f"azure-monitor-itsm-bridge/{__version__}"
+        assert (
+            request.headers["Authorization"]
+            == "Basic " + base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
+        )
+
+    def test_custom_table_and_timeout(self, fake: FakeServiceNow, clock: FakeClock) -> None:
+        fake.tables["u_alert_incident"] = {}
+        adapter = ServiceNowAdapter(
+            make_settings(SERVICENOW_TABLE="u_alert_incident", ITSM_TIMEOUT_SECONDS="9.5"), clock=clock
+        )
+        sys_id = adapter.create(make_item()).id
+
+        (found,) = adapter.find(KEY)
+
+        assert found.ref.id == sys_id
+        assert found.ref.url == f"{INSTANCE}/nav_to.do?uri=u_alert_incident.do%3Fsys_id%3D{sys_id}"
+        assert [path_of(r) for r in fake.api_requests] == ["/api/now/table/u_alert_incident"] * 2
+        assert {r.req_kwargs["timeout"] for r in fake.api_requests} == {(3.05, 9.5)}  # type: ignore[attr-defined]
+
+    def test_record_fields(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
+        sys_id = fake.seed_incident(KEY, state="2")
+
+        (found,) = adapter.find(KEY)
+
+        number = fake.incident(sys_id)["number"]
+        assert found.ref == WorkItemRef(
+            system="servicenow",
+            id=sys_id,
+            number=number,
+            url=f"{INSTANCE}/nav_to.do?uri=incident.do%3Fsys_id%3D{sys_id}",
+        )
+        assert (found.correlation_id, found.is_open, found.state) == (KEY, True, "2")
+
+    @pytest.mark.parametrize(
+        ("state", "is_open"),
+        [("1", True), ("2", True), ("3", True), ("6", False), ("7", False), ("8", False)],
+    )
+    def test_open_states(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow, state: str, is_open: bool
+    ) -> None:
+        fake.seed_incident(KEY, state=state)
+
+        (found,) = adapter.find(KEY)
+
+        assert (found.state, found.is_open) == (state, is_open)
+
+    @pytest.mark.parametrize(
+        "key",
+        [
+            "",
+            "a^ORsys_id!=0",
+            "a^NQactive=true",
+            "abc^",
+            "x" * 101,
+            "with space",
+            "new\nline",
+            "a=b",
+            "a,b",
+            "a&sysparm_limit=1",
+            "caf\u00e9",
+            "a/b",
+        ],
+    )
+    def test_refuses_keys_that_could_inject_query_syntax(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow, key: str
+    ) -> None:
+        with pytest.raises(ValueError, match="correlation id"):
+            adapter.find(key)
+        assert fake.api_requests == []
+
+    @pytest.mark.parametrize("key", ["x" * 100, "a.b_c:d-E9", "0d3f5b8a41c64e2f9a7b5c1d2e3f4a5b"])
+    def test_accepts_keys_at_the_edges(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow, key: str
+    ) -> None:
+        sys_id = fake.seed(key)
+
+        assert [r.ref.id for r in adapter.find(key)] == [sys_id]
+        assert query_of(fake.api_requests[0])["sysparm_query"] == [
+            f"correlation_id={key}^ORDERBYsys_created_on"
+        ]
+
+    def test_drops_and_logs_records_with_another_key(
+        self, adapter: ServiceNowAdapter, mock: responses.RequestsMock, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        mock.get(
+            TABLE_URL,
+            json={
+                "result": [
+                    {
+                        "sys_id": "a" * 32,
+                        "number": "INC0000001",
+                        "state": "1",
+                        "correlation_id": "other",
+                        "sys_created_on": "2025-01-01 00:00:00",
+                    },
+                    {
+                        "sys_id": "b" * 32,
+                        "number": "INC0000002",
+                        "state": "1",
+                        "correlation_id": KEY,
+                        "sys_created_on": "2025-01-02 00:00:00",
+                    },
+                    {
+                        "sys_id": "",
+                        "number": "INC0000003",
+                        "state": "1",
+                        "correlation_id": KEY,
+                        "sys_created_on": "2025-01-03 00:00:00",
+                    },
+                    {"sys_id": "c" * 32, "number": "INC0000004", "state": "1", "correlation_id": None},
+                ]
+            },
+        )
+        with caplog.at_level(logging.WARNING, logger="bridge.adapters.servicenow"):
+            found = adapter.find(KEY)
+
+        assert [r.ref.id for r in found] == ["b" * 32]
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 3
+        assert "INC0000001" in warnings[0] and "'other'" in warnings[0]
+
+    def test_orders_oldest_first_even_if_the_server_does_not(
+        self, adapter: ServiceNowAdapter, mock: responses.RequestsMock
+    ) -> None:
+        rows = [
+            {
+                "sys_id": "b" * 32,
+                "number": "INC2",
+                "state": "1",
+                "correlation_id": KEY,
+                "sys_created_on": "2025-01-02 00:00:00",
+            },
+            {
+                "sys_id": "a" * 32,
+                "number": "INC1",
+                "state": "7",
+                "correlation_id": KEY,
+                "sys_created_on": "2025-01-01 00:00:00",
+            },
+        ]
+        mock.get(TABLE_URL, json={"result": rows})
+
+        assert [r.ref.number for r in adapter.find(KEY)] == ["INC1", "INC2"]
+
+    @pytest.mark.parametrize(
+        "body",
+        ['{"result": {"sys_id": "x"}}', '{"records": []}', "[]", '"result"'],
+    )
+    def test_unexpected_json_shape_is_invalid_response(
+        self, adapter: ServiceNowAdapter, mock: responses.RequestsMock, body: str
+    ) -> None:
+        mock.get(TABLE_URL, body=body, content_type="application/json")
+
+        with pytest.raises(ItsmError) as caught:
+            adapter.find(KEY)
+
+        assert (caught.value.reason, caught.value.retryable) == (Reason.INVALID_RESPONSE, True)
+
+
+class TestCreate:
+    def test_exact_request_with_every_field(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
+        item = make_item(
+            configuration_item=ConfigurationItem(id="c" * 32, name="vm-web-01", matched_on="resource_id"),
+            caller_id="azure.monitor",
+            assignment_group="Cloud Operations",
+            category="software",
+            extra_fields={"u_source": "azure", "u_alert_rule": "cpu-high"},
+        )
+
+        ref = adapter.create(item)
+
+        (request,) = fake.api_requests
+        assert request.method == "POST"
+        assert path_of(request) == "/api/now/table/incident"
+        assert query_of(request) == {"sysparm_fields": ["sys_id,number"]}
+        assert request.headers["Content-Type"] == "application/json"
+        assert json_of(request) == {
+            "correlation_id": KEY,
+            "correlation_display": "Azure Monitor",
+            "short_description": item.short_description,
+            "description": item.description,
+            "impact": "2",
+            "urgency": "2",
+            "work_notes": item.work_note,
+            "cmdb_ci": "c" * 32,
+            "caller_id": "azure.monitor",
+            "assignment_group": "Cloud Operations",
+            "category": "software",
+            "u_source": "azure",
+            "u_alert_rule": "cpu-high",
+        }
+        stored = fake.incident(ref.id)
+        assert ref == WorkItemRef(
+            system="servicenow",
+            id=stored["sys_id"],
+            number=stored["number"],
+            url=f"{INSTANCE}/nav_to.do?uri=incident.do%3Fsys_id%3D{stored['sys_id']}",
+        )
+
+    def test_minimal_item_sends_only_what_is_set(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow
+    ) -> None:
+        adapter.create(make_item(work_note="", impact=1, urgency=3))
+
+        body = json_of(fake.api_requests[0])
+        assert set(body) == {
+            "correlation_id",
+            "correlation_display",
+            "short_description",
+            "description",
+            "impact",
+            "urgency",
+        }
+        assert (body["impact"], body["urgency"]) == ("1", "3")
+
+    def test_extra_fields_cannot_override_managed_fields(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        item = make_item(
+            assignment_group="Default Group",
+            extra_fields={"correlation_id": "hijack", "impact": "1", "assignment_group": "Routed Group"},
+        )
+        with caplog.at_level(logging.WARNING, logger="bridge.adapters.servicenow"):
+            adapter.create(item)
+
+        body = json_of(fake.api_requests[0])
+        assert (body["correlation_id"], body["impact"], body["assignment_group"]) == (
+            KEY,
+            "2",
+            "Routed Group",
+        )
+        assert any("correlation_id" in r.getMessage() and "impact" in r.getMessage() for r in caplog.records)
+
+    @pytest.mark.parametrize("status", [200, 201])
+    def test_accepts_200_and_201(
+        self, adapter: ServiceNowAdapter, mock: responses.RequestsMock, status: int
+    ) -> None:
+        mock.post(TABLE_URL, json={"result": {"sys_id": "d" * 32, "number": "INC0010099"}}, status=status)
+
+        ref = adapter.create(make_item())
+
+        assert (ref.id, ref.number) == ("d" * 32, "INC0010099")
+
+    @pytest.mark.parametrize(
+        ("body", "content_type"),
+        [
+            ("<html><body>Instance hibernating</body></html>", "text/html"),
+            ('{"result": {"number": "INC1"}}', "application/json"),
+            ("", "application/json"),
+        ],
+    )
+    def test_unusable_success_is_retryable_invalid_response(
+        self, adapter: ServiceNowAdapter, mock: responses.RequestsMock, body: str, content_type: str
+    ) -> None:
+        mock.post(TABLE_URL, body=body, status=201, content_type=content_type)
+
+        with pytest.raises(ItsmError) as caught:
+            adapter.create(make_item())
+
+        assert (caught.value.reason, caught.value.retryable) == (Reason.INVALID_RESPONSE, True)
+
+
+class TestNotesAndResolve:
+    def test_add_note_request(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
+        sys_id = fake.seed(KEY)
+
+        adapter.add_note(WorkItemRef("servicenow", sys_id), "Fired again [azmon:fired:2]")
+
+        (request,) = fake.api_requests
+        assert (request.method, path_of(request)) == ("PATCH", f"/api/now/table/incident/{sys_id}")
+        assert query_of(request) == {"sysparm_fields": ["sys_id"]}
+        assert json_of(request) == {"work_notes": "Fired again [azmon:fired:2]"}
+
+    def test_has_note_request_and_answer(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
+        ref = adapter.create(make_item(work_note="first [m-1]"))
+        adapter.add_note(ref, "second [m-2]")
+        fake.api_requests.clear()
+
+        assert adapter.has_note(ref, "[m-1]")
+        assert adapter.has_note(ref, "[m-2]")
+        assert not adapter.has_note(ref, "[m-3]")
+
+        request = fake.api_requests[0]
+        assert (request.method, path_of(request)) == ("GET", f"/api/now/table/incident/{ref.id}")
+        assert query_of(request) == {"sysparm_fields": ["work_notes"], "sysparm_display_value": ["true"]}
+
+    @pytest.mark.parametrize(
+        ("work_notes", "expected"),
+        [
+            ("2025-06-15 10:00:00 - Bridge (Work notes)\nFired [m-1]\n\n", True),
+            ({"display_value": "Fired [m-1]", "value": ""}, True),
+            ("", False),
+            (None, False),
+        ],
+    )
+    def test_has_note_reads_display_value_shapes(
+        self, adapter: ServiceNowAdapter, mock: responses.RequestsMock, work_notes: Any, expected: bool
+    ) -> None:
+        mock.get(f"{TABLE_URL}/{'e' * 32}", json={"result": {"work_notes": work_notes}})
+
+        assert adapter.has_note(WorkItemRef("servicenow", "e" * 32), "[m-1]") is expected
+
+    def test_has_note_refuses_an_empty_marker(self, adapter: ServiceNowAdapter) -> None:
+        with pytest.raises(ValueError, match="marker"):
+            adapter.has_note(WorkItemRef("servicenow", "e" * 32), "")
+
+    def test_resolve_request(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
+        sys_id = fake.seed(KEY)
+
+        adapter.resolve(
+            WorkItemRef("servicenow", sys_id, "INC0010001"),
+            Resolution(
+                close_code="Solution provided", close_notes="Alert resolved.", work_note="Resolved [r]"
+            ),
+        )
+
+        (request,) = fake.api_requests
+        assert (request.method, path_of(request)) == ("PATCH", f"/api/now/table/incident/{sys_id}")
+        assert query_of(request) == {"sysparm_fields": ["sys_id,state"]}
+        assert json_of(request) == {
+            "state": "6",
+            "close_code": "Solution provided",
+            "close_notes": "Alert resolved.",
+            "work_notes": "Resolved [r]",
+        }
+        stored = fake.incident(sys_id)
+        assert (stored["state"], stored["close_code"], stored["close_notes"]) == (
+            "6",
+            "Solution provided",
+            "Alert resolved.",
+        )
+
+    def test_missing_record_is_a_permanent_404(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow
+    ) -> None:
+        with pytest.raises(ItsmError) as caught:
+            adapter.add_note(WorkItemRef("servicenow", "f" * 32), "note")
+
+        assert str(caught.value) == (
+            "ServiceNow 404: No Record found (Record doesn't exist or ACL restricts the record retrieval)"
+        )
+        assert (caught.value.retryable, caught.value.reason) == (False, Reason.CLIENT_ERROR)
+
+    @pytest.mark.parametrize(
+        "ref",
+        [
+            WorkItemRef("servicenow", "../../sys_user/abc"),
+            WorkItemRef("servicenow", "abc?sysparm_query=x"),
+            WorkItemRef("servicenow", ""),
+            WorkItemRef("jira", "a" * 32),
+        ],
+    )
+    def test_refuses_foreign_or_path_like_refs(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow, ref: WorkItemRef
+    ) -> None:
+        with pytest.raises(ValueError):
+            adapter.add_note(ref, "note")
+        with pytest.raises(ValueError):
+            adapter.resolve(ref, Resolution("c", "n", "w"))
+        assert fake.api_requests == []
+
+
+class TestConfigurationItems:
+    def test_exact_requests_resource_id_then_name(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow
+    ) -> None:
+        assert adapter.find_configuration_item([RESOURCE_ID, "/subscriptions/x/other"], ["vm-web-01"]) is None
+
+        assert [path_of(r) for r in fake.api_requests] == ["/api/now/table/cmdb_ci"] * 3
+        queries = [query_of(r) for r in fake.api_requests]
+        assert queries[0] == {
+            "sysparm_query": [f"object_id={RESOURCE_ID}"],
+            "sysparm_fields": ["sys_id,name,object_id"],
+            "sysparm_limit": ["2"],
+            "sysparm_exclude_reference_link": ["true"],
+        }
+        assert queries[1]["sysparm_query"] == ["object_id=/subscriptions/x/other"]
+        assert queries[2] == {
+            "sysparm_query": ["name=vm-web-01"],
+            "sysparm_fields": ["sys_id,name"],
+            "sysparm_limit": ["2"],
+            "sysparm_exclude_reference_link": ["true"],
+        }
+
+    def test_stops_at_the_first_match(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
+        ci = fake.seed_ci("vm-web-01", RESOURCE_ID)
+
+        found = adapter.find_configuration_item([RESOURCE_ID.upper(), "/other"], ["vm-web-01"])
+
+        assert found == ConfigurationItem(id=ci, name="vm-web-01", matched_on="resource_id")
+        assert len(fake.api_requests) == 1
+
+    def test_custom_table_and_fields(self, fake: FakeServiceNow, clock: FakeClock) -> None:
+        fake.tables["cmdb_ci_vm_instance"] = {}
+        adapter = ServiceNowAdapter(
+            make_settings(
+                CMDB_TABLE="cmdb_ci_vm_instance", CMDB_RESOURCE_ID_FIELD="u_azure_id", CMDB_NAME_FIELD="name"
+            ),
+            clock=clock,
+        )
+        ci = fake._insert("cmdb_ci_vm_instance", {"name": "vm-web-01", "u_azure_id": RESOURCE_ID})
+
+        found = adapter.find_configuration_item([RESOURCE_ID], [])
+
+        assert found == ConfigurationItem(id=ci, name="vm-web-01", matched_on="resource_id")
+        (request,) = fake.api_requests
+        assert path_of(request) == "/api/now/table/cmdb_ci_vm_instance"
+        assert query_of(request)["sysparm_query"] == [f"u_azure_id={RESOURCE_ID}"]
+        assert query_of(request)["sysparm_fields"] == ["sys_id,name,u_azure_id"]
+
+    @pytest.mark.parametrize("bad", ["vm^ORname=x", "vm\nname", "vm\r", ""])
+    def test_skips_values_that_would_alter_the_query(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow, bad: str
+    ) -> None:
+        ci = fake.seed_ci("vm-web-01")
+
+        found = adapter.find_configuration_item([bad], [bad, "vm-web-01"])
+
+        assert found is not None and found.id == ci
+        assert [query_of(r)["sysparm_query"] for r in fake.api_requests] == [["name=vm-web-01"]]
+
+    def test_rejects_records_that_do_not_equal_the_value(
+        self, adapter: ServiceNowAdapter, mock: responses.RequestsMock
+    ) -> None:
+        mock.get(
+            f"{INSTANCE}/api/now/table/cmdb_ci",
+            json={"result": [{"sys_id": "a" * 32, "name": "vm-web-010"}]},
+        )
+
+        assert adapter.find_configuration_item([], ["vm-web-01"]) is None
+
+    def test_ambiguous_match_binds_nothing(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        fake.seed_ci("vm-web-01")
+        fake.seed_ci("VM-WEB-01")
+
+        with caplog.at_level(logging.WARNING, logger="bridge.adapters.servicenow"):
+            assert adapter.find_configuration_item([], ["vm-web-01"]) is None
+
+        assert any("several records" in r.getMessage() for r in caplog.records)
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        ("status", "body", "content_type", "expected"),
+        [
+            (
+                400,
+                sn_error("Invalid field", "Field 'u_bogus' does not exist"),
+                "application/json",
+                "ServiceNow 400: Invalid field (Field 'u_bogus' does not exist)",
+            ),
+            (403, sn_error("Operation Failed", None), "application/json", "ServiceNow 403: Operation Failed"),
+            (403, sn_error(None, "ACL restricts"), "application/json", "ServiceNow 403: ACL restricts"),
+            (
+                500,
+                sn_error("Line one\n  line two", "at com.glide.Foo\n\tat Bar"),
+                "application/json",
+                "ServiceNow 500: Line one line two (at com.glide.Foo at Bar)",
+            ),
+            (502, "<html><body>Bad gateway</body></html>", "text/html", "ServiceNow 502: Bad Gateway"),
+            (429, '{"error": "rate limited"}', "application/json", "ServiceNow 429: Too Many Requests"),
+            (404, "", "text/plain", "ServiceNow 404: Not Found"),
+        ],
+    )
+    def test_error_body_parsing(
+        self,
+        adapter: ServiceNowAdapter,
+        mock: responses.RequestsMock,
+        status: int,
+        body: str,
+        content_type: str,
+        expected: str,
+    ) -> None:
+        mock.get(TABLE_URL, body=body, status=status, content_type=content_type)
+
+        with pytest.raises(ItsmError) as caught:
+            adapter.find(KEY)
+
+        assert str(caught.value) == expected
+        assert caught.value.status == status
+
+    def test_long_error_text_is_truncated(
+        self, adapter: ServiceNowAdapter, mock: responses.RequestsMock
+    ) -> None:
+        mock.get(TABLE_URL, body=sn_error("x" * 5000, None), status=400, content_type="application/json")
+
+        with pytest.raises(ItsmError) as caught:
+            adapter.find(KEY)
+
+        assert len(str(caught.value)) <= len("ServiceNow 400: ") + 500
+        assert str(caught.value).endswith("...")
+
+    def test_redirect_is_not_followed(self, adapter: ServiceNowAdapter, mock: responses.RequestsMock) -> None:
+        mock.get(TABLE_URL, status=302, headers={"Location": "https://login.example.com/sso"})
+
+        with pytest.raises(ItsmError) as caught:
+            adapter.find(KEY)
+
+        assert (caught.value.status, caught.value.retryable) == (302, False)
+        assert len(mock.calls) == 1
+
+    def test_basic_auth_401_is_not_repeated(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
+        fake.fail_next(401, body=sn_error("User Not Authenticated", "Required to provide Auth information"))
+
+        with pytest.raises(ItsmError) as caught:
+            adapter.find(KEY)
+
+        assert (caught.value.reason, caught.value.retryable) == (Reason.AUTH_ERROR, False)
+        assert len(fake.api_requests) == 1
+
+    def test_rate_limit_retry_after(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
+        fake.fail_next(
+            429,
+            {"Retry-After": "42", "X-RateLimit-Limit": "100", "X-RateLimit-Rule": "a" * 32},
+            sn_error("Rate limit exceeded", "Too many requests"),
+        )
+
+        with pytest.raises(ItsmError) as caught:
+            adapter.create(make_item())
+
+        assert (caught.value.reason, caught.value.retryable, caught.value.retry_after) == (
+            Reason.RATE_LIMITED,
+            True,
+            42.0,
+        )
+        assert str(caught.value) == "ServiceNow 429: Rate limit exceeded (Too many requests)"
+
+    def test_transport_error_message(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
+        fake.drop_next()
+
+        with pytest.raises(ItsmError) as caught:
+            adapter.find(KEY)
+
+        message = str(caught.value)
+        assert (
+            message == f"ServiceNow GET {TABLE_URL}: connection failed (ConnectionError: Connection refused)"
+        )
+        assert caught.value.__suppress_context__
+
+
+class TestOAuth:
+    @pytest.fixture
+    def oauth(self, clock: FakeClock) -> Iterator[FakeServiceNow]:
+        with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+            yield FakeServiceNow(rsps, auth="oauth_client_credentials", clock=clock)
+
+    @pytest.fixture
+    def oauth_adapter(self, oauth: FakeServiceNow, clock: FakeClock) -> Iterator[ServiceNowAdapter]:
+        adapter = ServiceNowAdapter(make_settings("oauth_client_credentials"), clock=clock)
+        yield adapter
+        adapter.close()
+
+    def test_client_credentials_token_request(
+        self, oauth_adapter: ServiceNowAdapter, oauth: FakeServiceNow
+    ) -> None:
+        oauth_adapter.find(KEY)
+
+        assert oauth.token_forms == [
+            {"grant_type": "client_credentials", "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET}
+        ]
+        (request,) = oauth.api_requests
+        assert request.headers["Authorization"] == f"Bearer {oauth.issued_tokens[0]}"
+
+    def test_password_grant_when_user_is_set_too(self, clock: FakeClock) -> None:
+        with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+            fake = FakeServiceNow(rsps, auth="oauth_password", clock=clock)
+            ServiceNowAdapter(make_settings("oauth_password"), clock=clock).find(KEY)
+            token_call = next(c for c in rsps.calls if c.request.url == f"{INSTANCE}/oauth_token.do")
+
+        assert fake.token_forms == [
+            {
+                "grant_type": "password",
+                "client_id": CLIENT_ID,
+                "client_secret": CLIENT_SECRET,
+                "username": USERNAME,
+                "password": PASSWORD,
+            }
+        ]
+        assert token_call.request.method == "POST"
+        assert token_call.request.headers["Content-Type"] == "application/x-www-form-urlencoded"
+        assert token_call.request.req_kwargs["timeout"] == (3.05, 4.0)  # type: ignore[attr-defined]
+        assert "Authorization" not in token_call.request.headers
+
+    def test_token_is_cached_until_shortly_before_expiry(
+        self, oauth_adapter: ServiceNowAdapter, oauth: FakeServiceNow, clock: FakeClock
+    ) -> None:
+        oauth_adapter.find(KEY)
+        oauth_adapter.find(KEY)
+        clock.advance(1799 - 61)
+        oauth_adapter.find(KEY)
+        assert len(oauth.token_forms) == 1
+
+        clock.advance(2)  # now within 60 s of expiry
+        oauth_adapter.find(KEY)
+
+        assert len(oauth.token_forms) == 2
+        tokens = [r.headers["Authorization"] for r in oauth.api_requests]
+        assert tokens == [f"Bearer {oauth.issued_tokens[0]}"] * 3 + [f"Bearer {oauth.issued_tokens[1]}"]
+
+    @pytest.mark.parametrize(("lifetime", "cached_for"), [(None, 1800 - 60), ("bogus", 1800 - 60), (60, 30)])
+    def test_token_lifetime_fallbacks(
+        self,
+        oauth_adapter: ServiceNowAdapter,
+        oauth: FakeServiceNow,
+        clock: FakeClock,
+        lifetime: Any,
+        cached_for: int,
+    ) -> None:
+        oauth.token_lifetime = lifetime
+        oauth_adapter.find(KEY)
+        clock.advance(cached_for - 1)
+        oauth_adapter.find(KEY)
+        assert len(oauth.token_forms) == 1
+        clock.advance(1)
+        oauth_adapter.find(KEY)
+        assert len(oauth.token_forms) == 2
+
+    def test_401_drops_the_token_and_repeats_once(
+        self, oauth_adapter: ServiceNowAdapter, oauth: FakeServiceNow
+    ) -> None:
+        sys_id = oauth.seed(KEY)
+        oauth_adapter.find(KEY)
+        oauth.revoke_tokens()  # e.g. the instance was restarted or the token revoked
+
+        (found,) = oauth_adapter.find(KEY)
+
+        assert found.ref.id == sys_id
+        assert len(oauth.token_forms) == 2
+        assert [r.headers["Authorization"] for r in oauth.api_requests] == [
+            f"Bearer {oauth.issued_tokens[0]}",
+            f"Bearer {oauth.issued_tokens[0]}",
+            f"Bearer {oauth.issued_tokens[1]}",
+        ]
+
+    def test_401_twice_gives_up_after_one_repeat(
+        self, oauth_adapter: ServiceNowAdapter, oauth: FakeServiceNow
+    ) -> None:
+        oauth.fail_next(401, times=5)
+
+        with pytest.raises(ItsmError) as caught:
+            oauth_adapter.create(make_item())
+
+        assert (caught.value.reason, caught.value.retryable, caught.value.status) == (
+            Reason.AUTH_ERROR,
+            False,
+            401,
+        )
+        assert len(oauth.api_requests) == 2
+        assert len(oauth.token_forms) == 2
+        assert oauth.records() == []
+
+    @pytest.mark.parametrize(
+        ("status", "body", "reason", "retryable", "message"),
+        [
+            (401, None, Reason.AUTH_ERROR, False, "ServiceNow OAuth 401: server_error (access_denied)"),
+            (
+                400,
+                '{"error": "invalid_request"}',
+                Reason.AUTH_ERROR,
+                False,
+                "ServiceNow OAuth 400: invalid_request",
+            ),
+            (403, None, Reason.AUTH_ERROR, False, "ServiceNow OAuth 403: server_error (access_denied)"),
+            (404, "", Reason.CLIENT_ERROR, False, "ServiceNow OAuth 404: Not Found"),
+            (429, "", Reason.RATE_LIMITED, True, "ServiceNow OAuth 429: Too Many Requests"),
+            (
+                503,
+                sn_error("Instance unavailable"),
+                Reason.SERVER_ERROR,
+                True,
+                "ServiceNow OAuth 503: Instance unavailable",
+            ),
+        ],
+    )
+    def test_token_endpoint_failures(
+        self,
+        oauth_adapter: ServiceNowAdapter,
+        oauth: FakeServiceNow,
+        status: int,
+        body: str | None,
+        reason: Reason,
+        retryable: bool,
+        message: str,
+    ) -> None:
+        oauth.fail_token_next(status, {"Retry-After": "5"}, body)
+
+        with pytest.raises(ItsmError) as caught:
+            oauth_adapter.find(KEY)
+
+        assert (caught.value.reason, caught.value.retryable, caught.value.status) == (
+            reason,
+            retryable,
+            status,
+        )
+        assert str(caught.value) == message
+        assert caught.value.retry_after == 5.0
+        assert oauth.api_requests == []
+
+    def test_wrong_client_secret_is_permanent(self, clock: FakeClock) -> None:
+        with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+            FakeServiceNow(rsps, auth="oauth_client_credentials", clock=clock)
+            adapter = ServiceNowAdapter(
+                make_settings("oauth_client_credentials", SERVICENOW_CLIENT_SECRET="wrong-secret"),
+                clock=clock,
+            )
+            with pytest.raises(ItsmError) as caught:
+                adapter.find(KEY)
+
+        assert (caught.value.reason, caught.value.retryable) == (Reason.AUTH_ERROR, False)
+        assert "wrong-secret" not in str(caught.value)
+
+    @pytest.mark.parametrize(
+        "entry",
+        [
+            (200, {}, "<html>login</html>"),
+            (200, {"Content-Type": "application/json"}, '{"token_type": "Bearer"}'),
+            (200, {"Content-Type": "application/json"}, '{"access_token": ""}'),
+        ],
+    )
+    def test_unusable_token_response(
+        self, oauth_adapter: ServiceNowAdapter, oauth: FakeServiceNow, entry: tuple[int, dict[str, str], str]
+    ) -> None:
+        oauth.token_failures.append(entry)
+
+        with pytest.raises(ItsmError) as caught:
+            oauth_adapter.find(KEY)
+
+        assert (caught.value.reason, caught.value.retryable) == (Reason.INVALID_RESPONSE, True)
+
+    @pytest.mark.parametrize(
+        ("exc", "reason"),
+        [
+            (requests.ConnectTimeout("connect timed out"), Reason.TIMEOUT),
+            (requests.ConnectionError("reset"), Reason.NETWORK),
+        ],
+    )
+    def test_token_endpoint_transport_errors(
+        self, oauth_adapter: ServiceNowAdapter, oauth: FakeServiceNow, exc: Exception, reason: Reason
+    ) -> None:
+        oauth.token_failures.append(exc)
+
+        with pytest.raises(ItsmError) as caught:
+            oauth_adapter.find(KEY)
+
+        assert (caught.value.reason, caught.value.retryable) == (reason, True)
+        assert str(caught.value).startswith(f"ServiceNow OAuth POST {INSTANCE}/oauth_token.do: ")
+
+    def test_token_echoed_by_the_server_is_scrubbed(
+        self, oauth_adapter: ServiceNowAdapter, oauth: FakeServiceNow
+    ) -> None:
+        oauth_adapter.find(KEY)
+        token = oauth.issued_tokens[0]
+        oauth.fail_next(400, body=sn_error(f"Bad header Bearer {token}", f"secret={CLIENT_SECRET}"))
+
+        with pytest.raises(ItsmError) as caught:
+            oauth_adapter.find(KEY)
+
+        assert str(caught.value) == "ServiceNow 400: Bad header Bearer *** (secret=***)"
+
+
+class TestConstruction:
+    def test_requires_an_instance(self) -> None:
+        settings = make_settings(ITSM_ADAPTER="other")
+        settings = Settings(**{**settings.__dict__, "servicenow_instance_url": None})
+        with pytest.raises(ConfigError) as caught:
+            ServiceNowAdapter(settings)
+        assert caught.value.setting == "SERVICENOW_INSTANCE_URL"
+
+    def test_requires_credentials(self) -> None:
+        settings = make_settings()
+        settings = Settings(**{**settings.__dict__, "servicenow_username": None, "servicenow_password": None})
+        with pytest.raises(ConfigError) as caught:
+            ServiceNowAdapter(settings)
+        assert caught.value.setting == "SERVICENOW_USERNAME"
+
+    def test_uses_the_given_session_and_closes_it(self, fake: FakeServiceNow) -> None:
+        closed: list[bool] = []
+
+        class Session(requests.Session):
+            def close(self) -> None:
+                closed.append(True)
+                super().close()
+
+        session = Session()
+        session.headers["X-Test"] = "given-session"
+        adapter = ServiceNowAdapter(make_settings(), session)
+        adapter.find(KEY)
+        adapter.close()
+
+        assert fake.api_requests[0].headers["X-Test"] == "given-session"
+        assert closed == [True]
+
+    def test_trailing_slash_in_instance_url(self, fake: FakeServiceNow) -> None:
+        adapter = ServiceNowAdapter(make_settings(SERVICENOW_INSTANCE_URL=INSTANCE + "/"))
+        ref = adapter.create(make_item())
+        assert ref.url is not None and ref.url.startswith(f"{INSTANCE}/nav_to.do?")
+        assert (fake.api_requests[0].url or "").startswith(f"{INSTANCE}/api/now/table/incident?")
+
+
+class TestRegistry:
+    def test_registry_names_match_classes(self) -> None:
+        assert dict(ADAPTERS) == {"servicenow": ServiceNowAdapter}
+        for name, cls in ADAPTERS.items():
+            assert cls.name == name
+
+    def test_build_adapter(self, fake: FakeServiceNow) -> None:
+        session = new_session()
+        adapter = build_adapter(make_settings(), session)
+        assert isinstance(adapter, ServiceNowAdapter)
+        assert isinstance(adapter, ItsmAdapter)
+        adapter.find(KEY)
+        assert len(fake.api_requests) == 1
+        adapter.close()
+
+    def test_unknown_adapter(self) -> None:
+        with pytest.raises(ConfigError) as caught:
+            build_adapter(make_settings(ITSM_ADAPTER="remedy"))
+        assert caught.value.setting == "ITSM_ADAPTER"
+        assert "servicenow" in str(caught.value)
+
+
+class TestHttpHygiene:
+    """bridge.httpclient, the shared helpers the adapter builds on."""
+
+    def test_new_session_headers(self) -> None:
+        assert new_session().headers["User-Agent"] == f"azure-monitor-itsm-bridge/{__version__}"
+        session = new_session("sandbox")
+        assert session.headers["User-Agent"] == f"azure-monitor-itsm-bridge/{__version__} sandbox"
+        assert session.headers["Accept"] == "application/json"
+
+    @pytest.mark.parametrize(
+        ("url", "expected"),
+        [
+            (
+                "https://user:pw@contoso.service-now.com/api/now/table/incident?sysparm_limit=1",
+                "https://contoso.service-now.com/api/now/table/incident?sysparm_limit=1",
+            ),
+            (
+                "https://fn.azurewebsites.net/api/alerts?code=abc123&x=1",
+                "https://fn.azurewebsites.net/api/alerts?code=REDACTED&x=1",
+            ),
+            (
+                "https://h/p?access_token=t&client_secret=s&password=p&sig=q&apikey=k",
+                "https://h/p?access_token=REDACTED&client_secret=REDACTED&password=REDACTED&sig=REDACTED"
+                "&apikey=REDACTED",
+            ),
+            ("http://127.0.0.1:8080/x#frag", "http://127.0.0.1:8080/x"),
+            ("http://[::1]:9000/x", "http://[::1]:9000/x"),
+            ("http://h:notaport/x", "<unparseable url>"),
+        ],
+    )
+    def test_redact_url(self, url: str, expected: str) -> None:
+        assert redact_url(url) == expected
+
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [
+            (None, None),
+            ("", None),
+            ("  ", None),
+            ("0", 0.0),
+            ("30", 30.0),
+            ("1.5", 1.5),
+            ("-1", None),
+            ("nan", None),
+            ("inf", None),
+            ("tomorrow", None),
+            ("Sun, 15 Jun 2025 00:02:00 GMT", 120.0),
+            ("Sat, 14 Jun 2025 23:00:00 GMT", 0.0),
+        ],
+    )
+    def test_parse_retry_after(self, value: str | None, expected: float | None) -> None:
+        now = datetime(2025, 6, 15, tzinfo=UTC).timestamp()
+        assert parse_retry_after(value, now=lambda: now) == expected
+
+    def test_http_date_matches_formatdate(self) -> None:
+        assert (
+            parse_retry_after(email.utils.formatdate(1_000_060, usegmt=True), now=lambda: 1_000_000) == 60.0
+        )
+
+    @pytest.mark.parametrize(
+        ("exc", "reason", "phrase"),
+        [
+            (requests.ReadTimeout("x"), Reason.TIMEOUT, "timed out (ReadTimeout)"),
+            (requests.ConnectTimeout("x"), Reason.TIMEOUT, "timed out (ConnectTimeout)"),
+            (
+                requests.ConnectionError(OSError(104, "Connection reset by peer")),
+                Reason.NETWORK,
+                "connection failed (ConnectionError: Connection reset by peer)",
+            ),
+            (
+                requests.exceptions.ChunkedEncodingError("x"),
+                Reason.NETWORK,
+                "request failed (ChunkedEncodingError)",
+            ),
+            (requests.TooManyRedirects("x"), Reason.NETWORK, "request failed (TooManyRedirects)"),
+        ],
+    )
+    def test_error_from_exception(self, exc: requests.RequestException, reason: Reason, phrase: str) -> None:
+        error = error_from_exception(
+            exc, system="ServiceNow", method="get", url="https://u:p4ss@h.example/api?token=t0k&x=1"
+        )
+        assert (error.retryable, error.reason, error.status) == (True, reason, None)
+        assert str(error) == f"ServiceNow GET https://h.example/api?token=REDACTED&x=1: {phrase}"
+
+    def test_error_from_exception_ignores_the_exception_text(self) -> None:
+        exc = requests.ConnectionError(
+            "HTTPSConnectionPool(host='u:p4ss@h'): Max retries exceeded with url: /?pw=p4ss"
+        )
+        assert "p4ss" not in str(error_from_exception(exc, system="X"))
+        assert str(error_from_exception(exc, system="X")) == "X: connection failed (ConnectionError)"
