@@ -1,0 +1,458 @@
+"""Common alert schema parsing: one request body in, one typed, immutable :class:`Alert` out.
+
+Only what the bridge relies on is validated (the envelope, ``alertId``, ``monitorCondition``,
+the types of the essentials it reads, timestamps). Everything else is kept as sent: unknown
+fields stay in ``payload``/``essentials``/``context``, an unknown ``monitoringService`` gives
+kind ``UNKNOWN``, and odd alert-context shapes (integer ``channels``, ``claims`` or
+``impactedServices`` as JSON strings) are never a reason to refuse an alert. Anything that is
+refused raises :class:`~bridge.errors.PayloadError` naming the field.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
+from types import MappingProxyType
+from typing import Any, NoReturn
+from urllib.parse import quote
+
+from .errors import PayloadError
+
+__all__ = [
+    "SCHEMA_ID",
+    "Alert",
+    "AlertKind",
+    "Condition",
+    "parse_alert",
+    "parse_timestamp",
+    "thaw",
+]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_ID = "azureMonitorCommonAlertSchema"
+
+# What the portal's own "copy link" produces for an alert instance; used when the payload
+# carries no investigationLink (that field is still a limited preview).
+_PORTAL_ALERT_URL = "https://portal.azure.com/#view/Microsoft_Azure_Monitoring_Alerts/AlertDetails.ReactView/alertId~/"
+
+
+class AlertKind(enum.StrEnum):
+    """Which alert-context shape the alert carries, derived from ``monitoringService``."""
+
+    METRIC = "metric"
+    LOG = "log"
+    LOG_V1 = "log_v1"
+    ACTIVITY_LOG = "activity_log"
+    SERVICE_HEALTH = "service_health"
+    RESOURCE_HEALTH = "resource_health"
+    SMART_DETECTOR = "smart_detector"
+    PROMETHEUS = "prometheus"
+    BUDGET = "budget"
+    UNKNOWN = "unknown"
+
+
+# Activity-log families never send Resolved (FACTS 3.4); budgets have no monitor state at all.
+_STATELESS = frozenset(
+    {AlertKind.ACTIVITY_LOG, AlertKind.SERVICE_HEALTH, AlertKind.RESOURCE_HEALTH, AlertKind.BUDGET}
+)
+
+# monitoringService with spaces, hyphens and case removed -> kind. Both spellings Microsoft
+# uses ("Resource Health" / "ResourceHealth") fold to the same key.
+_SERVICE_KINDS: Mapping[str, AlertKind] = {
+    "platform": AlertKind.METRIC,
+    "loganalytics": AlertKind.LOG_V1,
+    "applicationinsights": AlertKind.LOG_V1,
+    "logalertsv2": AlertKind.LOG,
+    "simplelogalert": AlertKind.LOG,
+    "servicehealth": AlertKind.SERVICE_HEALTH,
+    "resourcehealth": AlertKind.RESOURCE_HEALTH,
+    "smartdetector": AlertKind.SMART_DETECTOR,
+    "prometheus": AlertKind.PROMETHEUS,
+    "costalerts": AlertKind.BUDGET,
+}
+
+_SUBSCRIPTION = re.compile(r"^/subscriptions/([^/]+)", re.IGNORECASE)
+_SEVERITY = re.compile(r"^sev([0-4])$", re.IGNORECASE)
+_TIMESTAMP = re.compile(
+    r"^(?P<date>\d{4}-\d{2}-\d{2})[T ](?P<time>\d{2}:\d{2}(?::\d{2})?)"
+    r"(?:[.,](?P<fraction>\d+))?"
+    r"(?P<tz>Z|[+-]\d{2}(?::?\d{2})?)?$",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One criterion of ``alertContext.condition.allOf``, or the query of a log alert V1.
+
+    Numbers are kept as text, formatted for display, because thresholds arrive as strings in
+    some shapes and as numbers in others.
+    """
+
+    name: str | None
+    operator: str | None
+    threshold: str | None
+    value: str | None
+    time_aggregation: str | None
+    dimensions: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One common-schema alert. The mapping fields are deep read-only views of the payload."""
+
+    alert_id: str
+    alert_rule: str | None
+    alert_rule_id: str | None
+    severity: str | None
+    signal_type: str | None
+    monitor_condition: str
+    monitoring_service: str | None
+    target_ids: tuple[str, ...]
+    configuration_items: tuple[str, ...]
+    origin_alert_id: str | None
+    fired_at: datetime | None
+    resolved_at: datetime | None
+    description: str | None
+    essentials: Mapping[str, Any] = field(repr=False, hash=False)
+    context: Mapping[str, Any] = field(repr=False, hash=False)
+    custom_properties: Mapping[str, Any] | None = field(repr=False, hash=False)
+    payload: Mapping[str, Any] = field(repr=False, hash=False)
+    kind: AlertKind = AlertKind.UNKNOWN
+    conditions: tuple[Condition, ...] = ()
+
+    @property
+    def is_resolved(self) -> bool:
+        return self.monitor_condition == "Resolved"
+
+    @property
+    def is_stateless(self) -> bool:
+        """Activity log, service health, resource health and budget alerts never resolve."""
+        return self.kind in _STATELESS
+
+    @property
+    def subscription_ids(self) -> frozenset[str]:
+        """Lower-cased subscription segments of ``alertId`` and every ``alertTargetIDs`` entry.
+
+        Any segment is returned, GUID or not, so an allow-list check sees every subscription
+        the payload claims.
+        """
+        found: set[str] = set()
+        for resource_id in (self.alert_id, *self.target_ids):
+            match = _SUBSCRIPTION.match(resource_id.strip())
+            if match:
+                found.add(match.group(1).lower())
+        return frozenset(found)
+
+    @property
+    def portal_link(self) -> str:
+        link = self.essentials.get("investigationLink")
+        if isinstance(link, str) and link.strip():
+            return link.strip()
+        return _PORTAL_ALERT_URL + quote(self.alert_id, safe="")
+
+
+def parse_alert(body: bytes | str | Mapping[str, Any]) -> Alert:
+    """Parse one common-schema alert; raise :class:`PayloadError` naming the bad field."""
+    try:
+        return _parse(body)
+    except RecursionError:
+        raise PayloadError("body is nested too deeply", field="body") from None
+
+
+def parse_timestamp(value: str, field_name: str) -> datetime:
+    """An ISO 8601 timestamp as a timezone-aware UTC datetime.
+
+    Azure sends up to 7 fractional digits (``2019-03-22T13:58:24.3713213Z``); digits beyond
+    microseconds are dropped, never rounded (rounding could carry into the next second).
+    A timestamp without an offset is taken as UTC, which is what the schema documents.
+    """
+    match = _TIMESTAMP.match(value.strip())
+    if not match:
+        _fail(field_name, "is not an ISO 8601 timestamp")
+    time_part = match.group("time")
+    if time_part.count(":") == 1:
+        time_part += ":00"
+    fraction = (match.group("fraction") or "")[:6].ljust(6, "0")
+    tz = (match.group("tz") or "Z").upper()
+    try:
+        moment = datetime.fromisoformat(f"{match.group('date')}T{time_part}.{fraction}")
+        offset = _offset(tz)
+    except ValueError:
+        _fail(field_name, "is not a valid date and time")
+    return moment.replace(tzinfo=offset).astimezone(UTC)
+
+
+def thaw(value: Any) -> Any:
+    """A JSON-serialisable copy of a frozen view (mappings to dicts, tuples to lists)."""
+    if isinstance(value, Mapping):
+        return {key: thaw(item) for key, item in value.items()}
+    if isinstance(value, tuple | list):
+        return [thaw(item) for item in value]
+    return value
+
+
+def _parse(body: bytes | str | Mapping[str, Any]) -> Alert:
+    document = _load(body)
+    if not isinstance(document, Mapping):
+        _fail("body", "must be a JSON object")
+    schema_id = document.get("schemaId")
+    if schema_id != SCHEMA_ID:
+        if schema_id is None:
+            _fail("schemaId", f"is missing; expected {SCHEMA_ID!r} (enable the common alert schema)")
+        _fail("schemaId", f"is {_short(schema_id)}; expected {SCHEMA_ID!r}")
+    data = document.get("data")
+    if not isinstance(data, Mapping):
+        _fail("data", "is missing" if data is None else "must be an object")
+    essentials = data.get("essentials")
+    if not isinstance(essentials, Mapping):
+        _fail("data.essentials", "is missing" if essentials is None else "must be an object")
+    context = data.get("alertContext")
+    if context is None:
+        context = {}
+    elif not isinstance(context, Mapping):
+        _fail("data.alertContext", "must be an object")
+    custom = data.get("customProperties")
+    if custom is not None and not isinstance(custom, Mapping):
+        _fail("data.customProperties", "must be an object or null")
+
+    alert_id = essentials.get("alertId")
+    if alert_id is None:
+        _fail("data.essentials.alertId", "is missing")
+    if not isinstance(alert_id, str):
+        _fail("data.essentials.alertId", "must be a string")
+    if not alert_id.strip():
+        _fail("data.essentials.alertId", "must not be empty")
+
+    frozen_essentials = _freeze(essentials)
+    frozen_context = _freeze(context)
+    monitoring_service = _optional_text(essentials, "monitoringService")
+    kind = _kind(monitoring_service, context)
+    return Alert(
+        alert_id=alert_id.strip(),
+        alert_rule=_optional_text(essentials, "alertRule"),
+        alert_rule_id=_rule_id(essentials),
+        severity=_severity(essentials),
+        signal_type=_optional_text(essentials, "signalType"),
+        monitor_condition=_monitor_condition(essentials),
+        monitoring_service=monitoring_service,
+        target_ids=_text_list(essentials, "alertTargetIDs"),
+        configuration_items=_text_list(essentials, "configurationItems"),
+        origin_alert_id=_optional_text(essentials, "originAlertId"),
+        fired_at=_optional_time(essentials, "firedDateTime"),
+        resolved_at=_optional_time(essentials, "resolvedDateTime"),
+        description=_optional_text(essentials, "description"),
+        essentials=frozen_essentials,
+        context=frozen_context,
+        custom_properties=_freeze(custom) if custom is not None else None,
+        payload=_freeze(document),
+        kind=kind,
+        conditions=_conditions(kind, frozen_context),
+    )
+
+
+def _load(body: bytes | str | Mapping[str, Any]) -> Any:
+    if isinstance(body, Mapping):
+        return body
+    if isinstance(body, bytes | bytearray | memoryview):
+        try:
+            # utf-8-sig: a byte-order mark is harmless, so it is not a reason to drop an alert.
+            text = bytes(body).decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise PayloadError(
+                f"body is not valid UTF-8 (byte {exc.start})", field="body"
+            ) from None
+    elif isinstance(body, str):
+        text = body
+    else:
+        raise PayloadError("body must be bytes, text or an object", field="body")
+    if not text.strip():
+        _fail("body", "is empty")
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise PayloadError(
+            f"body is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", field="body"
+        ) from None
+    except ValueError as exc:
+        # NaN/Infinity, or an integer literal too long to convert.
+        raise PayloadError(f"body is not valid JSON ({exc})", field="body") from None
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return MappingProxyType({str(key): _freeze(item) for key, item in value.items()})
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(item) for item in value)
+    return value
+
+
+def _fail(field_name: str, problem: str) -> NoReturn:
+    raise PayloadError(f"{field_name} {problem}", field=field_name)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _optional_text(essentials: Mapping[str, Any], key: str) -> str | None:
+    value = essentials.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    _fail(f"data.essentials.{key}", "must be a string or null")
+
+
+def _rule_id(essentials: Mapping[str, Any]) -> str | None:
+    # The schema table spells it alertRuleID, the sample payload alertRuleId.
+    for key in ("alertRuleID", "alertRuleId"):
+        value = _optional_text(essentials, key)
+        if value:
+            return value
+    return None
+
+
+def _severity(essentials: Mapping[str, Any]) -> str | None:
+    value = _optional_text(essentials, "severity")
+    if value is None:
+        return None
+    match = _SEVERITY.match(value.strip())
+    # "sev2" and "Sev2" are the same severity; anything else is kept as sent.
+    return f"Sev{match.group(1)}" if match else value
+
+
+def _monitor_condition(essentials: Mapping[str, Any]) -> str:
+    value = essentials.get("monitorCondition")
+    name = "data.essentials.monitorCondition"
+    if value is None:
+        _fail(name, "is missing")
+    if not isinstance(value, str):
+        _fail(name, "must be a string")
+    folded = value.strip().lower()
+    if folded == "fired":
+        return "Fired"
+    if folded == "resolved":
+        return "Resolved"
+    _fail(name, f"is {_short(value)}; expected 'Fired' or 'Resolved'")
+
+
+def _text_list(essentials: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = essentials.get(key)
+    name = f"data.essentials.{key}"
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple):
+        _fail(name, "must be a list of strings or null")
+    items: list[str] = []
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            _fail(f"{name}[{index}]", "must be a string")
+        if item.strip():
+            items.append(item.strip())
+    return tuple(items)
+
+
+def _optional_time(essentials: Mapping[str, Any], key: str) -> datetime | None:
+    value = essentials.get(key)
+    name = f"data.essentials.{key}"
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str):
+        _fail(name, "must be a timestamp string or null")
+    return parse_timestamp(value, name)
+
+
+def _offset(tz: str) -> timezone:
+    if tz == "Z":
+        return UTC
+    sign = -1 if tz[0] == "-" else 1
+    digits = tz[1:].replace(":", "")
+    hours, minutes = int(digits[:2]), int(digits[2:] or "0")
+    if hours > 23 or minutes > 59:
+        raise ValueError("offset out of range")
+    return timezone(sign * timedelta(hours=hours, minutes=minutes))
+
+
+def _kind(monitoring_service: str | None, context: Mapping[str, Any]) -> AlertKind:
+    if not monitoring_service:
+        return AlertKind.UNKNOWN
+    key = re.sub(r"[\s_\-]", "", monitoring_service.lower())
+    if key.startswith("activitylog"):
+        return AlertKind.ACTIVITY_LOG
+    kind = _SERVICE_KINDS.get(key, AlertKind.UNKNOWN)
+    if kind is AlertKind.LOG_V1 and "SearchQuery" not in context and "condition" in context:
+        # A Log Analytics / Application Insights alert from the scheduled-query API carries
+        # the V2 context; read it as such.
+        return AlertKind.LOG
+    return kind
+
+
+def _conditions(kind: AlertKind, context: Mapping[str, Any]) -> tuple[Condition, ...]:
+    if kind is AlertKind.LOG_V1 or ("SearchQuery" in context and "condition" not in context):
+        return (
+            Condition(
+                name=_display(context.get("SearchQuery")),
+                operator=_display(context.get("Operator")),
+                threshold=_display(context.get("Threshold")),
+                value=_display(context.get("ResultCount")),
+                time_aggregation=None,
+                dimensions=_dimensions(context.get("Dimensions")),
+            ),
+        )
+    condition = context.get("condition")
+    if not isinstance(condition, Mapping):
+        return ()
+    criteria = condition.get("allOf")
+    if not isinstance(criteria, tuple):
+        return ()
+    found: list[Condition] = []
+    for criterion in criteria:
+        if not isinstance(criterion, Mapping):
+            continue
+        name = criterion.get("metricName")
+        if name is None:
+            name = criterion.get("searchQuery")
+        found.append(
+            Condition(
+                name=_display(name),
+                operator=_display(criterion.get("operator")),
+                threshold=_display(criterion.get("threshold")),
+                value=_display(criterion.get("metricValue")),
+                time_aggregation=_display(criterion.get("timeAggregation")),
+                dimensions=_dimensions(criterion.get("dimensions")),
+            )
+        )
+    return tuple(found)
+
+
+def _dimensions(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, tuple):
+        return ()
+    pairs: list[tuple[str, str]] = []
+    for entry in value:
+        if isinstance(entry, Mapping) and entry.get("name") is not None:
+            pairs.append((_display(entry.get("name")) or "", _display(entry.get("value")) or ""))
+    return tuple(pairs)
+
+
+def _display(value: Any) -> str | None:
+    """Scalar payload values as text; containers as compact JSON."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+    if isinstance(value, int | str):
+        return str(value)
+    return json.dumps(thaw(value), ensure_ascii=False, separators=(",", ":"), sort_keys=True)

@@ -1,0 +1,827 @@
+"""Alert to work item: the ITSM-neutral texts and fields the bridge writes for an alert.
+
+:func:`build_work_item` makes a new work item (short description from the configured template,
+a plain-text description a person can act on, impact/urgency from severity, routing fields);
+:func:`update_note` is the work note for a repeated Fired; :func:`resolution` says how to
+resolve when the alert resolves. Every note carries :func:`~bridge.correlation.note_marker` of
+the payload, so a redelivery of the same notification is recognised and skipped.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import re
+import string
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+from .adapters.base import ConfigurationItem, Resolution, WorkItem
+from .alerts import Alert, AlertKind, Condition, thaw
+from .config import MappingRules, RoutingRule
+from .correlation import correlation_key, fingerprint, note_marker
+
+__all__ = [
+    "CORRELATION_DISPLAY",
+    "DESCRIPTION_MAX_CHARS",
+    "SHORT_DESCRIPTION_MAX_CHARS",
+    "TEMPLATE_NAMES",
+    "build_work_item",
+    "render_short_description",
+    "resolution",
+    "template_values",
+    "update_note",
+]
+
+logger = logging.getLogger(__name__)
+
+CORRELATION_DISPLAY = "Azure Monitor"
+# ServiceNow's incident short_description holds 160 characters (FACTS 4.2, commonly cited).
+SHORT_DESCRIPTION_MAX_CHARS = 160
+# The platform stores long strings as mediumtext and does not enforce max_length
+# (ServiceNow KB0685779); these caps only keep a runaway payload readable.
+DESCRIPTION_MAX_CHARS = 32_000
+_LINE_MAX_CHARS = 4_000
+_TRUNCATED_LINE = "[description shortened; the full alert is in Azure Monitor, see the portal link]"
+
+# Work-item fields a routing rule's ``set`` or ``extra_fields`` maps onto WorkItem attributes.
+_ITEM_FIELDS = ("assignment_group", "category", "caller_id")
+# Fields the bridge owns: letting configuration overwrite them would break correlation or state.
+_RESERVED_FIELDS = frozenset(
+    {
+        "correlation_id", "correlation_display", "short_description", "description", "work_notes",
+        "comments", "cmdb_ci", "state", "close_code", "close_notes", "sys_id", "number",
+        "impact", "urgency",
+    }
+)
+
+TEMPLATE_NAMES = frozenset(
+    {
+        "severity", "monitorCondition", "alertRule", "target", "resourceGroup", "resourceType",
+        "subscriptionId", "monitoringService", "signalType", "configurationItem", "alertId",
+        "correlationId", "description", "firedDateTime", "kind",
+    }
+)
+
+_SUBSCRIPTION = re.compile(r"^/subscriptions/([^/]+)", re.IGNORECASE)
+_RESOURCE_GROUP = re.compile(r"/resourcegroups/([^/]+)", re.IGNORECASE)
+_TAG = re.compile(r"<[^>]*>")
+_SPACES = re.compile(r"\s+")
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def build_work_item(
+    alert: Alert,
+    rules: MappingRules,
+    ci: ConfigurationItem | None = None,
+    ci_note: str | None = None,
+) -> WorkItem:
+    """A new work item for a Fired alert (or a stateless alert of any condition)."""
+    impact, urgency = rules.impact_urgency(alert.severity)
+    fields: dict[str, str | None] = {
+        "assignment_group": rules.assignment_group,
+        "category": rules.category,
+        "caller_id": rules.caller_id,
+    }
+    extra: dict[str, str] = {}
+    for key, value in rules.extra_fields.items():
+        if key in _ITEM_FIELDS:
+            # The dedicated setting wins over the generic escape hatch.
+            fields[key] = fields[key] or value
+        elif key in _RESERVED_FIELDS:
+            logger.warning("mapping extra_fields.%s is ignored: the bridge sets that field itself", key)
+        else:
+            extra[key] = value
+
+    route = _first_route(alert, rules.routing)
+    if route is not None:
+        for key, value in route.set.items():
+            if key in _ITEM_FIELDS:
+                fields[key] = value
+            elif key in ("impact", "urgency"):
+                level = _level(value)
+                if level is None:
+                    logger.warning("routing set.%s=%r is not 1, 2 or 3; ignored", key, value)
+                elif key == "impact":
+                    impact = level
+                else:
+                    urgency = level
+            elif key in _RESERVED_FIELDS:
+                logger.warning("routing set.%s is ignored: the bridge sets that field itself", key)
+            else:
+                extra[key] = value
+
+    marker = note_marker(fingerprint(alert))
+    note_lines = [
+        f"Opened by the Azure Monitor bridge from alert rule {_quoted(_rule_name(alert))} "
+        f"({_joined(alert.severity, alert.monitor_condition)}"
+        f"{', fired ' + _iso(alert.fired_at) if alert.fired_at else ''}).",
+        f"Alert ID: {alert.alert_id}",
+    ]
+    if ci_note:
+        note_lines.append(f"CMDB: {_clean(ci_note)}")
+    note_lines.append(f"[{marker}]")
+
+    return WorkItem(
+        correlation_id=correlation_key(alert.alert_id),
+        correlation_display=CORRELATION_DISPLAY,
+        short_description=render_short_description(rules.short_description_template, alert),
+        description=_description(alert, ci, ci_note),
+        impact=impact,
+        urgency=urgency,
+        work_note="\n".join(note_lines),
+        configuration_item=ci,
+        caller_id=fields["caller_id"],
+        assignment_group=fields["assignment_group"],
+        category=fields["category"],
+        extra_fields=MappingProxyType(extra),
+    )
+
+
+def update_note(alert: Alert) -> str:
+    """The work note added to the open work item when the alert fires again."""
+    if alert.is_stateless:
+        heading = "Azure Monitor sent a new notification for this alert"
+        if alert.is_resolved:
+            heading += " (monitor condition Resolved; this alert type never resolves incidents by itself)"
+    else:
+        heading = "Azure Monitor reports the alert fired again"
+    lines = [heading + "."]
+    lines.append(
+        "; ".join(
+            part
+            for part in (
+                f"Rule: {_rule_name(alert)}",
+                f"severity: {alert.severity}" if alert.severity else "",
+                f"fired at: {_iso(alert.fired_at)}" if alert.fired_at else "",
+            )
+            if part
+        )
+    )
+    lines.extend(_summary(alert))
+    lines.append(f"Portal: {alert.portal_link}")
+    lines.append(f"[{note_marker(fingerprint(alert))}]")
+    return "\n".join(_cap(line) for line in lines)
+
+
+def resolution(alert: Alert, rules: MappingRules) -> Resolution:
+    """How to resolve the open work item when its alert resolves."""
+    when = _iso(alert.resolved_at) if alert.resolved_at else "an unreported time"
+    rule = _quoted(_rule_name(alert))
+    target = _target(alert)
+    close_notes = (
+        f"Resolved automatically: Azure Monitor reported alert rule {rule} on {target} "
+        f"as resolved at {when}.\nAlert ID: {alert.alert_id}"
+    )
+    work_note = (
+        f"Azure Monitor reported the alert as resolved at {when}; the bridge resolved this "
+        f"incident with close code {_quoted(rules.close_code)}.\n"
+        f"Portal: {alert.portal_link}\n"
+        f"[{note_marker(fingerprint(alert))}]"
+    )
+    return Resolution(close_code=rules.close_code, close_notes=close_notes, work_note=work_note)
+
+
+def template_values(alert: Alert) -> dict[str, str]:
+    """The names a short-description template may use (:data:`TEMPLATE_NAMES`), as text."""
+    values = {
+        "severity": alert.severity or "",
+        "monitorCondition": alert.monitor_condition,
+        "alertRule": _rule_name(alert),
+        "target": _target(alert),
+        "resourceGroup": _resource_group(alert),
+        "resourceType": _resource_type(alert),
+        "subscriptionId": _subscription(alert),
+        "monitoringService": alert.monitoring_service or "",
+        "signalType": alert.signal_type or "",
+        "configurationItem": alert.configuration_items[0] if alert.configuration_items else "",
+        "alertId": alert.alert_id,
+        "correlationId": correlation_key(alert.alert_id),
+        "description": alert.description or "",
+        "firedDateTime": _iso(alert.fired_at) if alert.fired_at else "",
+        "kind": alert.kind.value,
+    }
+    return values
+
+
+def render_short_description(template: str, alert: Alert) -> str:
+    """``template`` filled from :func:`template_values`: one line, at most 160 characters.
+
+    Only plain ``{name}`` fields are substituted. Unknown names, attribute or index access and
+    positional fields render as nothing, so a mistyped template never stops an alert; a
+    template that cannot be parsed at all falls back to the built-in default.
+    """
+    values = template_values(alert)
+    rendered = _render(template, values)
+    if rendered is None:
+        logger.warning("short_description_template cannot be parsed; using the default template")
+        rendered = _render(MappingRules.short_description_template, values) or ""
+    text = _SPACES.sub(" ", rendered).strip()
+    if not text:
+        text = _SPACES.sub(" ", f"Azure Monitor alert {values['alertRule']}").strip()
+    return _truncate(text, SHORT_DESCRIPTION_MAX_CHARS)
+
+
+# --------------------------------------------------------------------------- templates
+
+
+def _render(template: str, values: Mapping[str, str]) -> str | None:
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError:
+        return None
+    parts: list[str] = []
+    unknown: list[str] = []
+    for literal, name, spec, _conversion in parsed:
+        parts.append(literal)
+        if name is None:
+            continue
+        value = values.get(name)
+        if value is None:
+            unknown.append(name)
+            continue
+        if spec:
+            try:
+                value = format(value, spec)
+            except ValueError:
+                pass  # a bad format spec is ignored, the value is still shown
+        parts.append(value)
+    if unknown:
+        logger.warning(
+            "short_description_template uses unknown names %s; known names: %s",
+            sorted(set(unknown)),
+            ", ".join(sorted(TEMPLATE_NAMES)),
+        )
+    return "".join(parts)
+
+
+def _truncate(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    # Break on a word when that loses little; a long unbroken name is cut mid-word.
+    if space >= limit - 40:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:-") + "…"
+
+
+# --------------------------------------------------------------------------- routing
+
+
+def _first_route(alert: Alert, routing: Iterable[RoutingRule]) -> RoutingRule | None:
+    for rule in routing:
+        if all(_matches(alert, key, expected) for key, expected in rule.match.items()):
+            return rule
+    return None
+
+
+def _matches(alert: Alert, key: str, expected: str) -> bool:
+    values = _routing_values(alert, key)
+    wanted = expected.strip().casefold()
+    if not values:
+        # An absent or null field matches only an empty expectation (e.g. budget severity).
+        return wanted == ""
+    return any(value.strip().casefold() == wanted for value in values)
+
+
+def _routing_values(alert: Alert, key: str) -> list[str]:
+    folded = key.casefold()
+    derived: Mapping[str, Callable[[Alert], str]] = {
+        "resourcegroup": _resource_group,
+        "subscriptionid": _subscription,
+        "kind": lambda a: a.kind.value,
+        "target": _target,
+        "monitorcondition": lambda a: a.monitor_condition,
+        "severity": lambda a: a.severity or "",
+    }
+    if folded in derived:
+        value = derived[folded](alert)
+        return [value] if value else []
+    for name, raw in alert.essentials.items():
+        if name.casefold() == folded:
+            if raw is None:
+                return []
+            if isinstance(raw, tuple):
+                return [text for item in raw if (text := _text(item))]
+            text = _text(raw)
+            return [text] if text else []
+    if folded in ("resourcegroupname", "targetresourcegroup"):
+        group = _resource_group(alert)
+        return [group] if group else []
+    return []
+
+
+def _level(value: str) -> int | None:
+    text = value.strip()
+    return int(text) if text in ("1", "2", "3") else None
+
+
+# --------------------------------------------------------------------------- alert facts
+
+
+def _rule_name(alert: Alert) -> str:
+    if alert.alert_rule:
+        return alert.alert_rule
+    if alert.kind is AlertKind.BUDGET:
+        budget = _mapping(alert.context.get("AlertData")).get("BudgetName")
+        if isinstance(budget, str) and budget:
+            return budget
+    return alert.monitoring_service or "Azure Monitor alert"
+
+
+def _target(alert: Alert) -> str:
+    """Resource name: last segment of the first target id, else the first CI, else the service."""
+    if alert.target_ids:
+        last = alert.target_ids[0].rstrip("/").rsplit("/", 1)[-1]
+        if last:
+            return last
+    if alert.configuration_items:
+        return alert.configuration_items[0]
+    return alert.monitoring_service or ""
+
+
+def _resource_group(alert: Alert) -> str:
+    for resource_id in alert.target_ids:
+        match = _RESOURCE_GROUP.search(resource_id)
+        if match:
+            return match.group(1)
+    for key in ("targetResourceGroup", "resourceGroupName"):
+        value = alert.essentials.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def _subscription(alert: Alert) -> str:
+    for resource_id in (*alert.target_ids, alert.alert_id):
+        match = _SUBSCRIPTION.match(resource_id)
+        if match:
+            return match.group(1)
+    return ""
+
+
+def _resource_type(alert: Alert) -> str:
+    for key in ("targetResourceType", "resourceType"):
+        value = alert.essentials.get(key)
+        if isinstance(value, str) and value:
+            return value
+    if alert.target_ids:
+        _, sep, tail = alert.target_ids[0].rpartition("/providers/")
+        parts = tail.strip("/").split("/")
+        if sep and len(parts) >= 2:
+            # namespace/type[/name/subtype/name...] -> namespace/type[/subtype...]
+            return "/".join([parts[0], *parts[1::2]])
+    return ""
+
+
+# --------------------------------------------------------------------------- description
+
+
+def _description(alert: Alert, ci: ConfigurationItem | None, ci_note: str | None) -> str:
+    lines: list[str] = [f"Azure Monitor alert: {alert.monitor_condition}"]
+    add = _adder(lines)
+    add("Alert rule", _rule_name(alert))
+    add("Severity", alert.severity)
+    add("Monitor condition", alert.monitor_condition)
+    add("Monitoring service", alert.monitoring_service)
+    add("Signal type", alert.signal_type)
+    add("Fired at", _iso(alert.fired_at) if alert.fired_at else None)
+    add("Resolved at", _iso(alert.resolved_at) if alert.resolved_at else None)
+    add("Alert ID", alert.alert_id)
+    add("Alert rule ID", alert.alert_rule_id)
+    add("Portal link", alert.portal_link)
+    add("Description", alert.description)
+
+    if alert.conditions:
+        lines.append("")
+        lines.extend(_condition_lines(alert))
+
+    details = _DETAILS.get(alert.kind)
+    if details is not None:
+        section = details(alert)
+        if section:
+            lines.append("")
+            lines.extend(section)
+
+    lines.append("")
+    if alert.target_ids:
+        lines.append("Targets:")
+        lines.extend(f"- {target}" for target in alert.target_ids)
+    add("Configuration items", ", ".join(alert.configuration_items) or None)
+    if ci is not None:
+        matched = f", matched on {ci.matched_on}" if ci.matched_on else ""
+        add("CMDB configuration item", f"{ci.name or ci.id} ({ci.id}{matched})")
+    add("CMDB", ci_note)
+    add("Origin alert ID", alert.origin_alert_id)
+
+    properties = _properties_lines("Custom properties", alert.custom_properties)
+    rule_properties = _mapping(alert.context.get("properties"))
+    if alert.kind in (AlertKind.METRIC, AlertKind.LOG) and rule_properties != _mapping(
+        alert.custom_properties
+    ):
+        properties += _properties_lines("Alert rule properties", rule_properties)
+    if properties:
+        lines.append("")
+        lines.extend(properties)
+
+    links = _search_links(alert)
+    if links:
+        lines.append("")
+        lines.append("Log search links:")
+        lines.extend(links)
+
+    if alert.kind is AlertKind.UNKNOWN and alert.context and not alert.conditions:
+        lines.append("")
+        add("Alert context", _compact(alert.context))
+
+    return _fit([_cap(line) for line in lines], DESCRIPTION_MAX_CHARS)
+
+
+def _condition_lines(alert: Alert) -> list[str]:
+    condition = _mapping(alert.context.get("condition"))
+    heading = "Condition"
+    qualifiers = [
+        q
+        for q in (
+            _text(alert.context.get("conditionType")),
+            f"window {_text(condition.get('windowSize'))}" if condition.get("windowSize") else None,
+        )
+        if q
+    ]
+    if qualifiers:
+        heading += f" ({', '.join(qualifiers)})"
+    lines = [heading + ":"]
+    criteria = condition.get("allOf")
+    raw: tuple[Any, ...] = criteria if isinstance(criteria, tuple) else ()
+    query = alert.kind in (AlertKind.LOG, AlertKind.LOG_V1)
+    for index, item in enumerate(alert.conditions):
+        extra = _mapping(raw[index]) if index < len(raw) else {}
+        lines.append("- " + _describe_condition(item, extra, query=query))
+    start, end = _text(condition.get("windowStartTime")), _text(condition.get("windowEndTime"))
+    if start or end:
+        lines.append(f"Evaluation window: {start or '?'} to {end or '?'}")
+    return lines
+
+
+def _describe_condition(item: Condition, raw: Mapping[str, Any], *, query: bool) -> str:
+    parts = [
+        f"{'query' if query else 'metric'}: {item.name}" if item.name else "",
+        f"namespace: {_text(raw.get('metricNamespace'))}" if raw.get("metricNamespace") else "",
+        f"operator: {item.operator}" if item.operator else "",
+        f"threshold: {item.threshold}" if item.threshold is not None else "",
+        f"value: {item.value}" if item.value is not None else "",
+        f"aggregation: {item.time_aggregation}" if item.time_aggregation else "",
+        f"measure column: {_text(raw.get('metricMeasureColumn'))}" if raw.get("metricMeasureColumn") else "",
+        f"web test: {_text(raw.get('webTestName'))}" if raw.get("webTestName") else "",
+        f"sensitivity: {_text(raw.get('alertSensitivity'))}" if raw.get("alertSensitivity") else "",
+        _failing_periods(raw.get("failingPeriods")),
+        (
+            "dimensions: " + ", ".join(f"{name}={value}" for name, value in item.dimensions)
+            if item.dimensions
+            else ""
+        ),
+    ]
+    return "; ".join(part for part in parts if part)
+
+
+def _failing_periods(value: Any) -> str:
+    periods = _mapping(value)
+    failing, total = periods.get("minFailingPeriodsToAlert"), periods.get("numberOfEvaluationPeriods")
+    if failing is None or total is None:
+        return ""
+    return f"failing periods: {failing} of {total}"
+
+
+def _activity_log_details(alert: Alert) -> list[str]:
+    ctx = alert.context
+    lines = ["Activity log event:"]
+    add = _adder(lines)
+    add("Operation", ctx.get("operationName"))
+    add("Caller", ctx.get("caller"))
+    status, sub_status = _text(ctx.get("status")), _text(ctx.get("subStatus"))
+    add("Status", f"{status} ({sub_status})" if status and sub_status else status)
+    add("Level", ctx.get("level"))
+    add("Event source", ctx.get("eventSource"))
+    add("Event time", ctx.get("eventTimestamp"))
+    add("Correlation ID", ctx.get("correlationId"))
+    add("Scope", _mapping(ctx.get("authorization")).get("scope"))
+    # `claims` is deliberately left out: it is the caller's token claims, not incident material.
+    lines.extend(_properties_lines("Event properties", _mapping(ctx.get("properties")), value_max=300))
+    return lines
+
+
+def _service_health_details(alert: Alert) -> list[str]:
+    props = _mapping(alert.context.get("properties"))
+    lines = ["Service health event:"]
+    add = _adder(lines)
+    add("Title", props.get("title") or props.get("defaultLanguageTitle"))
+    add("Incident type", props.get("incidentType"))
+    add("Tracking ID", props.get("trackingId"))
+    add("Stage", props.get("stage"))
+    add("Status", alert.context.get("status"))
+    add("Service", props.get("service"))
+    add("Region", props.get("region"))
+    add("Impacted services", _impacted_services(props.get("impactedServices")))
+    add("Impact start", props.get("impactStartTime"))
+    add("Impact mitigated", props.get("impactMitigationTime"))
+    communication = props.get("communication") or props.get("defaultLanguageContent")
+    if isinstance(communication, str):
+        add("Communication", _cap(_plain(communication), 1_000))
+    return lines
+
+
+def _resource_health_details(alert: Alert) -> list[str]:
+    props = _mapping(alert.context.get("properties"))
+    lines = ["Resource health event:"]
+    add = _adder(lines)
+    add("Title", props.get("title"))
+    add("Current health status", props.get("currentHealthStatus"))
+    add("Previous health status", props.get("previousHealthStatus"))
+    add("Type", props.get("type"))
+    add("Cause", props.get("cause"))
+    add("Details", props.get("details"))
+    add("Status", alert.context.get("status"))
+    add("Event time", alert.context.get("eventTimestamp"))
+    return lines
+
+
+def _budget_details(alert: Alert) -> list[str]:
+    data = _mapping(alert.context.get("AlertData"))
+    lines = ["Budget alert:"]
+    add = _adder(lines)
+    add("Budget", data.get("BudgetName"))
+    add("Budget type", data.get("BudgetType"))
+    spent, budget = _text(data.get("SpentAmount")), _text(data.get("BudgetThreshold"))
+    if spent or budget:
+        add("Spent", f"{spent or '?'} of budget {budget or '?'}")
+    threshold = _text(data.get("NotificationThresholdAmount"))
+    kind = _text(data.get("ThresholdType"))
+    if threshold:
+        add("Notification threshold", f"{threshold} ({kind})" if kind else threshold)
+    add("Forecasted total for period", data.get("ForecastedTotalForPeriod"))
+    add("Unit", data.get("Unit"))
+    add("Scope", data.get("Scope"))
+    add("Budget start date", data.get("BudgetStartDate"))
+    add("Budget ID", data.get("BudgetId"))
+    add("Alert category", alert.context.get("AlertCategory"))
+    return lines
+
+
+def _prometheus_details(alert: Alert) -> list[str]:
+    ctx = alert.context
+    lines = ["Prometheus rule:"]
+    add = _adder(lines)
+    add("Expression", ctx.get("expression"))
+    add("Value", ctx.get("expressionValue"))
+    add("For", ctx.get("for"))
+    add("Interval", ctx.get("interval"))
+    labels = _mapping(ctx.get("labels"))
+    if labels:
+        add("Labels", ", ".join(f"{key}={_text(value)}" for key, value in sorted(labels.items())))
+    lines.extend(_properties_lines("Annotations", _mapping(ctx.get("annotations"))))
+    add("Rule group", ctx.get("ruleGroup"))
+    return lines
+
+
+def _smart_detector_details(alert: Alert) -> list[str]:
+    ctx = alert.context
+    lines = ["Smart detection:"]
+    add = _adder(lines)
+    add("Detector", ctx.get("SmartDetectorName") or ctx.get("SmartDetectorId"))
+    add("Summary", ctx.get("DetectionSummary"))
+    add("Detected value", ctx.get("DetectedValue"))
+    add("Normal value", ctx.get("NormalValue"))
+    add("Occurred at", ctx.get("FormattedOccurrenceTime"))
+    return lines
+
+
+def _log_v1_details(alert: Alert) -> list[str]:
+    ctx = alert.context
+    lines = ["Log search:"]
+    add = _adder(lines)
+    add("Alert type", ctx.get("AlertType"))
+    add("Result count", ctx.get("ResultCount"))
+    start, end = _text(ctx.get("SearchIntervalStartTimeUtc")), _text(ctx.get("SearchIntervalEndtimeUtc"))
+    if start or end:
+        add("Search interval", f"{start or '?'} to {end or '?'}")
+    add("Workspace ID", ctx.get("WorkspaceId"))
+    add("Application ID", ctx.get("ApplicationId"))
+    affected = ctx.get("AffectedConfigurationItems")
+    if isinstance(affected, tuple) and affected:
+        add("Affected configuration items", ", ".join(t for item in affected if (t := _text(item))))
+    add("Search results included", ctx.get("IncludedSearchResults"))
+    return lines
+
+
+_DETAILS: Mapping[AlertKind, Callable[[Alert], list[str]]] = {
+    AlertKind.ACTIVITY_LOG: _activity_log_details,
+    AlertKind.SERVICE_HEALTH: _service_health_details,
+    AlertKind.RESOURCE_HEALTH: _resource_health_details,
+    AlertKind.BUDGET: _budget_details,
+    AlertKind.PROMETHEUS: _prometheus_details,
+    AlertKind.SMART_DETECTOR: _smart_detector_details,
+    AlertKind.LOG_V1: _log_v1_details,
+}
+
+_V2_LINKS = (
+    ("linkToFilteredSearchResultsUI", "Filtered search results (portal)"),
+    ("linkToSearchResultsUI", "Search results (portal)"),
+    ("linkToFilteredSearchResultsAPI", "Filtered search results (API)"),
+    ("linkToSearchResultsAPI", "Search results (API)"),
+)
+_V1_LINKS = (
+    ("LinkToFilteredSearchResultsUI", "Filtered search results (portal)"),
+    ("LinkToSearchResults", "Search results (portal)"),
+    ("LinkToFilteredSearchResultsAPI", "Filtered search results (API)"),
+    ("LinkToSearchResultsAPI", "Search results (API)"),
+)
+
+
+def _search_links(alert: Alert) -> list[str]:
+    sources: list[tuple[Mapping[str, Any], tuple[tuple[str, str], ...]]] = [(alert.context, _V1_LINKS)]
+    criteria = _mapping(alert.context.get("condition")).get("allOf")
+    if isinstance(criteria, tuple):
+        sources.extend((_mapping(item), _V2_LINKS) for item in criteria)
+    seen: set[str] = set()
+    lines: list[str] = []
+    for source, names in sources:
+        for key, label in names:
+            url = source.get(key)
+            if isinstance(url, str) and url.strip() and url not in seen:
+                seen.add(url)
+                lines.append(f"- {label}: {url.strip()}")
+    return lines
+
+
+def _summary(alert: Alert) -> list[str]:
+    """One or two lines for a work note: what this notification says now."""
+    ctx, props = alert.context, _mapping(alert.context.get("properties"))
+    kind = alert.kind
+    if kind is AlertKind.SERVICE_HEALTH:
+        return [
+            _facts(
+                ("Service health", props.get("title")),
+                ("stage", props.get("stage")),
+                ("status", ctx.get("status")),
+                ("tracking ID", props.get("trackingId")),
+            )
+        ]
+    if kind is AlertKind.RESOURCE_HEALTH:
+        return [
+            _facts(
+                ("Resource health", props.get("title")),
+                ("current status", props.get("currentHealthStatus")),
+                ("previous status", props.get("previousHealthStatus")),
+                ("cause", props.get("cause")),
+            )
+        ]
+    if kind is AlertKind.ACTIVITY_LOG:
+        return [
+            _facts(
+                ("Operation", ctx.get("operationName")),
+                ("caller", ctx.get("caller")),
+                ("status", ctx.get("status")),
+            )
+        ]
+    if kind is AlertKind.BUDGET:
+        data = _mapping(ctx.get("AlertData"))
+        return [
+            _facts(
+                ("Budget", data.get("BudgetName")),
+                ("spent", data.get("SpentAmount")),
+                ("budget", data.get("BudgetThreshold")),
+                ("forecast", data.get("ForecastedTotalForPeriod")),
+            )
+        ]
+    if kind is AlertKind.PROMETHEUS:
+        return [_facts(("Expression", ctx.get("expression")), ("value", ctx.get("expressionValue")))]
+    if kind is AlertKind.SMART_DETECTOR:
+        return [_facts(("Detection", ctx.get("DetectionSummary")), ("detected", ctx.get("DetectedValue")))]
+    query = kind in (AlertKind.LOG, AlertKind.LOG_V1)
+    return [
+        "Condition: " + _describe_condition(item, {}, query=query) for item in alert.conditions
+    ]
+
+
+# --------------------------------------------------------------------------- text helpers
+
+
+def _adder(lines: list[str]) -> Callable[[str, Any], None]:
+    def add(label: str, value: Any) -> None:
+        text = _text(value)
+        if text:
+            lines.append(f"{label}: {_clean(text)}")
+
+    return add
+
+
+def _properties_lines(title: str, values: Mapping[str, Any] | None, value_max: int = 1_000) -> list[str]:
+    if not values:
+        return []
+    lines = [f"{title}:"]
+    for key, value in values.items():
+        text = _text(value)
+        if text:
+            lines.append(f"- {_clean(key)}: {_cap(_clean(text), value_max)}")
+    return lines if len(lines) > 1 else []
+
+
+def _facts(*pairs: tuple[str, Any]) -> str:
+    return "; ".join(f"{label}: {_clean(text)}" for label, value in pairs if (text := _text(value)))
+
+
+def _impacted_services(value: Any) -> str | None:
+    services = value
+    if isinstance(value, str):
+        try:
+            services = json.loads(value)
+        except ValueError:
+            return _clean(value)
+    if not isinstance(services, tuple | list):
+        return _text(services)
+    described: list[str] = []
+    for service in services:
+        entry = _mapping(service)
+        name = _text(entry.get("ServiceName"))
+        regions = entry.get("ImpactedRegions")
+        region_names = [
+            text
+            for region in (regions if isinstance(regions, tuple | list) else ())
+            if (text := _text(_mapping(region).get("RegionName")))
+        ]
+        if name:
+            described.append(f"{name} ({', '.join(region_names)})" if region_names else name)
+    return "; ".join(described) or None
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _text(value: Any) -> str | None:
+    """Payload values as display text; containers as compact JSON, empty as None."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
+    if isinstance(value, int | str):
+        text = str(value).strip()
+        return text or None
+    if isinstance(value, Mapping | tuple | list):
+        return _compact(value) if value else None
+    return str(value)
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(thaw(value), ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def _plain(markup: str) -> str:
+    return _SPACES.sub(" ", html.unescape(_TAG.sub(" ", markup))).strip()
+
+
+def _clean(text: str) -> str:
+    """One line: payload text must not break the description's line structure."""
+    return _SPACES.sub(" ", text).strip()
+
+
+def _cap(text: str, limit: int = _LINE_MAX_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _fit(lines: list[str], limit: int) -> str:
+    text = "\n".join(lines).strip()
+    if len(text) <= limit:
+        return text
+    # Whole lines are dropped from the end (links, properties) so no URL is left cut in half.
+    kept: list[str] = []
+    size = len(_TRUNCATED_LINE)
+    for line in lines:
+        if size + len(line) + 1 > limit:
+            break
+        kept.append(line)
+        size += len(line) + 1
+    kept.append(_TRUNCATED_LINE)
+    return "\n".join(kept).strip()
+
+
+def _iso(moment: datetime) -> str:
+    micro = moment.microsecond
+    spec = "seconds" if not micro else "milliseconds" if micro % 1000 == 0 else "microseconds"
+    return moment.isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+def _joined(*parts: str | None) -> str:
+    return ", ".join(part for part in parts if part)
+
+
+def _quoted(text: str) -> str:
+    return f"'{_clean(text)}'"

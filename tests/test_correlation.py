@@ -1,0 +1,130 @@
+"""Correlation key, payload fingerprint and note marker (bridge.correlation).
+
+The expected keys are written out literally on purpose: changing how a key is derived would
+orphan every incident already open in ServiceNow, so it must never change by accident.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from bridge.alerts import parse_alert
+from bridge.correlation import correlation_key, fingerprint, note_marker
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "alerts"
+KEY_CHARS = re.compile(r"^[0-9a-f-]+$")
+GUID_FORM = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+ACTIVITY_RULE = (
+    "/subscriptions/11111111-1111-1111-1111-111111111111/resourceGroups/test-RG/providers/"
+    "microsoft.insights/activityLogAlerts/Test_Alert"
+)
+SERVICE_HEALTH = (
+    "/subscriptions/11111111-1111-1111-1111-111111111111/providers/Microsoft.AlertsManagement/alerts/"
+    "1234abcd5678efgh1234abcd5678efgh1234abcd5678efgh1234abcd5678efgh"
+)
+
+
+@pytest.mark.parametrize(
+    ("alert_id", "key"),
+    [
+        (
+            "/subscriptions/11111111-1111-1111-1111-111111111111/providers/Microsoft.AlertsManagement/alerts/"
+            "12345678-1234-1234-1234-1234567890ab",
+            "12345678-1234-1234-1234-1234567890ab",
+        ),
+        (
+            "/subscriptions/x/providers/Microsoft.AlertsManagement/alerts/5B6C7D8E-9FA0-4B1C-8D2E-3F4A5B6C7D8E",
+            "5b6c7d8e-9fa0-4b1c-8d2e-3f4a5b6c7d8e",
+        ),
+        ("5B6C7D8E-9FA0-4B1C-8D2E-3F4A5B6C7D8E", "5b6c7d8e-9fa0-4b1c-8d2e-3f4a5b6c7d8e"),
+        # A trailing slash does not hide the GUID.
+        (
+            "/subscriptions/x/alerts/aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e/",
+            "aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e",
+        ),
+        # Activity-log alerts carry the rule path: hashed.
+        (ACTIVITY_RULE, "a9d5bb84b273e1e65cf23dd745b14a0cac49cb1b"),
+        # Service health: 64 characters, not a GUID (has g/h): hashed.
+        (SERVICE_HEALTH, "8a52c4709995bcee0d2ad9222c740b579b617207"),
+    ],
+)
+def test_correlation_key(alert_id: str, key: str) -> None:
+    assert correlation_key(alert_id) == key
+
+
+def test_hash_is_sha256_of_the_lower_cased_alert_id() -> None:
+    expected = hashlib.sha256(ACTIVITY_RULE.lower().encode("utf-8")).hexdigest()[:40]
+    assert correlation_key(ACTIVITY_RULE) == expected
+    # Azure resource ids are case-insensitive: the same rule in other case is the same alert.
+    assert correlation_key(ACTIVITY_RULE.upper()) == expected
+    assert correlation_key(ACTIVITY_RULE + "2") != expected
+
+
+@pytest.mark.parametrize(
+    "alert_id",
+    [
+        "12345678-1234-1234-1234-1234567890ag",  # GUID-shaped but not hex
+        "{12345678-1234-1234-1234-1234567890ab}",  # braces are not the GUID form
+        "12345678123412341234123456789 0ab",
+        "/subscriptions/x/alerts/a^b^c",
+        "^^^",
+        "x" * 10_000,
+        "ümlaut/ß",
+        "",
+    ],
+)
+def test_hashed_keys_are_safe_and_never_guid_shaped(alert_id: str) -> None:
+    key = correlation_key(alert_id)
+    assert "^" not in key
+    assert len(key) == 40 <= 100
+    assert KEY_CHARS.match(key)
+    assert not GUID_FORM.match(key)
+    assert "-" not in key
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("*.json")))
+def test_every_fixture_key_is_valid(name: str) -> None:
+    alert = parse_alert((FIXTURES / name).read_bytes())
+    key = correlation_key(alert.alert_id)
+    assert len(key) <= 100
+    assert KEY_CHARS.match(key)
+    assert GUID_FORM.match(key) or len(key) == 40
+
+
+def test_fingerprint_is_stable_and_ignores_formatting() -> None:
+    text = (FIXTURES / "metric_static_fired.testaction.json").read_text(encoding="utf-8")
+    alert = parse_alert(text)
+    compact = json.dumps(json.loads(text), separators=(",", ":"))
+    reordered = json.dumps(dict(reversed(list(json.loads(text).items()))), indent=4)
+    value = fingerprint(alert)
+    assert re.fullmatch(r"[0-9a-f]{16}", value)
+    assert fingerprint(parse_alert(compact)) == value
+    assert fingerprint(parse_alert(reordered)) == value
+    canonical = json.dumps(json.loads(text), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert value == hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def test_fingerprint_changes_with_the_payload() -> None:
+    body = json.loads((FIXTURES / "metric_static_fired.testaction.json").read_text(encoding="utf-8"))
+    first = fingerprint(parse_alert(body))
+    body["data"]["essentials"]["firedDateTime"] = "2025-04-15T18:22:12.851Z"
+    second = fingerprint(parse_alert(body))
+    body["data"]["alertContext"]["condition"]["allOf"][0]["metricValue"] = 101
+    third = fingerprint(parse_alert(body))
+    assert len({first, second, third}) == 3
+
+
+def test_fingerprint_handles_non_ascii() -> None:
+    body = json.loads((FIXTURES / "metric_static_fired.testaction.json").read_text(encoding="utf-8"))
+    body["data"]["essentials"]["description"] = "Überlast \u2013 サーバー"
+    assert re.fullmatch(r"[0-9a-f]{16}", fingerprint(parse_alert(body)))
+
+
+def test_note_marker() -> None:
+    assert note_marker("0123456789abcdef") == "AzMonBridge-0123456789abcdef"
