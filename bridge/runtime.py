@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
 from .adapters import build_adapter
 from .api import BridgeApi, UnavailableApi
@@ -22,7 +23,7 @@ from .httpclient import new_session
 from .lifecycle import Lifecycle
 from .retry import RetryPolicy
 
-__all__ = ["build_api", "get_api", "reset"]
+__all__ = ["build_api", "get_api", "install", "reset"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,14 +31,19 @@ _lock = threading.Lock()
 _api: BridgeApi | UnavailableApi | None = None
 
 
-def build_api(env: Mapping[str, str]) -> BridgeApi:
-    """Everything the API needs, from one environment. Raises ConfigError naming the setting."""
+def build_api(env: Mapping[str, str], *, sleep: Callable[[float], None] = time.sleep) -> BridgeApi:
+    """Everything the API needs, from one environment. Raises ConfigError naming the setting.
+
+    ``sleep`` is what retry back-off waits with (tests record the waits instead).
+    """
     settings = Settings.from_env(env)
     adapter = build_adapter(settings, new_session())
     cmdb = (
         CmdbBinder(adapter, ttl_seconds=settings.cmdb_cache_seconds) if settings.cmdb_lookup else None
     )
-    lifecycle = Lifecycle(adapter, settings.mapping, RetryPolicy.from_settings(settings), cmdb)
+    lifecycle = Lifecycle(
+        adapter, settings.mapping, RetryPolicy.from_settings(settings), cmdb, sleep=sleep
+    )
     verifier = TokenVerifier(settings, new_session())
     return BridgeApi(settings, verifier, lifecycle, adapter_name=adapter.name)
 
@@ -60,3 +66,10 @@ def reset() -> None:
     global _api
     with _lock:
         _api = None
+
+
+def install(api: BridgeApi | UnavailableApi) -> None:
+    """Make ``api`` the process-wide API (tests build one with recorded sleeps)."""
+    global _api
+    with _lock:
+        _api = api
