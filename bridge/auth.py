@@ -109,6 +109,7 @@ class TokenVerifier:
         leeway_seconds: float = 120.0,
         min_refresh_gap_seconds: float = 10.0,
         max_key_age_seconds: float = 86400.0,
+        stale_grace_seconds: float = 3 * 86400.0,
         http_timeout_seconds: float = 5.0,
     ) -> None:
         self._settings = settings
@@ -117,6 +118,7 @@ class TokenVerifier:
         self._leeway = leeway_seconds
         self._min_gap = min_refresh_gap_seconds
         self._max_age = max_key_age_seconds
+        self._stale_grace = stale_grace_seconds
         self._timeout = http_timeout_seconds
         self._tenant = settings.tenant_id.lower()
         self._audiences = {a.casefold(): a for a in settings.audiences}
@@ -286,10 +288,10 @@ class TokenVerifier:
             now = self._clock()
             stale = source.keys is None or now - source.fetched_at >= self._max_age
             if stale:
-                # No usable key set: never fall back to an old one; 503 lets Azure Monitor retry.
-                if not self._may_refresh(source, now):
+                if self._may_refresh(source, now):
+                    self._refresh(source, now)
+                elif not self._last_known_good(source, now):
                     raise AuthUnavailable("signing keys unavailable")
-                self._refresh(source, now)
             assert source.keys is not None
             key = source.keys.get(kid)
             if key is None and not stale and self._may_refresh(source, now):
@@ -298,6 +300,16 @@ class TokenVerifier:
                 self._refresh(source, now)
                 key = source.keys.get(kid)
             return key
+
+    def _last_known_good(self, source: _KeySource, now: float) -> bool:
+        """Whether keys past their age may still serve while Entra ID cannot be reached.
+
+        Entra publishes a new key well before signing with it and keeps retired keys published
+        for a while, so keys a few days old still verify genuine tokens. Refusing them during an
+        Entra outage would only turn every alert into a 503 (and Azure Monitor gives up after
+        five retries). Past the grace period the bridge refuses: 503, never "accept".
+        """
+        return source.keys is not None and now - source.fetched_at < self._max_age + self._stale_grace
 
     def _may_refresh(self, source: _KeySource, now: float) -> bool:
         return source.last_attempt is None or now - source.last_attempt >= self._min_gap
@@ -308,9 +320,9 @@ class TokenVerifier:
             issuer, keys = self._fetch(source.metadata_url)
         except _Unavailable as exc:
             logger.warning("signing keys unavailable from %s: %s", source.metadata_url, exc)
-            if source.keys is None or now - source.fetched_at >= self._max_age:
+            if not self._last_known_good(source, now):
                 raise AuthUnavailable("signing keys unavailable") from None
-            return  # a failed unknown-kid refresh keeps the current, still fresh keys
+            return  # keep the current keys: fresh ones, or last-known-good ones within the grace
         source.keys, source.issuer, source.fetched_at = keys, issuer, now
         logger.info("loaded %d signing keys from %s", len(keys), source.metadata_url)
 

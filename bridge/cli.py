@@ -22,7 +22,10 @@ def _settings_file_env(path: str | None) -> dict[str, str]:
     """The environment, with a local.settings.json's ``Values`` underneath it (env wins)."""
     env: dict[str, str] = {}
     if path:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SystemExit(f"cannot read settings file {path}: {exc}") from None
         values = data.get("Values", {}) if isinstance(data, dict) else {}
         env.update({str(k): str(v) for k, v in values.items()})
     env.update(os.environ)
@@ -136,12 +139,13 @@ def _cmd_send(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from .config import SETTINGS, Settings
+    from .config import SETTINGS
     from .errors import ConfigError
+    from .runtime import build_api
 
     env = _settings_file_env(args.settings)
     try:
-        Settings.from_env(env)
+        build_api(env)  # builds everything the Function would, without any network call
     except ConfigError as exc:
         print(f"invalid settings: {exc}", file=sys.stderr)
         return 2

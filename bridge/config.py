@@ -21,12 +21,12 @@ from .errors import ConfigError
 
 __all__ = [
     "AZURE_MONITOR_APP_ID",
+    "SECRET_SETTING_NAMES",
     "SETTINGS",
+    "SETTING_NAMES",
     "MappingRules",
     "Setting",
     "Settings",
-    "SETTING_NAMES",
-    "SECRET_SETTING_NAMES",
 ]
 
 AZURE_MONITOR_APP_ID = "461e8683-5575-4561-ac7f-899cc907d62a"
@@ -43,10 +43,14 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("AUTH_TENANT_ID", "Entra tenant (GUID) whose tokens are accepted", required=True),
-    Setting("AUTH_AUDIENCES", "comma list of accepted 'aud' values (Application ID URI and/or client id)", required=True),
+    Setting(
+        "AUTH_AUDIENCES", "comma list of accepted 'aud' values (Application ID URI and/or client id)", required=True
+    ),
     Setting("AUTH_ALLOWED_APP_IDS", "comma list of caller app ids (appid v1 / azp v2)", AZURE_MONITOR_APP_ID),
     Setting("AUTH_REQUIRED_ROLE", "app role that must be in 'roles', e.g. ActionGroupsSecureWebhook"),
-    Setting("AUTH_OPENID_CONFIG_URL", "OpenID discovery document to take jwks_uri from (default: Entra ID's for the tenant)"),
+    Setting(
+        "AUTH_OPENID_CONFIG_URL", "OpenID discovery document to take jwks_uri from (default: Entra ID's for the tenant)"
+    ),
     Setting("ALLOWED_SUBSCRIPTION_IDS", "comma list of subscription ids whose alerts are accepted (default: any)"),
     Setting("ITSM_ADAPTER", "ITSM adapter name", "servicenow"),
     Setting("ITSM_TIMEOUT_SECONDS", "read timeout of one ITSM HTTP call", "4"),

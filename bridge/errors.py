@@ -85,7 +85,7 @@ class AuthUnavailable(BridgeError):
     code = "unavailable"
 
 
-class Reason(str, enum.Enum):
+class Reason(enum.StrEnum):
     """Why an ITSM call failed: a closed set, independent of retryability."""
 
     CLIENT_ERROR = "client_error"

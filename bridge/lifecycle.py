@@ -29,7 +29,7 @@ __all__ = ["Action", "Lifecycle", "Outcome"]
 logger = logging.getLogger(__name__)
 
 
-class Action(str, enum.Enum):
+class Action(enum.StrEnum):
     CREATED = "created"
     UPDATED = "updated"
     RESOLVED = "resolved"

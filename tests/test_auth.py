@@ -490,11 +490,29 @@ def test_jwks_down_is_unavailable_never_accepted(
     assert verifier.verify(f"Bearer {token}").version == "2.0"
 
 
-def test_expired_keys_are_not_used_when_the_recheck_fails(
+def test_last_known_good_keys_serve_while_the_daily_recheck_fails(
     verifier: TokenVerifier, entra: EntraStandIn, clock: FakeClock
 ) -> None:
     verifier.verify(f"Bearer {entra.mint(audience=CLIENT_ID)}")
     clock.advance(86400)
+    entra.set_available(False)
+
+    def token() -> str:
+        return f"Bearer {entra.mint(audience=CLIENT_ID, claims={'exp': int(clock.now) + 60})}"
+
+    assert verifier.verify(token()).version == "2.0"
+    assert entra.count("metadata_v2") == 2  # it did try to re-check
+    assert verifier.verify(token()).version == "2.0"  # and does not hammer Entra meanwhile
+    assert entra.count("metadata_v2") == 2
+    with pytest.raises(InvalidToken):  # still only published keys verify
+        verifier.verify(f"Bearer {entra.mint(audience=CLIENT_ID, unpublished_key=True)}")
+
+
+def test_keys_past_the_grace_are_never_used(
+    verifier: TokenVerifier, entra: EntraStandIn, clock: FakeClock
+) -> None:
+    verifier.verify(f"Bearer {entra.mint(audience=CLIENT_ID)}")
+    clock.advance(4 * 86400)
     entra.set_available(False)
 
     with pytest.raises(AuthUnavailable):

@@ -75,7 +75,8 @@ def snow(entra: EntraStandIn) -> Iterator[responses.RequestsMock]:
 
 @pytest.fixture
 def call(user_functions: UserFunctions, entra: EntraStandIn, install: Any) -> Callable[..., func.HttpResponse]:
-    def _call(payload: Any, *, token: str | None = "default", raw: bytes | None = None) -> func.HttpResponse:
+    def _call(payload: Any, *, token: str | None = "default",  # noqa: S107
+              raw: bytes | None = None) -> func.HttpResponse:
         if token == "default":
             token = entra.mint(audience=CLIENT_ID)
         headers = {"Content-Type": "application/json"}
