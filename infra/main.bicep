@@ -1,0 +1,266 @@
+// Azure Monitor -> ServiceNow bridge: everything `azd up` (or `az deployment sub create`) provisions.
+//
+// Subscription scope: creates the resource group, then deploys into it
+//   identity     user-assigned managed identity the Function app runs as
+//   storage      identity-only storage: host state, deployment package, the bridge's state table and outbox queues
+//   monitoring   Log Analytics + Application Insights (local auth off, Entra ingestion)
+//   keyvault     RBAC-mode vault with the ServiceNow password / OAuth client secret
+//   entra        Entra ID application the secure webhook authenticates to, its app role and the
+//                assignment of that role to Azure Monitor's action-group service principal
+//   api          Flex Consumption plan + Function app + its app settings
+//   rbac         the only Azure roles the identity needs
+//   actiongroup  action group with the secure webhook receiver (+ optional example alert rules)
+// Names derive from the environment name and a uniqueString token; every one can be overridden.
+targetScope = 'subscription'
+
+// ---------- environment ----------
+
+@minLength(1)
+@maxLength(64)
+@description('azd environment name; used in resource names and the azd-env-name tag.')
+param environmentName string
+
+@minLength(1)
+@description('Region of every regional resource. Must offer the Flex Consumption plan.')
+@metadata({ azd: { type: 'location' } })
+param location string
+
+@description('Object id of the person or pipeline running the deployment (azd: AZURE_PRINCIPAL_ID). Gets "Key Vault Secrets Officer" so it can rotate the ServiceNow secrets. Empty: no such assignment.')
+param principalId string = ''
+
+// ---------- ServiceNow ----------
+
+@description('ServiceNow instance, e.g. https://contoso.service-now.com (SERVICENOW_INSTANCE_URL).')
+param servicenowInstanceUrl string
+
+@description('Basic auth user, or the user of the OAuth password grant. Empty when not used.')
+param servicenowUsername string = ''
+
+// Secure parameters: never a value in any default or output. The empty default only means "not used"
+// (basic-only or OAuth-only deployments); it also keeps azd from prompting for the unused one.
+@secure()
+@description('Basic auth password, stored in Key Vault. Empty: no password secret and no SERVICENOW_PASSWORD setting.')
+param servicenowPassword string = ''
+
+@description('OAuth client id (/oauth_token.do). Empty when not used.')
+param servicenowClientId string = ''
+
+@secure()
+@description('OAuth client secret, stored in Key Vault. Empty: no client secret and no SERVICENOW_CLIENT_SECRET setting.')
+param servicenowClientSecret string = ''
+
+// ---------- bridge behaviour ----------
+
+@description('Comma list of subscription ids whose alerts are accepted (ALLOWED_SUBSCRIPTION_IDS). Empty: only this deployment\'s subscription. "*": any subscription.')
+param allowedSubscriptionIds string = ''
+
+@description('Extra caller app ids accepted besides Azure Monitor (comma list), e.g. a test client for `python -m bridge send`. Leave empty in production.')
+param additionalAllowedAppIds string = ''
+
+@description('Further non-secret bridge settings (names from bridge.config.SETTINGS), e.g. {"SERVICENOW_ASSIGNMENT_GROUP": "Cloud Ops"}. They cannot override the settings this template derives.')
+param bridgeSettings object = {}
+
+@description('Storage table for the bridge\'s delivery state (STATE_TABLE_NAME).')
+param stateTableName string = 'bridgestate'
+
+@description('Storage queue for alerts awaiting delivery (OUTBOX_QUEUE_NAME); "<name>-poison" is created too.')
+param outboxQueueName string = 'bridge-outbox'
+
+@description('Also create two example alert rules (function app Http5xx metric alert, log search alert on the bridge\'s 502/503 answers) that use the action group.')
+param deployExampleAlerts bool = false
+
+@allowed([2048, 4096])
+@description('Flex Consumption instance memory.')
+param instanceMemoryMB int = 2048
+
+@minValue(40)
+@maxValue(1000)
+@description('Flex Consumption scale-out limit.')
+param maximumInstanceCount int = 40
+
+@description('Object ids of further owners of the Entra application (the deploying principal always becomes one).')
+param additionalAppOwnerIds array = []
+
+// ---------- name overrides (empty: derived) ----------
+
+param resourceGroupName string = ''
+param userAssignedIdentityName string = ''
+param storageAccountName string = ''
+param logAnalyticsName string = ''
+param applicationInsightsName string = ''
+param keyVaultName string = ''
+param appServicePlanName string = ''
+param functionAppName string = ''
+param actionGroupName string = ''
+@maxLength(12)
+param actionGroupShortName string = 'itsm-bridge'
+param entraAppUniqueName string = ''
+param entraAppDisplayName string = ''
+
+// ---------- derived names ----------
+
+var abbrs = loadJsonContent('./abbreviations.json')
+var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
+var tags = { 'azd-env-name': environmentName }
+var azureMonitorAppId = '461e8683-5575-4561-ac7f-899cc907d62a'
+var webhookRoleValue = 'ActionGroupsSecureWebhook'
+
+var rgName = !empty(resourceGroupName) ? resourceGroupName : '${abbrs.resourcesResourceGroups}${environmentName}'
+var appName = !empty(functionAppName) ? functionAppName : '${abbrs.webSitesFunctions}itsm-${resourceToken}'
+var deploymentContainerName = 'app-package-${take(toLower(appName), 32)}-${take(resourceToken, 7)}'
+var appUniqueName = !empty(entraAppUniqueName) ? entraAppUniqueName : 'itsm-bridge-${environmentName}-${resourceToken}'
+
+var extraAppIds = empty(additionalAllowedAppIds) ? [] : split(replace(additionalAllowedAppIds, ' ', ''), ',')
+var subscriptionsSetting = empty(allowedSubscriptionIds) ? subscription().subscriptionId : (allowedSubscriptionIds == '*' ? '' : allowedSubscriptionIds)
+
+resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
+  name: rgName
+  location: location
+  tags: tags
+}
+
+module identity 'app/identity.bicep' = {
+  name: 'identity'
+  scope: rg
+  params: {
+    name: !empty(userAssignedIdentityName) ? userAssignedIdentityName : '${abbrs.managedIdentityUserAssignedIdentities}itsm-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module storage 'app/storage.bicep' = {
+  name: 'storage'
+  scope: rg
+  params: {
+    name: !empty(storageAccountName) ? storageAccountName : '${abbrs.storageStorageAccounts}${resourceToken}'
+    location: location
+    tags: tags
+    deploymentContainerName: deploymentContainerName
+    stateTableName: stateTableName
+    outboxQueueName: outboxQueueName
+  }
+}
+
+module monitoring 'app/monitoring.bicep' = {
+  name: 'monitoring'
+  scope: rg
+  params: {
+    logAnalyticsName: !empty(logAnalyticsName) ? logAnalyticsName : '${abbrs.operationalInsightsWorkspaces}${resourceToken}'
+    applicationInsightsName: !empty(applicationInsightsName) ? applicationInsightsName : '${abbrs.insightsComponents}${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module keyvault 'app/keyvault.bicep' = {
+  name: 'keyvault'
+  scope: rg
+  params: {
+    name: !empty(keyVaultName) ? keyVaultName : '${abbrs.keyVaultVaults}${resourceToken}'
+    location: location
+    tags: tags
+    servicenowPassword: servicenowPassword
+    servicenowClientSecret: servicenowClientSecret
+  }
+}
+
+module entra 'app/entra.bicep' = {
+  name: 'entra'
+  scope: rg
+  params: {
+    uniqueName: appUniqueName
+    displayName: !empty(entraAppDisplayName) ? entraAppDisplayName : 'Azure Monitor ITSM bridge (${environmentName})'
+    environmentName: environmentName
+    roleValue: webhookRoleValue
+    azureMonitorAppId: azureMonitorAppId
+    additionalOwnerIds: additionalAppOwnerIds
+  }
+}
+
+module api 'app/api.bicep' = {
+  name: 'api'
+  scope: rg
+  params: {
+    name: appName
+    planName: !empty(appServicePlanName) ? appServicePlanName : '${abbrs.webServerFarms}${resourceToken}'
+    location: location
+    tags: tags
+    identityId: identity.outputs.id
+    identityClientId: identity.outputs.clientId
+    storageAccountName: storage.outputs.name
+    deploymentContainerName: deploymentContainerName
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    instanceMemoryMB: instanceMemoryMB
+    maximumInstanceCount: maximumInstanceCount
+    authAudiences: [
+      entra.outputs.appId
+      entra.outputs.identifierUri
+    ]
+    authAllowedAppIds: concat([azureMonitorAppId], extraAppIds)
+    authRequiredRole: webhookRoleValue
+    allowedSubscriptionIds: subscriptionsSetting
+    servicenowInstanceUrl: servicenowInstanceUrl
+    servicenowUsername: servicenowUsername
+    servicenowClientId: servicenowClientId
+    servicenowPasswordSecretUri: empty(servicenowPassword) ? '' : keyvault.outputs.basicAuthCredentialUri
+    servicenowClientSecretSecretUri: empty(servicenowClientSecret) ? '' : keyvault.outputs.oauthCredentialUri
+    stateTableName: stateTableName
+    outboxQueueName: outboxQueueName
+    bridgeSettings: bridgeSettings
+  }
+}
+
+module rbac 'app/rbac.bicep' = {
+  name: 'rbac'
+  scope: rg
+  params: {
+    principalId: identity.outputs.principalId
+    storageAccountName: storage.outputs.name
+    applicationInsightsName: monitoring.outputs.applicationInsightsName
+    keyVaultName: keyvault.outputs.name
+    operatorPrincipalId: principalId
+  }
+}
+
+module actionGroup 'app/actiongroup.bicep' = {
+  name: 'actiongroup'
+  scope: rg
+  params: {
+    name: !empty(actionGroupName) ? actionGroupName : '${abbrs.insightsActionGroups}itsm-${resourceToken}'
+    shortName: actionGroupShortName
+    tags: tags
+    serviceUri: 'https://${api.outputs.defaultHostName}/api/alerts'
+    webhookAppObjectId: entra.outputs.objectId
+    webhookIdentifierUri: entra.outputs.identifierUri
+    tenantId: tenant().tenantId
+    deployExampleAlerts: deployExampleAlerts
+    location: location
+    functionAppId: api.outputs.id
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
+    metricAlertName: '${abbrs.insightsMetricAlerts}itsm-http5xx-${resourceToken}'
+    logAlertName: '${abbrs.insightsScheduledQueryRules}itsm-unavailable-${resourceToken}'
+  }
+  // The bridge must be able to read its settings before the first test notification arrives.
+  dependsOn: [
+    rbac
+  ]
+}
+
+// ---------- outputs (azd writes them to .azure/<env>/.env; never a secret) ----------
+
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_RESOURCE_GROUP string = rg.name
+output AZURE_FUNCTION_APP_NAME string = api.outputs.name
+output SERVICE_API_NAME string = api.outputs.name
+output BRIDGE_ALERTS_URL string = 'https://${api.outputs.defaultHostName}/api/alerts'
+output BRIDGE_HEALTH_URL string = 'https://${api.outputs.defaultHostName}/api/health'
+output WEBHOOK_APP_CLIENT_ID string = entra.outputs.appId
+output WEBHOOK_APP_OBJECT_ID string = entra.outputs.objectId
+output WEBHOOK_APP_ID_URI string = entra.outputs.identifierUri
+output WEBHOOK_TOKEN_SCOPE string = '${entra.outputs.identifierUri}/.default'
+output AZURE_ACTION_GROUP_ID string = actionGroup.outputs.id
+output AZURE_KEY_VAULT_NAME string = keyvault.outputs.name
+output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName

@@ -1,0 +1,901 @@
+"""Static tests of the deployment templates in ``infra/`` (no Azure, no Bicep CLI).
+
+Every ``.bicep`` file is parsed with pycep-parser (>= 0.7, which understands ``extension``), and the
+parsed templates are checked for what the deployment promises: the secure webhook's Entra ID fields,
+HTTPS/TLS 1.2, identity-only access (no shared keys, no local auth, no FTP/basic publishing), Key Vault
+references for every secret setting, no secret in any default or output, least-privilege role
+assignments with deterministic names, and app settings that match ``bridge.config.SETTINGS`` exactly,
+so a new bridge setting or a typo in the templates fails here instead of in Azure.
+
+pycep-parser's JSON shape, in short: identifiers and string literals are both plain strings;
+interpolated strings keep their ``${...}``; expressions are ``{"function": {"type", "parameters"}}``
+or ``{"operator": {"type", "operands"}}``; a conditional resource's body is
+``{"condition": ..., "config": {...}}``; quoted object keys keep their quotes. The checkov side of the
+infra checks is ``.ci/infra-checks.sh``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+import yaml
+from pycep import BicepParser
+
+from bridge.config import AZURE_MONITOR_APP_ID, SECRET_SETTING_NAMES, SETTING_NAMES, SETTINGS
+
+ROOT = Path(__file__).resolve().parents[2]
+INFRA = ROOT / "infra"
+TEMPLATES = sorted(INFRA.rglob("*.bicep"))
+
+# App settings that are not bridge settings: the Functions host, Application Insights and
+# azure-identity read them. Anything else in the templates must be a bridge setting.
+PLATFORM_SETTINGS = frozenset(
+    {
+        "AzureWebJobsStorage__accountName",
+        "AzureWebJobsStorage__blobServiceUri",
+        "AzureWebJobsStorage__queueServiceUri",
+        "AzureWebJobsStorage__tableServiceUri",
+        "AzureWebJobsStorage__credential",
+        "AzureWebJobsStorage__clientId",
+        "APPLICATIONINSIGHTS_CONNECTION_STRING",
+        "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
+        "AZURE_CLIENT_ID",
+    }
+)
+# Bridge settings every deployment provides, unconditionally.
+ALWAYS_PROVIDED = frozenset(
+    {
+        "AUTH_TENANT_ID",
+        "AUTH_AUDIENCES",
+        "AUTH_ALLOWED_APP_IDS",
+        "AUTH_REQUIRED_ROLE",
+        "SERVICENOW_INSTANCE_URL",
+        "STATE_TABLE_NAME",
+        "OUTBOX_QUEUE_NAME",
+    }
+)
+# Bridge settings provided only when their parameter is non-empty (basic-only / OAuth-only, any subscription).
+PROVIDED_WHEN_SET = frozenset(
+    {
+        "ALLOWED_SUBSCRIPTION_IDS",
+        "SERVICENOW_USERNAME",
+        "SERVICENOW_PASSWORD",
+        "SERVICENOW_CLIENT_ID",
+        "SERVICENOW_CLIENT_SECRET",
+    }
+)
+# Bridge settings the templates deliberately leave to the bridge's default (or to the `bridgeSettings`
+# parameter). Adding a setting to bridge.config.SETTINGS fails test_every_bridge_setting_is_accounted_for
+# until it is put in one of these three sets.
+LEFT_TO_DEFAULT = frozenset(
+    {
+        "AUTH_OPENID_CONFIG_URL",
+        "ITSM_ADAPTER",
+        "ITSM_TIMEOUT_SECONDS",
+        "ITSM_RETRY_ATTEMPTS",
+        "ITSM_RETRY_BUDGET_SECONDS",
+        "SERVICENOW_TABLE",
+        "SERVICENOW_CALLER_ID",
+        "SERVICENOW_ASSIGNMENT_GROUP",
+        "SERVICENOW_CATEGORY",
+        "SERVICENOW_CLOSE_CODE",
+        "CMDB_LOOKUP",
+        "CMDB_TABLE",
+        "CMDB_RESOURCE_ID_FIELD",
+        "CMDB_NAME_FIELD",
+        "CMDB_CACHE_SECONDS",
+        "MAPPING_FILE",
+    }
+)
+# Secret setting -> the main.bicep @secure() parameter that carries its value.
+SECRET_PARAMS = {
+    "SERVICENOW_PASSWORD": "servicenowPassword",
+    "SERVICENOW_CLIENT_SECRET": "servicenowClientSecret",
+}
+
+ROLE_IDS = {
+    "Storage Blob Data Owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
+    "Storage Queue Data Contributor": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
+    "Storage Table Data Contributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
+    "Monitoring Metrics Publisher": "3913510d-42f4-4e42-8a64-420c390055eb",
+    "Key Vault Secrets User": "4633458b-17de-408a-b874-0445c86b69e6",
+    "Key Vault Secrets Officer": "b86a8fe4-44ce-4948-aee5-eccb2c155cd7",
+}
+# Resource types that take no tags (children, extension resources, configuration).
+UNTAGGABLE = frozenset(
+    {
+        "Microsoft.Authorization/roleAssignments",
+        "Microsoft.Web/sites/config",
+        "Microsoft.Web/sites/basicPublishingCredentialsPolicies",
+        "Microsoft.Storage/storageAccounts/blobServices",
+        "Microsoft.Storage/storageAccounts/blobServices/containers",
+        "Microsoft.Storage/storageAccounts/tableServices",
+        "Microsoft.Storage/storageAccounts/tableServices/tables",
+        "Microsoft.Storage/storageAccounts/queueServices",
+        "Microsoft.Storage/storageAccounts/queueServices/queues",
+        "Microsoft.Graph/appRoleAssignedTo",
+    }
+)
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_INTERPOLATION = re.compile(r"\$\{([^}]*)\}")
+
+
+# ---------- parsing helpers ----------
+
+
+@functools.cache
+def _parse(path: Path) -> dict[str, Any]:
+    return cast(dict[str, Any], BicepParser().parse(file_path=path))
+
+
+def template(relative: str) -> dict[str, Any]:
+    return _parse(INFRA / relative)
+
+
+@dataclass(frozen=True)
+class Resource:
+    name: str
+    type: str
+    api_version: str
+    existing: bool
+    condition: Any
+    body: dict[str, Any]
+
+
+def resources(tpl: dict[str, Any]) -> dict[str, Resource]:
+    out = {}
+    for name, raw in (tpl.get("resources") or {}).items():
+        config = raw["config"]
+        condition = None
+        if set(config) == {"condition", "config"}:
+            condition, config = config["condition"], config["config"]
+        out[name] = Resource(name, raw["type"], raw["api_version"], raw["existing"], condition, config)
+    return out
+
+
+def resources_of_type(tpl: dict[str, Any], resource_type: str) -> list[Resource]:
+    return [r for r in resources(tpl).values() if r.type == resource_type and not r.existing]
+
+
+def the_resource(tpl: dict[str, Any], resource_type: str) -> Resource:
+    found = resources_of_type(tpl, resource_type)
+    assert len(found) == 1, f"expected one {resource_type}, found {[r.name for r in found]}"
+    return found[0]
+
+
+def refs(node: Any, *, skip_empty_checks: bool = False) -> set[str]:
+    """Identifiers an expression reads (the root of each property chain, names inside ``${...}``).
+
+    With ``skip_empty_checks``, arguments of ``empty(...)`` are ignored: testing whether a secret was
+    given does not let its value flow anywhere.
+    """
+    found: set[str] = set()
+    if isinstance(node, str):
+        if _IDENT.match(node):
+            found.add(node)
+        for inner in _INTERPOLATION.findall(node):
+            found.update(re.findall(r"(?<![.\w])[A-Za-z_]\w*", inner))
+    elif isinstance(node, list):
+        for item in node:
+            found |= refs(item, skip_empty_checks=skip_empty_checks)
+    elif isinstance(node, dict):
+        if "operator" in node and isinstance(node["operator"], dict) and "operands" in node["operator"]:
+            op = node["operator"]
+            operands = op["operands"]
+            if op["type"] in ("property_accessor", "index_accessor"):
+                found |= refs(operands["operand_1"], skip_empty_checks=skip_empty_checks)
+                if op["type"] == "index_accessor" or not isinstance(operands["operand_2"], str):
+                    found |= _accessor_tail_refs(operands["operand_2"], skip_empty_checks)
+            else:
+                for value in operands.values():
+                    found |= refs(value, skip_empty_checks=skip_empty_checks)
+        elif "function" in node and isinstance(node["function"], dict) and "type" in node["function"]:
+            if skip_empty_checks and node["function"]["type"] == "empty":
+                return found
+            for value in (node["function"].get("parameters") or {}).values():
+                found |= refs(value, skip_empty_checks=skip_empty_checks)
+        else:
+            for value in node.values():
+                found |= refs(value, skip_empty_checks=skip_empty_checks)
+    return found
+
+
+def _accessor_tail_refs(node: Any, skip_empty_checks: bool) -> set[str]:
+    # The tail of a.b[c].d: property names are not references, index expressions are.
+    if isinstance(node, dict) and "operator" in node and node["operator"]["type"] == "index_accessor":
+        return refs(node["operator"]["operands"]["operand_2"], skip_empty_checks=skip_empty_checks)
+    if isinstance(node, dict) and "operator" in node and node["operator"]["type"] == "property_accessor":
+        return _accessor_tail_refs(node["operator"]["operands"]["operand_2"], skip_empty_checks)
+    return set()
+
+
+def accessor_path(node: Any) -> str:
+    """``a.b.c`` for a property-accessor chain (or the plain identifier)."""
+    if isinstance(node, str):
+        return node
+    if isinstance(node, dict) and "operator" in node and node["operator"]["type"] == "property_accessor":
+        operands = node["operator"]["operands"]
+        return f"{accessor_path(operands['operand_1'])}.{accessor_path(operands['operand_2'])}"
+    if isinstance(node, dict) and "function" in node:
+        return f"{node['function']['type']}()"
+    raise AssertionError(f"not a property chain: {node!r}")
+
+
+def secure_params(tpl: dict[str, Any]) -> set[str]:
+    return {
+        name
+        for name, spec in (tpl.get("parameters") or {}).items()
+        if any(d["type"] == "secure" for d in spec["decorators"])
+    }
+
+
+def tainted_names(tpl: dict[str, Any]) -> set[str]:
+    """Secure parameters plus every variable whose value (transitively) reads one."""
+    tainted = secure_params(tpl)
+    variables = tpl.get("variables") or {}
+    changed = True
+    while changed:
+        changed = False
+        for name, spec in variables.items():
+            if name not in tainted and refs(spec["value"]) & tainted:
+                tainted.add(name)
+                changed = True
+    return tainted
+
+
+def strings(node: Any) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, list):
+        for item in node:
+            yield from strings(item)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield str(key)
+            yield from strings(value)
+
+
+@dataclass(frozen=True)
+class AppSetting:
+    name: str
+    value: Any
+    conditional: bool
+
+
+@dataclass(frozen=True)
+class AppSettings:
+    settings: dict[str, AppSetting]
+    passthrough: tuple[str, ...]  # object parameters merged in (names unknown until deploy time)
+    union_order: tuple[str, ...]
+
+
+def app_settings() -> AppSettings:
+    tpl = template("app/api.bicep")
+    config = the_resource(tpl, "Microsoft.Web/sites/config")
+    assert config.body["name"] == "appsettings"
+    variables = tpl["variables"]
+    params = tpl["parameters"]
+    found: dict[str, AppSetting] = {}
+    passthrough: list[str] = []
+
+    def collect(node: Any, conditional: bool) -> None:
+        if isinstance(node, str) and node in variables:
+            collect(variables[node]["value"], conditional)
+        elif isinstance(node, str) and node in params:
+            passthrough.append(node)
+        elif isinstance(node, dict) and "function" in node:
+            assert node["function"]["type"] == "union", node
+            for arg in node["function"]["parameters"].values():
+                collect(arg, conditional)
+        elif isinstance(node, dict) and "operator" in node:
+            assert node["operator"]["type"] == "conditional", node
+            operands = node["operator"]["operands"]
+            collect(operands["true_value"], True)
+            collect(operands["false_value"], True)
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                assert key not in found, f"{key} is set twice"
+                found[key] = AppSetting(key, value, conditional)
+        else:
+            raise AssertionError(f"unexpected app settings expression {node!r}")
+
+    properties = config.body["properties"]
+    collect(properties, False)
+    order = tuple(properties["function"]["parameters"].values()) if "function" in properties else ()
+    return AppSettings(found, tuple(passthrough), order)
+
+
+def main_module(name: str) -> dict[str, Any]:
+    module: dict[str, Any] = template("main.bicep")["modules"][name]
+    return module
+
+
+# ---------- every template parses ----------
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: str(p.relative_to(INFRA)))
+def test_every_template_parses(path: Path) -> None:
+    parsed = _parse(path)
+    assert parsed.get("resources") or parsed.get("modules"), f"{path} declares nothing"
+
+
+def test_the_expected_templates_exist() -> None:
+    names = {str(p.relative_to(INFRA)) for p in TEMPLATES}
+    assert names >= {
+        "main.bicep",
+        "app/api.bicep",
+        "app/rbac.bicep",
+        "app/entra.bicep",
+        "app/monitoring.bicep",
+        "app/keyvault.bicep",
+        "app/actiongroup.bicep",
+    }
+
+
+def test_every_local_module_path_exists() -> None:
+    for path in TEMPLATES:
+        for name, module in (_parse(path).get("modules") or {}).items():
+            assert module["type"] == "local", f"{path}:{name} uses a registry module (needs registry access)"
+            assert (path.parent / module["detail"]["path"]).is_file(), f"{path}:{name}"
+
+
+def test_main_is_subscription_scoped_and_creates_the_resource_group() -> None:
+    tpl = template("main.bicep")
+    assert tpl["globals"]["scope"]["value"] == "subscription"
+    rg = the_resource(tpl, "Microsoft.Resources/resourceGroups")
+    assert refs(rg.body["tags"]) == {"tags"}
+    for name, module in tpl["modules"].items():
+        assert module["config"].get("scope") == "rg", f"module {name} is not deployed into the resource group"
+
+
+# ---------- secure webhook (action group) ----------
+
+
+def test_action_group_has_a_secure_webhook_receiver_in_the_common_schema() -> None:
+    tpl = template("app/actiongroup.bicep")
+    group = the_resource(tpl, "Microsoft.Insights/actionGroups")
+    assert group.api_version == "2023-01-01"
+    assert group.body["location"] == "Global"
+    assert group.body["properties"]["enabled"] is True
+    [receiver] = group.body["properties"]["webhookReceivers"]
+    assert receiver["useAadAuth"] is True
+    assert receiver["useCommonAlertSchema"] is True
+    assert receiver["objectId"] == "webhookAppObjectId"
+    assert receiver["identifierUri"] == "webhookIdentifierUri"
+    assert receiver["tenantId"] == "tenantId"
+    assert receiver["serviceUri"] == "serviceUri"
+    # A secure webhook is a webhookReceivers entry; "SecurewebhookReceivers" is not a schema property.
+    assert set(group.body["properties"]) == {"groupShortName", "enabled", "webhookReceivers"}
+
+
+def test_action_group_short_name_fits_twelve_characters() -> None:
+    [decorator] = [
+        d
+        for d in template("app/actiongroup.bicep")["parameters"]["shortName"]["decorators"]
+        if d["type"] == "max_length"
+    ]
+    assert decorator["argument"] <= 12
+    default = template("main.bicep")["parameters"]["actionGroupShortName"]["default"]
+    assert 1 <= len(default) <= 12
+
+
+def test_main_wires_the_receiver_to_the_entra_app_object_id_uri_and_alerts_route() -> None:
+    params = main_module("actionGroup")["config"]["params"]
+    assert params["serviceUri"] == "https://${api.outputs.defaultHostName}/api/alerts"
+    # The receiver needs the application's object id, not its client id.
+    assert accessor_path(params["webhookAppObjectId"]) == "entra.outputs.objectId"
+    assert accessor_path(params["webhookIdentifierUri"]) == "entra.outputs.identifierUri"
+    assert accessor_path(params["tenantId"]) == "tenant().tenantId"
+
+
+def test_example_alert_rules_are_optional_and_use_the_action_group() -> None:
+    assert template("main.bicep")["parameters"]["deployExampleAlerts"]["default"] is False
+    assert main_module("actionGroup")["config"]["params"]["deployExampleAlerts"] == "deployExampleAlerts"
+    tpl = template("app/actiongroup.bicep")
+    metric = the_resource(tpl, "Microsoft.Insights/metricAlerts")
+    log = the_resource(tpl, "Microsoft.Insights/scheduledQueryRules")
+    for rule in (metric, log):
+        assert refs(rule.condition) == {"deployExampleAlerts"}, f"{rule.name} is not behind the flag"
+    assert [accessor_path(a["actionGroupId"]) for a in metric.body["properties"]["actions"]] == [
+        "actionGroup.id"
+    ]
+    assert [accessor_path(a) for a in log.body["properties"]["actions"]["actionGroups"]] == ["actionGroup.id"]
+    [criterion] = metric.body["properties"]["criteria"]["allOf"]
+    assert (criterion["metricNamespace"], criterion["metricName"]) == ("Microsoft.Web/sites", "Http5xx")
+    assert metric.body["properties"]["scopes"] == ["functionAppId"]
+    assert log.body["kind"] == "LogAlert"
+    assert log.body["properties"]["scopes"] == ["applicationInsightsId"]
+
+
+# ---------- Entra ID application ----------
+
+
+def test_entra_app_defines_the_webhook_role_and_asks_for_v2_tokens() -> None:
+    tpl = template("app/entra.bicep")
+    assert "microsoftGraphV1" in tpl["extensions"]
+    app = the_resource(tpl, "Microsoft.Graph/applications")
+    assert app.api_version == "v1.0"
+    assert app.body["uniqueName"] == "uniqueName"
+    assert app.body["api"]["requestedAccessTokenVersion"] == 2
+    assert app.body["signInAudience"] == "AzureADMyOrg"
+    [role] = app.body["appRoles"]
+    assert role["value"] == "roleValue"
+    assert role["allowedMemberTypes"] == ["Application"]
+    assert role["isEnabled"] is True
+    assert role["id"] == "roleId"
+    # A deterministic role id: redeploying must not orphan Azure Monitor's assignment.
+    role_id = tpl["variables"]["roleId"]["value"]["function"]
+    assert role_id["type"] == "guid"
+    assert refs(role_id["parameters"]) >= {"uniqueName", "roleValue"}
+
+
+def test_deploying_principal_owns_the_entra_app() -> None:
+    app = the_resource(template("app/entra.bicep"), "Microsoft.Graph/applications")
+    owners = app.body["owners"]["relationships"]
+    paths = [accessor_path(item) for item in strings_or_nodes(owners)]
+    assert "deployer().objectId" in paths
+
+
+def strings_or_nodes(node: Any) -> list[Any]:
+    """Flatten ``union([...], param)`` into its array items and parameter names."""
+    if isinstance(node, list):
+        return node
+    if isinstance(node, dict) and "function" in node and node["function"]["type"] == "union":
+        items: list[Any] = []
+        for arg in node["function"]["parameters"].values():
+            items.extend(strings_or_nodes(arg))
+        return items
+    return [node]
+
+
+def test_azure_monitor_service_principal_gets_the_app_role() -> None:
+    tpl = template("app/entra.bicep")
+    sps = {r.name: r for r in resources_of_type(tpl, "Microsoft.Graph/servicePrincipals")}
+    webhook_sp = next(r for r in sps.values() if accessor_path(r.body["appId"]) == "webhookApp.appId")
+    assert webhook_sp.body["appRoleAssignmentRequired"] is True
+    monitor_sp = next(r for r in sps.values() if r.body["appId"] == "azureMonitorAppId")
+    assignment = the_resource(tpl, "Microsoft.Graph/appRoleAssignedTo")
+    assert assignment.body["appRoleId"] == "roleId"
+    assert accessor_path(assignment.body["principalId"]) == f"{monitor_sp.name}.id"
+    assert accessor_path(assignment.body["resourceId"]) == f"{webhook_sp.name}.id"
+    params = main_module("entra")["config"]["params"]
+    main_vars = template("main.bicep")["variables"]
+    assert main_vars[params["azureMonitorAppId"]]["value"] == AZURE_MONITOR_APP_ID
+    assert main_vars[params["roleValue"]]["value"] == "ActionGroupsSecureWebhook"
+
+
+def test_application_id_uri_is_set_to_api_app_id_on_the_same_application() -> None:
+    tpl = template("app/entra.bicep")
+    module = tpl["modules"]["identifierUri"]["config"]["params"]
+    assert module["identifierUri"] == "api://${webhookApp.appId}"
+    assert accessor_path(module["uniqueName"]) == "webhookApp.uniqueName"
+    second = the_resource(template("app/entra-identifier.bicep"), "Microsoft.Graph/applications")
+    assert second.body["uniqueName"] == "uniqueName"
+    assert second.body["identifierUris"] == ["identifierUri"]
+    assert accessor_path(tpl["outputs"]["identifierUri"]["value"]) == "identifierUri.outputs.identifierUri"
+
+
+def test_graph_extension_is_enabled_in_bicepconfig() -> None:
+    config = json.loads((INFRA / "bicepconfig.json").read_text())
+    registry = "br:mcr.microsoft.com/bicep/extensions/microsoftgraph/v1.0:"
+    assert config["extensions"]["microsoftGraphV1"].startswith(registry)
+    for path in TEMPLATES:
+        parsed = _parse(path)
+        uses_graph = any(r.type.startswith("Microsoft.Graph/") for r in resources(parsed).values())
+        assert uses_graph == ("microsoftGraphV1" in (parsed.get("extensions") or {})), path
+
+
+# ---------- Function app ----------
+
+
+def test_function_app_is_flex_consumption_python_311_https_only_tls12() -> None:
+    tpl = template("app/api.bicep")
+    plan = the_resource(tpl, "Microsoft.Web/serverfarms")
+    assert plan.body["sku"] == {"tier": "FlexConsumption", "name": "FC1"}
+    assert plan.body["properties"]["reserved"] is True
+    app = the_resource(tpl, "Microsoft.Web/sites")
+    props = app.body["properties"]
+    assert app.body["kind"] == "functionapp,linux"
+    assert props["httpsOnly"] is True
+    assert props["siteConfig"]["minTlsVersion"] == "1.2"
+    assert props["siteConfig"]["scmMinTlsVersion"] == "1.2"
+    assert props["siteConfig"]["ftpsState"] == "Disabled"
+    assert props["functionAppConfig"]["runtime"] == {"name": "python", "version": "3.11"}
+    assert accessor_path(props["serverFarmId"]) == f"{plan.name}.id"
+
+
+def test_function_app_runs_as_the_user_assigned_identity_everywhere() -> None:
+    app = the_resource(template("app/api.bicep"), "Microsoft.Web/sites")
+    assert app.body["identity"]["type"] == "UserAssigned"
+    assert list(app.body["identity"]["userAssignedIdentities"]) == ["'${identityId}'"]
+    assert app.body["properties"]["keyVaultReferenceIdentity"] == "identityId"
+    auth = app.body["properties"]["functionAppConfig"]["deployment"]["storage"]["authentication"]
+    assert auth == {"type": "UserAssignedIdentity", "userAssignedIdentityResourceId": "identityId"}
+    params = main_module("api")["config"]["params"]
+    assert accessor_path(params["identityId"]) == "identity.outputs.id"
+    assert accessor_path(params["identityClientId"]) == "identity.outputs.clientId"
+
+
+def test_ftp_and_basic_publishing_credentials_are_off() -> None:
+    policies = resources_of_type(
+        template("app/api.bicep"), "Microsoft.Web/sites/basicPublishingCredentialsPolicies"
+    )
+    assert sorted(p.body["name"] for p in policies) == ["ftp", "scm"]
+    for policy in policies:
+        assert policy.body["parent"] == "functionApp"
+        assert policy.body["properties"] == {"allow": False}
+        assert policy.condition is None
+
+
+def test_storage_allows_no_shared_keys_and_holds_the_bridge_table_and_queues() -> None:
+    tpl = template("app/storage.bicep")
+    account = the_resource(tpl, "Microsoft.Storage/storageAccounts")
+    props = account.body["properties"]
+    assert props["allowSharedKeyAccess"] is False
+    assert props["allowBlobPublicAccess"] is False
+    assert props["minimumTlsVersion"] == "TLS1_2"
+    assert props["supportsHttpsTrafficOnly"] is True
+    [table] = resources_of_type(tpl, "Microsoft.Storage/storageAccounts/tableServices/tables")
+    assert table.body["name"] == "stateTableName"
+    queues = sorted(
+        q.body["name"]
+        for q in resources_of_type(tpl, "Microsoft.Storage/storageAccounts/queueServices/queues")
+    )
+    assert queues == ["${outboxQueueName}-poison", "outboxQueueName"]
+    [container] = resources_of_type(tpl, "Microsoft.Storage/storageAccounts/blobServices/containers")
+    assert container.body["properties"]["publicAccess"] == "None"
+    storage_params = main_module("storage")["config"]["params"]
+    api_params = main_module("api")["config"]["params"]
+    assert storage_params["stateTableName"] == api_params["stateTableName"] == "stateTableName"
+    assert storage_params["outboxQueueName"] == api_params["outboxQueueName"] == "outboxQueueName"
+    main_params = template("main.bicep")["parameters"]
+    table_setting = next(s for s in SETTINGS if s.name == "STATE_TABLE_NAME")
+    queue_setting = next(s for s in SETTINGS if s.name == "OUTBOX_QUEUE_NAME")
+    assert main_params["stateTableName"]["default"] == table_setting.default
+    assert main_params["outboxQueueName"]["default"] == queue_setting.default
+
+
+def test_no_template_uses_keys_or_connection_strings_with_secrets() -> None:
+    for path in TEMPLATES:
+        text = path.read_text()
+        assert "listKeys" not in text and "AccountKey=" not in text and "InstrumentationKey=" not in text, (
+            path
+        )
+
+
+def test_host_storage_is_identity_based() -> None:
+    settings = app_settings().settings
+    assert "AzureWebJobsStorage" not in settings
+    assert settings["AzureWebJobsStorage__credential"].value == "managedidentity"
+    assert settings["AzureWebJobsStorage__clientId"].value == "identityClientId"
+    assert accessor_path(settings["AzureWebJobsStorage__accountName"].value) == "storage.name"
+    assert settings["AZURE_CLIENT_ID"].value == "identityClientId"
+
+
+def test_application_insights_accepts_only_entra_authenticated_telemetry() -> None:
+    component = the_resource(template("app/monitoring.bicep"), "Microsoft.Insights/components")
+    assert component.body["properties"]["DisableLocalAuth"] is True
+    assert accessor_path(component.body["properties"]["WorkspaceResourceId"]) == "workspace.id"
+    settings = app_settings().settings
+    auth = settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"].value
+    assert auth == "Authorization=AAD;ClientId=${identityClientId}"
+    connection = accessor_path(settings["APPLICATIONINSIGHTS_CONNECTION_STRING"].value)
+    assert connection == "appInsights.properties.ConnectionString"
+
+
+# ---------- Key Vault and secrets ----------
+
+
+def test_key_vault_uses_rbac_soft_delete_and_purge_protection() -> None:
+    vault = the_resource(template("app/keyvault.bicep"), "Microsoft.KeyVault/vaults")
+    props = vault.body["properties"]
+    assert props["enableRbacAuthorization"] is True
+    assert props["enableSoftDelete"] is True
+    assert props["enablePurgeProtection"] is True
+    assert "accessPolicies" not in props
+
+
+@pytest.mark.parametrize("setting", sorted(SECRET_SETTING_NAMES))
+def test_secret_settings_are_key_vault_references(setting: str) -> None:
+    entry = app_settings().settings[setting]
+    assert entry.conditional, f"{setting} must be omitted when its secret is not given"
+    uri_param = _INTERPOLATION.findall(entry.value)
+    assert entry.value == f"@Microsoft.KeyVault(SecretUri=${{{uri_param[0]}}})"
+    # main.bicep passes the versionless vault URI only when the matching secret parameter is non-empty.
+    passed = main_module("api")["config"]["params"][uri_param[0]]["operator"]
+    assert passed["type"] == "conditional"
+    assert passed["operands"]["condition"]["function"] == {
+        "type": "empty",
+        "parameters": {"item_to_test": SECRET_PARAMS[setting]},
+    }
+    assert passed["operands"]["true_value"] == ""
+    assert accessor_path(passed["operands"]["false_value"]).startswith("keyvault.outputs.")
+
+
+def test_secret_settings_are_exactly_the_secure_parameters() -> None:
+    assert set(SECRET_PARAMS) == SECRET_SETTING_NAMES
+    assert secure_params(template("main.bicep")) == set(SECRET_PARAMS.values())
+
+
+def test_each_secret_is_created_only_when_given() -> None:
+    tpl = template("app/keyvault.bicep")
+    secrets = resources_of_type(tpl, "Microsoft.KeyVault/vaults/secrets")
+    assert {s.body["properties"]["value"] for s in secrets} == secure_params(tpl)
+    for secret in secrets:
+        value_param = secret.body["properties"]["value"]
+        assert secret.condition == {
+            "operator": {
+                "type": "not",
+                "operands": {
+                    "bool_value": {"function": {"type": "empty", "parameters": {"item_to_test": value_param}}}
+                },
+            }
+        }
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: str(p.relative_to(INFRA)))
+def test_no_secure_parameter_has_a_secret_default(path: Path) -> None:
+    tpl = _parse(path)
+    for name in secure_params(tpl):
+        # '' means "not used" (basic-only / OAuth-only) and keeps azd from prompting; anything else
+        # would put a secret into the template.
+        assert tpl["parameters"][name]["default"] in (None, ""), f"{path}:{name}"
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: str(p.relative_to(INFRA)))
+def test_no_output_reveals_a_secret(path: Path) -> None:
+    tpl = _parse(path)
+    tainted = tainted_names(tpl)
+    for name, output in (tpl.get("outputs") or {}).items():
+        assert not refs(output["value"]) & tainted, f"{path}: output {name} reads a secure parameter"
+        assert not re.search("password|secret", name, re.IGNORECASE), (
+            f"{path}: output {name} looks like a secret"
+        )
+        assert not any(s.startswith("list") for s in strings(output["value"])), (
+            f"{path}: output {name} calls list*()"
+        )
+        assert not any(d["type"] == "secure" for d in output["decorators"])
+
+
+def test_secret_values_flow_only_into_secure_module_parameters() -> None:
+    main = template("main.bicep")
+    tainted = tainted_names(main)
+    for name, module in main["modules"].items():
+        target = _parse(INFRA / module["detail"]["path"])
+        for param, value in module["config"]["params"].items():
+            if refs(value, skip_empty_checks=True) & tainted:
+                assert param in secure_params(target), (
+                    f"module {name}: {param} receives a secret but is not @secure()"
+                )
+
+
+# ---------- app settings <-> bridge.config.SETTINGS ----------
+
+
+def test_every_app_setting_is_a_bridge_or_platform_setting() -> None:
+    names = set(app_settings().settings)
+    unknown = names - SETTING_NAMES - PLATFORM_SETTINGS
+    assert not unknown, f"app settings the bridge does not know: {sorted(unknown)}"
+
+
+def test_required_bridge_settings_are_always_provided() -> None:
+    settings = app_settings().settings
+    required = {s.name for s in SETTINGS if s.required}
+    assert required <= ALWAYS_PROVIDED
+    for name in ALWAYS_PROVIDED | PLATFORM_SETTINGS:
+        assert name in settings and not settings[name].conditional, name
+
+
+def test_optional_bridge_settings_are_provided_when_set() -> None:
+    settings = app_settings().settings
+    conditional = {name for name, entry in settings.items() if entry.conditional}
+    assert conditional == PROVIDED_WHEN_SET
+
+
+def test_every_bridge_setting_is_accounted_for() -> None:
+    assert SETTING_NAMES == ALWAYS_PROVIDED | PROVIDED_WHEN_SET | LEFT_TO_DEFAULT
+    assert not (ALWAYS_PROVIDED | PROVIDED_WHEN_SET) & LEFT_TO_DEFAULT
+    for spec in SETTINGS:
+        if spec.name in LEFT_TO_DEFAULT:
+            assert not spec.required, f"{spec.name} is required, so the templates must provide it"
+
+
+def test_caller_supplied_settings_cannot_override_derived_ones() -> None:
+    result = app_settings()
+    assert result.passthrough == ("bridgeSettings",)
+    # union(): later arguments win, so the free-form object must come first.
+    assert result.union_order[0] == "bridgeSettings"
+
+
+def test_auth_settings_come_from_the_entra_app() -> None:
+    params = main_module("api")["config"]["params"]
+    assert [accessor_path(a) for a in params["authAudiences"]] == [
+        "entra.outputs.appId",
+        "entra.outputs.identifierUri",
+    ]
+    allowed = params["authAllowedAppIds"]["function"]
+    assert allowed["type"] == "concat"
+    assert allowed["parameters"]["arg_1"] == ["azureMonitorAppId"]
+    assert params["authRequiredRole"] == "webhookRoleValue"
+    settings = app_settings().settings
+    assert settings["AUTH_AUDIENCES"].value["function"] == {
+        "type": "join",
+        "parameters": {"input_array": "authAudiences", "delimiter": ","},
+    }
+    assert accessor_path(settings["AUTH_TENANT_ID"].value) == "tenant().tenantId"
+    assert settings["AUTH_REQUIRED_ROLE"].value == "authRequiredRole"
+
+
+def test_allowed_subscriptions_default_to_the_deployment_subscription() -> None:
+    value = template("main.bicep")["variables"]["subscriptionsSetting"]["value"]["operator"]["operands"]
+    assert value["condition"]["function"] == {
+        "type": "empty",
+        "parameters": {"item_to_test": "allowedSubscriptionIds"},
+    }
+    assert accessor_path(value["true_value"]) == "subscription().subscriptionId"
+    assert main_module("api")["config"]["params"]["allowedSubscriptionIds"] == "subscriptionsSetting"
+
+
+# ---------- role assignments ----------
+
+
+def test_identity_gets_exactly_the_roles_it_needs_with_guid_names() -> None:
+    tpl = template("app/rbac.bicep")
+    variables = {name: spec["value"] for name, spec in tpl["variables"].items()}
+    granted: dict[str, tuple[str, str | None]] = {}
+    for assignment in resources_of_type(tpl, "Microsoft.Authorization/roleAssignments"):
+        props = assignment.body["properties"]
+        role_definition = props["roleDefinitionId"]["function"]
+        assert role_definition["type"] == "subscription_resource_id"
+        assert role_definition["parameters"]["resource_type"] == "Microsoft.Authorization/roleDefinitions"
+        role_var = role_definition["parameters"]["resource_name_1"]
+        name = assignment.body["name"]["function"]
+        assert name["type"] == "guid"
+        # guid(scope.id, principal, role): deterministic and unique per scope, principal and role.
+        assert accessor_path(name["parameters"]["base_string"]) == f"{assignment.body['scope']}.id"
+        assert name["parameters"]["extra_string_1"] == props["principalId"]
+        assert name["parameters"]["extra_string_2"] == role_var
+        granted[variables[role_var]] = (props["principalId"], assignment.body["scope"])
+        if props["principalId"] == "principalId":
+            assert props["principalType"] == "ServicePrincipal"
+            assert assignment.condition is None
+    assert granted == {
+        ROLE_IDS["Storage Blob Data Owner"]: ("principalId", "storage"),
+        ROLE_IDS["Storage Queue Data Contributor"]: ("principalId", "storage"),
+        ROLE_IDS["Storage Table Data Contributor"]: ("principalId", "storage"),
+        ROLE_IDS["Monitoring Metrics Publisher"]: ("principalId", "appInsights"),
+        ROLE_IDS["Key Vault Secrets User"]: ("principalId", "vault"),
+        ROLE_IDS["Key Vault Secrets Officer"]: ("operatorPrincipalId", "vault"),
+    }
+    params = main_module("rbac")["config"]["params"]
+    assert accessor_path(params["principalId"]) == "identity.outputs.principalId"
+
+
+# ---------- names, tags, outputs, parameters ----------
+
+
+def test_names_derive_from_the_environment_token_with_overrides() -> None:
+    main = template("main.bicep")
+    token = main["variables"]["resourceToken"]["value"]["function"]
+    assert token["type"] == "to_lower"
+    assert token["parameters"]["string_to_change"]["function"]["type"] == "unique_string"
+    assert refs(token) >= {"environmentName", "location"}
+    abbreviations = json.loads((INFRA / "abbreviations.json").read_text())
+    used = set(re.findall(r"abbrs\.(\w+)", (INFRA / "main.bicep").read_text()))
+    assert used and used <= set(abbreviations)
+    overrides = {
+        "identity": ("name", "userAssignedIdentityName"),
+        "storage": ("name", "storageAccountName"),
+        "monitoring": ("logAnalyticsName", "logAnalyticsName"),
+        "keyvault": ("name", "keyVaultName"),
+        "actionGroup": ("name", "actionGroupName"),
+        "api": ("planName", "appServicePlanName"),
+    }
+    for module, (param, override) in overrides.items():
+        value = main["modules"][module]["config"]["params"][param]
+        assert override in refs(value), f"{module}.{param} has no override"
+        assert any("${resourceToken}" in s for s in strings(value)), f"{module}.{param} is not token-derived"
+    assert refs(main["variables"]["appName"]["value"]) >= {"functionAppName", "resourceToken"}
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: str(p.relative_to(INFRA)))
+def test_every_resource_is_tagged(path: Path) -> None:
+    for resource in resources(_parse(path)).values():
+        if resource.existing or resource.type in UNTAGGABLE:
+            continue
+        if (
+            resource.type == "Microsoft.Graph/servicePrincipals"
+            and resource.body.get("appId") == "azureMonitorAppId"
+        ):
+            continue  # Microsoft's own service principal: created if missing, never changed.
+        assert "tags" in resource.body, f"{path}: {resource.name} has no tags"
+    if path.name == "main.bicep":
+        assert template("main.bicep")["variables"]["tags"]["value"] == {"'azd-env-name'": "environmentName"}
+
+
+def test_function_app_carries_the_azd_service_tag() -> None:
+    app = the_resource(template("app/api.bicep"), "Microsoft.Web/sites")
+    union = app.body["tags"]["function"]
+    assert union["type"] == "union"
+    assert union["parameters"]["arg_1"] == "tags"
+    assert union["parameters"]["arg_2"] == {"'azd-service-name'": "api"}
+
+
+def test_main_outputs_are_upper_snake_for_azd() -> None:
+    outputs = template("main.bicep")["outputs"]
+    assert outputs
+    for name in outputs:
+        assert re.fullmatch(r"[A-Z][A-Z0-9_]*", name), name
+    assert {
+        "AZURE_FUNCTION_APP_NAME",
+        "WEBHOOK_APP_CLIENT_ID",
+        "WEBHOOK_APP_ID_URI",
+        "BRIDGE_ALERTS_URL",
+    } <= set(outputs)
+
+
+def test_parameters_file_uses_azd_substitutions_for_declared_parameters() -> None:
+    declared = template("main.bicep")["parameters"]
+    mapped = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    assert set(mapped) <= set(declared)
+    required = {name for name, spec in declared.items() if spec["default"] is None}
+    assert required <= set(mapped), f"azd would prompt for {sorted(required - set(mapped))}"
+    for name, entry in mapped.items():
+        assert re.fullmatch(r"\$\{[A-Z_][A-Z0-9_]*(=[^}]*)?\}", entry["value"]), (
+            f"{name} holds a literal value"
+        )
+    assert mapped["environmentName"]["value"] == "${AZURE_ENV_NAME}"
+    assert mapped["location"]["value"] == "${AZURE_LOCATION}"
+    for secret in SECRET_PARAMS.values():
+        assert "=" not in mapped[secret]["value"], f"{secret} must not have a default in main.parameters.json"
+
+
+# ---------- azd project and package ----------
+
+
+def test_azure_yaml_deploys_the_repo_as_a_python_function() -> None:
+    project = yaml.safe_load((ROOT / "azure.yaml").read_text())
+    assert project["services"] == {"api": {"project": ".", "language": "python", "host": "function"}}
+    assert project["infra"] == {"provider": "bicep", "path": "infra", "module": "main"}
+
+
+def _ignored(patterns: list[str], relative: str) -> bool:
+    # Enough of gitignore for the patterns used here: names and globs that match any path segment.
+    parts = relative.split("/")
+    return any(Path(part).match(pattern) for pattern in patterns for part in parts)
+
+
+def test_funcignore_keeps_only_what_runs() -> None:
+    lines = (ROOT / ".funcignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    assert not any(p.startswith("!") for p in patterns)
+    for kept in (
+        "function_app.py",
+        "host.json",
+        "requirements.txt",
+        "bridge/__init__.py",
+        "bridge/adapters/base.py",
+    ):
+        assert not _ignored(patterns, kept), kept
+    for dropped in (
+        "tests/test_x.py",
+        "infra/main.bicep",
+        "bench/run.py",
+        ".venv/bin/python",
+        ".ci/run",
+        "docs/index.md",
+        "README.md",
+        "local.settings.json",
+        "requirements-dev.txt",
+        "dev.py",
+        "bridge/__pycache__/config.cpython-311.pyc",
+    ):
+        assert _ignored(patterns, dropped), dropped
