@@ -50,9 +50,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         env = stack.bridge_env()
     else:
         env = _settings_file_env(args.settings)
+    from .errors import ConfigError
+
     try:
         api = build_api(env)
         server = BridgeServer(api, args.host, args.port).start()
+    except ConfigError as exc:
+        if stack:
+            stack.stop()
+        print(f"invalid settings: {exc}", file=sys.stderr)
+        return 2
     except Exception:
         if stack:
             stack.stop()
