@@ -165,7 +165,11 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bridge", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bridge",
+        description="Azure Monitor alerts to ITSM work items: run the demo, serve the API locally, "
+        "send alerts like an action group, or check the settings.",
+    )
     parser.add_argument("--version", action="version", version=__version__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -91,12 +91,14 @@ class Lifecycle:
         cmdb: CmdbBinder | None = None,
         *,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._adapter = adapter
         self._rules = rules
         self._policy = policy
         self._cmdb = cmdb
         self._sleep = sleep
+        self._clock = clock
         self._locks = _KeyLocks()
 
     def apply(self, alert: Alert) -> Outcome:
@@ -107,6 +109,7 @@ class Lifecycle:
                 lambda: self._step(alert, key, attempt),
                 self._policy,
                 sleep=self._sleep,
+                clock=self._clock,
                 describe=f"alert {key}",
             )
 

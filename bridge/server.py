@@ -85,6 +85,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # The stdlib default of 5 pending connections makes a burst of simultaneous deliveries
+    # (several action groups, Azure's retries) wait a second for the kernel to retry the SYN.
+    request_queue_size = 64
     api: _Handles
 
 
@@ -102,7 +105,9 @@ class BridgeServer:
         return f"http://{host!s}:{port}"
 
     def start(self) -> BridgeServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="bridge-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="bridge-server", daemon=True
+        )
         self._thread.start()
         return self
 
