@@ -109,6 +109,14 @@ def test_shared_samples_are_exact_copies() -> None:
         assert (FIXTURES / sample.name).read_bytes() == sample.read_bytes(), sample.name
 
 
+def test_bundled_samples_are_the_test_fixtures() -> None:
+    # The demo and `send` use the copies inside the package; they must not drift from these.
+    bundled = sorted((Path(__file__).resolve().parents[1] / "bridge" / "sandbox" / "samples").glob("*.json"))
+    assert len(bundled) == 5
+    for sample in bundled:
+        assert (FIXTURES / sample.name).read_bytes() == sample.read_bytes(), sample.name
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_fixture_parses_to_kind_and_essentials(name: str) -> None:
     kind, condition, severity, rule, stateless, n_conditions = EXPECTED[name]
