@@ -28,6 +28,7 @@ __all__ = [
     "Alert",
     "AlertKind",
     "Condition",
+    "display_text",
     "parse_alert",
     "parse_timestamp",
     "thaw",
@@ -401,10 +402,10 @@ def _conditions(kind: AlertKind, context: Mapping[str, Any]) -> tuple[Condition,
     if kind is AlertKind.LOG_V1 or ("SearchQuery" in context and "condition" not in context):
         return (
             Condition(
-                name=_display(context.get("SearchQuery")),
-                operator=_display(context.get("Operator")),
-                threshold=_display(context.get("Threshold")),
-                value=_display(context.get("ResultCount")),
+                name=display_text(context.get("SearchQuery")),
+                operator=display_text(context.get("Operator")),
+                threshold=display_text(context.get("Threshold")),
+                value=display_text(context.get("ResultCount")),
                 time_aggregation=None,
                 dimensions=_dimensions(context.get("Dimensions")),
             ),
@@ -424,11 +425,11 @@ def _conditions(kind: AlertKind, context: Mapping[str, Any]) -> tuple[Condition,
             name = criterion.get("searchQuery")
         found.append(
             Condition(
-                name=_display(name),
-                operator=_display(criterion.get("operator")),
-                threshold=_display(criterion.get("threshold")),
-                value=_display(criterion.get("metricValue")),
-                time_aggregation=_display(criterion.get("timeAggregation")),
+                name=display_text(name),
+                operator=display_text(criterion.get("operator")),
+                threshold=display_text(criterion.get("threshold")),
+                value=display_text(criterion.get("metricValue")),
+                time_aggregation=display_text(criterion.get("timeAggregation")),
                 dimensions=_dimensions(criterion.get("dimensions")),
             )
         )
@@ -441,12 +442,12 @@ def _dimensions(value: Any) -> tuple[tuple[str, str], ...]:
     pairs: list[tuple[str, str]] = []
     for entry in value:
         if isinstance(entry, Mapping) and entry.get("name") is not None:
-            pairs.append((_display(entry.get("name")) or "", _display(entry.get("value")) or ""))
+            pairs.append((display_text(entry.get("name")) or "", display_text(entry.get("value")) or ""))
     return tuple(pairs)
 
 
-def _display(value: Any) -> str | None:
-    """Scalar payload values as text; containers as compact JSON."""
+def display_text(value: Any) -> str | None:
+    """Scalar payload values as text; containers as compact JSON; None stays None."""
     if value is None:
         return None
     if isinstance(value, bool):

@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from .adapters.base import ConfigurationItem, Resolution, WorkItem
-from .alerts import Alert, AlertKind, Condition, thaw
+from .alerts import Alert, AlertKind, Condition, display_text, thaw
 from .config import MappingRules, RoutingRule
 from .correlation import correlation_key, fingerprint, note_marker
 
@@ -765,19 +765,11 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 
 def _text(value: Any) -> str | None:
-    """Payload values as display text; containers as compact JSON, empty as None."""
-    if value is None:
+    """Payload values as display text (see :func:`display_text`); empty values as None."""
+    if isinstance(value, Mapping | tuple | list) and not value:
         return None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
-    if isinstance(value, int | str):
-        text = str(value).strip()
-        return text or None
-    if isinstance(value, Mapping | tuple | list):
-        return _compact(value) if value else None
-    return str(value)
+    text = display_text(value)
+    return (text.strip() or None) if text is not None else None
 
 
 def _compact(value: Any) -> str:
