@@ -111,8 +111,8 @@ def _token_for_send(args: argparse.Namespace) -> str:
         )
         result = app.acquire_token_for_client(scopes=[args.scope])
         if "access_token" not in result:
-            raise SystemExit(f"send: no token from Entra ID: {result.get('error')}: "
-                             f"{result.get('error_description', '').splitlines()[0:1]}")
+            detail = (str(result.get("error_description") or "").splitlines() or [""])[0]
+            raise SystemExit(f"send: no token from Entra ID: {result.get('error')}: {detail}")
         return str(result["access_token"])
     raise SystemExit(
         "send: choose a token: --token, --token-env VAR, --sandbox-entra URL, "
