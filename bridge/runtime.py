@@ -58,6 +58,10 @@ def get_api(env: Mapping[str, str] | None = None) -> BridgeApi | UnavailableApi:
             except ConfigError as exc:
                 logger.critical("bridge settings are invalid, alerts will get 503: %s", exc)
                 _api = UnavailableApi(exc.setting, str(exc))
+            except Exception as exc:
+                # Never let the host answer 500 (Azure Monitor does not retry it): 503 instead.
+                logger.exception("the bridge could not start, alerts will get 503")
+                _api = UnavailableApi("(start-up)", f"start-up failed: {type(exc).__name__}")
         return _api
 
 

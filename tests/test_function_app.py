@@ -566,3 +566,21 @@ def test_allowed_app_default_is_azure_monitor() -> None:
     from bridge.config import SETTINGS
 
     assert next(s for s in SETTINGS if s.name == "AUTH_ALLOWED_APP_IDS").default == AZURE_MONITOR_APP_ID
+
+
+def test_a_start_up_crash_answers_503_not_500(user_functions: UserFunctions, settings_env: dict[str, str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("no such device")
+
+    monkeypatch.setattr(runtime, "build_adapter", broken)
+    runtime.reset()
+    try:
+        runtime.get_api(settings_env)
+        alerts = user_functions["alerts"](func.HttpRequest(method="POST", url="/api/alerts", body=b"{}"))
+        health = user_functions["health"](func.HttpRequest(method="GET", url="/api/health", body=b""))
+    finally:
+        runtime.reset()
+    assert alerts.status_code == 503 and alerts.headers["Retry-After"]
+    assert body_of(health)["status"] == "misconfigured"
+    assert body_of(health)["message"] == "start-up failed: OSError"
