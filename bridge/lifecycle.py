@@ -21,7 +21,7 @@ from .alerts import Alert
 from .cmdb import CmdbBinder
 from .config import MappingRules
 from .correlation import correlation_key, fingerprint, note_marker
-from .mapping import build_work_item, resolution, update_note
+from .mapping import build_work_item, duplicate_resolution, resolution, update_note
 from .retry import RetryPolicy, call_with_retry
 
 __all__ = ["Action", "Lifecycle", "Outcome"]
@@ -145,7 +145,33 @@ class Lifecycle:
         item = build_work_item(alert, self._rules, attempt.ci, attempt.ci_note)
         attempt.create_sent = True
         ref = self._adapter.create(item)
-        return Outcome(Action.CREATED, key, ref, configuration_item=attempt.ci)
+        return self._settle(alert, key, ref, attempt)
+
+    def _settle(self, alert: Alert, key: str, ref: WorkItemRef, attempt: _Attempt) -> Outcome:
+        """Yield to a twin created at the same moment by another instance.
+
+        The key lock covers one process only. Azure Monitor can deliver the same alert to two
+        instances at once (several action groups, or a retry while the first call still runs);
+        both then find nothing and create. Every creator looks again right after creating: the
+        oldest item (lowest number) stays, and each younger one is closed as its duplicate, so
+        all creators agree without talking to each other.
+        """
+        rivals = [r for r in self._adapter.find(key) if r.is_open]
+        oldest = min(rivals, key=_age, default=None)
+        if oldest is None or oldest.ref.id == ref.id or all(r.ref.id != ref.id for r in rivals):
+            return Outcome(Action.CREATED, key, ref, configuration_item=attempt.ci)
+        original = oldest.ref.number or oldest.ref.id
+        logger.warning(
+            "correlationId=%s was created twice concurrently; closing %s as a duplicate of %s",
+            key, ref.number or ref.id, original,
+        )
+        self._adapter.resolve(ref, duplicate_resolution(alert, self._rules, original))
+        return Outcome(
+            Action.IGNORED,
+            key,
+            oldest.ref,
+            f"delivered concurrently elsewhere; {ref.number or ref.id} closed as a duplicate of {original}",
+        )
 
     def _resolve(
         self,
@@ -169,6 +195,12 @@ class Lifecycle:
         for item in open_items:
             self._adapter.resolve(item.ref, how)
         return Outcome(Action.RESOLVED, key, open_items[0].ref)
+
+
+def _age(record: WorkItemRecord) -> tuple[int, str, str]:
+    """Creation order: ServiceNow numbers grow (and may grow a digit), ids break ties."""
+    number = record.ref.number or ""
+    return len(number), number, record.ref.id
 
 
 _STATE_WORDS = {"6": "resolved", "7": "closed", "8": "canceled"}

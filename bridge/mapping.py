@@ -30,6 +30,7 @@ __all__ = [
     "SHORT_DESCRIPTION_MAX_CHARS",
     "TEMPLATE_NAMES",
     "build_work_item",
+    "duplicate_resolution",
     "render_short_description",
     "resolution",
     "template_values",
@@ -185,6 +186,16 @@ def resolution(alert: Alert, rules: MappingRules) -> Resolution:
         f"[{note_marker(fingerprint(alert))}]"
     )
     return Resolution(close_code=rules.close_code, close_notes=close_notes, work_note=work_note)
+
+
+def duplicate_resolution(alert: Alert, rules: MappingRules, original: str) -> Resolution:
+    """How to close a work item opened for an alert that another delivery opened at the same moment."""
+    notes = (
+        f"Duplicate of {original}: Azure Monitor delivered this alert twice at the same moment and both "
+        f"deliveries opened an incident; the older one, {original}, carries on.\nAlert ID: {alert.alert_id}"
+    )
+    work_note = f"Closed as a duplicate of {original}.\n[{note_marker(fingerprint(alert))}]"
+    return Resolution(close_code=rules.close_code, close_notes=notes, work_note=work_note)
 
 
 def template_values(alert: Alert) -> dict[str, str]:

@@ -42,6 +42,7 @@ class MemoryAdapter:
         self.calls: list[tuple[str, Any]] = []
         self.failures: list[PlannedFailure] = []
         self.cis: dict[str, ConfigurationItem] = {}
+        self.before_create: list[Any] = []  # callables run once, just before the next create
         self._ids = itertools.count(1)
 
     # -- test controls -------------------------------------------------------------------
@@ -85,6 +86,8 @@ class MemoryAdapter:
     def create(self, item: WorkItem) -> WorkItemRef:
         self.calls.append(("create", item))
         self._maybe_fail("create", before=True)
+        while self.before_create:
+            self.before_create.pop(0)()
         n = next(self._ids)
         stored = StoredItem(WorkItemRef("memory", f"id{n}", f"INC{n:07d}"), item, notes=[item.work_note])
         self.items.append(stored)

@@ -251,3 +251,42 @@ def test_concurrent_deliveries_of_one_alert_make_one_incident(
         t.join()
     assert len(adapter.items) == 1
     assert sorted(outcomes) == sorted([Action.CREATED] + [Action.IGNORED] * 7)
+
+
+def test_a_twin_created_elsewhere_first_wins_and_ours_is_closed(
+    lifecycle: Lifecycle, adapter: MemoryAdapter
+) -> None:
+    # Another instance creates the same alert's incident between our lookup and our create.
+    twins: list[Any] = []
+    adapter.before_create.append(lambda: twins.append(adapter.seed(METRIC_KEY)))
+
+    outcome = apply(lifecycle, metric())
+
+    theirs, ours = adapter.items
+    assert twins == [theirs]
+    assert outcome.action is Action.IGNORED
+    assert outcome.work_item == theirs.ref
+    assert outcome.reason == (
+        f"delivered concurrently elsewhere; {ours.ref.number} closed as a duplicate of {theirs.ref.number}"
+    )
+    assert theirs.state == "1"
+    assert ours.state == "6"
+    assert ours.close_notes is not None and ours.close_notes.startswith(f"Duplicate of {theirs.ref.number}")
+    assert adapter.ops() == ["find", "find_ci", "create", "find", "resolve"]
+
+
+def test_a_younger_twin_leaves_ours_alone(lifecycle: Lifecycle, adapter: MemoryAdapter) -> None:
+    outcome = apply(lifecycle, metric())
+    adapter.seed(METRIC_KEY)  # the other instance created after us: it closes its own
+    assert outcome.action is Action.CREATED
+    assert [s.state for s in adapter.items] == ["1", "1"]
+    assert "resolve" not in adapter.ops()
+
+
+def test_creation_order_survives_a_longer_number() -> None:
+    from bridge.adapters.base import WorkItemRecord, WorkItemRef
+    from bridge.lifecycle import _age
+
+    older = WorkItemRecord(WorkItemRef("servicenow", "b", "INC9999999"), "k", True, "1")
+    newer = WorkItemRecord(WorkItemRef("servicenow", "a", "INC10000000"), "k", True, "1")
+    assert min([newer, older], key=_age) is older

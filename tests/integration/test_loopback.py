@@ -342,7 +342,7 @@ def test_added_latency_still_creates(bridge: LocalBridge, snow: ServiceNowStandI
 
     assert_processed(bridge.post_alert(load_sample(METRIC)), "created")
 
-    assert snow.faults.fired(rule) == 3  # lookup, CMDB lookup, create
+    assert snow.faults.fired(rule) == 4  # lookup, CMDB lookup, create, the look-again for a concurrent twin
     assert only_incident(snow)["correlation_id"] == METRIC_KEY
     assert sleeps == []
 
@@ -358,7 +358,8 @@ def test_rate_limit_with_retry_after_then_success(
     assert sleeps == [1.0]  # Retry-After outweighs the first backoff (at most 0.25 s)
     assert only_incident(snow)["correlation_id"] == METRIC_KEY
     lookups = table_calls(snow, "GET", INCIDENT_PATH)
-    assert [(r.status, r.fault) for r in lookups] == [(429, "status"), (200, None)]
+    # the 429, the retried lookup, then the look-again after creating
+    assert [(r.status, r.fault) for r in lookups] == [(429, "status"), (200, None), (200, None)]
 
 
 @pytest.mark.parametrize("status", [500, 503])
@@ -532,6 +533,43 @@ def test_ten_simultaneous_deliveries_make_exactly_one_incident(
     incident = only_incident(snow)
     assert len(snow.journal("incident", incident["sys_id"])) == 1
     assert len(table_calls(snow, "POST", INCIDENT_PATH)) == 1
+
+
+def test_two_instances_racing_on_one_alert_leave_one_open_incident(
+    sandbox: SandboxStack, snow: ServiceNowStandIn, sleeps: list[float]
+) -> None:
+    # Two Function instances (separate processes: no shared lock) get the same alert at once,
+    # and ServiceNow is slow to answer their lookups, so both find nothing and both create.
+    from bridge.api import ApiRequest
+    from bridge.runtime import build_api
+
+    instances = [build_api(sandbox.bridge_env(), sleep=sleeps.append) for _ in range(2)]
+    snow.faults.latency(0.3, method="GET", path=f"^{INCIDENT_PATH}$", times=2)
+    request = ApiRequest.of(
+        "POST", "/api/alerts", {"Authorization": f"Bearer {sandbox.token()}"},
+        json.dumps(load_sample(METRIC)).encode("utf-8"),
+    )
+    start = threading.Barrier(2)
+    bodies: list[dict[str, Any]] = []
+
+    def deliver(api: BridgeApi) -> None:
+        start.wait(timeout=5)
+        response = api.handle(request)
+        bodies.append({"status": response.status, **response.body})
+
+    threads = [threading.Thread(target=deliver, args=(api,)) for api in instances]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert len(table_calls(snow, "POST", INCIDENT_PATH)) == 2  # the race really happened
+    incidents = sorted(snow.records("incident"), key=lambda i: str(i["number"]))
+    kept, closed = incidents
+    assert (kept["state"], closed["state"]) == ("1", "6")
+    assert str(closed["close_notes"]).startswith(f"Duplicate of {kept['number']}")
+    assert sorted(b["action"] for b in bodies) == ["created", "ignored"]
+    assert {b["workItem"]["number"] for b in bodies} == {kept["number"]}
 
 
 # --- OAuth to ServiceNow -------------------------------------------------------------------------
