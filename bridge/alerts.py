@@ -79,6 +79,7 @@ _SERVICE_KINDS: Mapping[str, AlertKind] = {
 }
 
 _SUBSCRIPTION = re.compile(r"^/subscriptions/([^/]+)", re.IGNORECASE)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _SEVERITY = re.compile(r"^sev([0-4])$", re.IGNORECASE)
 _TIMESTAMP = re.compile(
     r"^(?P<date>\d{4}-\d{2}-\d{2})[T ](?P<time>\d{2}:\d{2}(?::\d{2})?)"
@@ -184,10 +185,9 @@ def parse_timestamp(value: str, field_name: str) -> datetime:
     tz = (match.group("tz") or "Z").upper()
     try:
         moment = datetime.fromisoformat(f"{match.group('date')}T{time_part}.{fraction}")
-        offset = _offset(tz)
-    except ValueError:
+        return moment.replace(tzinfo=_offset(tz)).astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 pushed past the range by the offset
         _fail(field_name, "is not a valid date and time")
-    return moment.replace(tzinfo=offset).astimezone(UTC)
 
 
 def thaw(value: Any) -> Any:
@@ -276,7 +276,7 @@ def _load(body: bytes | str | Mapping[str, Any]) -> Any:
     if not text.strip():
         _fail("body", "is empty")
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise PayloadError(
             f"body is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", field="body"
@@ -284,6 +284,14 @@ def _load(body: bytes | str | Mapping[str, Any]) -> Any:
     except ValueError as exc:
         # NaN/Infinity, or an integer literal too long to convert.
         raise PayloadError(f"body is not valid JSON ({exc})", field="body") from None
+    if _SURROGATE_ESCAPE.search(text):
+        # json accepts "\ud800" alone, but such a string cannot be encoded, logged or sent on.
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise PayloadError("body holds an unpaired UTF-16 surrogate escape (\\uD800-\\uDFFF)",
+                               field="body") from None
+    return data
 
 
 def _reject_constant(name: str) -> NoReturn:

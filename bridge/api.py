@@ -178,26 +178,33 @@ class BridgeApi(_Routed):
         started: float,
         exc: BaseException | None,
     ) -> None:
-        elapsed_ms = round((self._clock() - started) * 1000)
-        fields = {
-            "alertId": alert.alert_id if alert else None,
-            "correlationId": correlation_key(alert.alert_id) if alert else None,
-            "action": outcome.action.value if outcome else None,
-            "workItem": (outcome.work_item.number or outcome.work_item.id)
-            if outcome and outcome.work_item
-            else None,
-            "status": response.status,
-            "durationMs": elapsed_ms,
-        }
-        level = logging.INFO if response.status < 500 else logging.WARNING
-        if exc is not None:
-            fields["error"] = f"{type(exc).__name__}: {exc}"
-        logger.log(
-            level,
-            "alert %s",
-            " ".join(f"{k}={v}" for k, v in fields.items() if v is not None),
-            extra={"custom_dimensions": fields},
-        )
+        """One structured line per alert. Never raises: logging must not turn an answer into a 500."""
+        try:
+            fields = {
+                "alertId": alert.alert_id if alert else None,
+                "correlationId": outcome.correlation_id
+                if outcome
+                else correlation_key(alert.alert_id)
+                if alert
+                else None,
+                "action": outcome.action.value if outcome else None,
+                "workItem": (outcome.work_item.number or outcome.work_item.id)
+                if outcome and outcome.work_item
+                else None,
+                "status": response.status,
+                "durationMs": round((self._clock() - started) * 1000),
+            }
+            if exc is not None:
+                fields["error"] = f"{type(exc).__name__}: {exc}"
+            level = logging.INFO if response.status < 500 else logging.WARNING
+            logger.log(
+                level,
+                "alert %s",
+                " ".join(f"{k}={v}" for k, v in fields.items() if v is not None),
+                extra={"custom_dimensions": fields},
+            )
+        except Exception:
+            logger.exception("could not log the outcome of an alert (status %s)", response.status)
 
 
 def _outcome_body(alert: Alert, outcome: Outcome) -> dict[str, Any]:

@@ -91,6 +91,7 @@ class _KeySource:
     issuer: str | None = None
     fetched_at: float = 0.0
     last_attempt: float | None = None
+    last_attempt_failed: bool = False
 
 
 class _Unavailable(Exception):
@@ -124,8 +125,8 @@ class TokenVerifier:
         self._audiences = {a.casefold(): a for a in settings.audiences}
         self._allowed_apps = frozenset(a.lower() for a in settings.allowed_app_ids)
         self._jws = jwt.PyJWS()
-        # One lock for the whole cache: a fetch happens under it, so concurrent requests that
-        # need fresh keys wait for the one fetch instead of each starting their own.
+        # Taken only to refresh: requests that need fresh keys wait for the one fetch instead of
+        # each starting their own, while tokens with known keys never wait (see _signing_key).
         self._lock = threading.Lock()
         if settings.openid_config_url:
             shared = _KeySource(settings.openid_config_url)
@@ -244,8 +245,7 @@ class TokenVerifier:
     def _accepted_issuers(self, version: str) -> set[str]:
         accepted = set(_entra_issuers(self._tenant))
         if self._settings.openid_config_url:
-            with self._lock:
-                custom = self._sources[version].issuer
+            custom = self._sources[version].issuer  # replaced whole by a refresh: no lock needed
             if custom:
                 accepted.add(custom)
         return accepted
@@ -282,9 +282,20 @@ class TokenVerifier:
     # -------------------------------------------------------------- key cache
 
     def _signing_key(self, version: str, kid: str) -> jwt.PyJWK | None:
-        """The published key ``kid`` for this token version, refreshing within the limits."""
+        """The published key ``kid`` for this token version, refreshing within the limits.
+
+        Returns None only when the keys were confirmed recently and ``kid`` is not among them
+        (401). When they cannot be confirmed because Entra ID is unreachable, it raises
+        ``AuthUnavailable`` (503): a genuine token signed with a new key is then retried by
+        Azure Monitor instead of lost.
+        """
+        source = self._sources[version]
+        # Fast path without the lock: the key set is replaced whole, never changed in place, so
+        # a slow refresh (or a flood of forged kids) never holds up tokens with known keys.
+        keys, fetched_at = source.keys, source.fetched_at
+        if keys is not None and kid in keys and self._clock() - fetched_at < self._max_age:
+            return keys[kid]
         with self._lock:
-            source = self._sources[version]
             now = self._clock()
             stale = source.keys is None or now - source.fetched_at >= self._max_age
             if stale:
@@ -294,11 +305,14 @@ class TokenVerifier:
                     raise AuthUnavailable("signing keys unavailable")
             assert source.keys is not None
             key = source.keys.get(kid)
-            if key is None and not stale and self._may_refresh(source, now):
-                # Possibly a rolled-over key: one refresh, then the answer stands until the gap
-                # has passed, however many unknown kids arrive meanwhile.
-                self._refresh(source, now)
-                key = source.keys.get(kid)
+            if key is None and not stale:
+                if self._may_refresh(source, now):
+                    # Possibly a rolled-over key: one refresh, then the answer stands until the
+                    # gap has passed, however many unknown kids arrive meanwhile.
+                    self._refresh(source, now)
+                    key = source.keys.get(kid)
+                if key is None and source.last_attempt_failed:
+                    raise AuthUnavailable("signing keys could not be re-checked")
             return key
 
     def _last_known_good(self, source: _KeySource, now: float) -> bool:
@@ -319,11 +333,13 @@ class TokenVerifier:
         try:
             issuer, keys = self._fetch(source.metadata_url)
         except _Unavailable as exc:
+            source.last_attempt_failed = True
             logger.warning("signing keys unavailable from %s: %s", source.metadata_url, exc)
             if not self._last_known_good(source, now):
                 raise AuthUnavailable("signing keys unavailable") from None
             return  # keep the current keys: fresh ones, or last-known-good ones within the grace
-        source.keys, source.issuer, source.fetched_at = keys, issuer, now
+        source.last_attempt_failed = False
+        source.fetched_at, source.issuer, source.keys = now, issuer, keys
         logger.info("loaded %d signing keys from %s", len(keys), source.metadata_url)
 
     def _fetch(self, metadata_url: str) -> tuple[str | None, dict[str, jwt.PyJWK]]:

@@ -26,7 +26,7 @@ __all__ = [
 HASH_KEY_LENGTH = 40
 MARKER_PREFIX = "AzMonBridge-"
 
-_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
+_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z", re.IGNORECASE)
 
 
 def correlation_key(alert_id: str) -> str:

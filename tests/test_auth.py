@@ -526,9 +526,46 @@ def test_failed_unknown_kid_refresh_keeps_current_keys(
     clock.advance(30)
     entra.set_available(False)
 
+    # The new kid cannot be checked while Entra is down: 503 (Azure retries), not 401 (lost).
+    with pytest.raises(AuthUnavailable, match="could not be re-checked"):
+        verifier.verify(f"Bearer {entra.mint(audience=CLIENT_ID, unpublished_key=True)}")
+    # Inside the gap it is not asked again, and the answer stays 503.
+    with pytest.raises(AuthUnavailable):
+        verifier.verify(f"Bearer {entra.mint(audience=CLIENT_ID, unpublished_key=True)}")
+    assert entra.count("metadata_v2") == 2
+    # Tokens signed with the keys already held keep working throughout.
+    assert verifier.verify(f"Bearer {entra.mint(audience=CLIENT_ID)}").version == "2.0"
+
+
+def test_unknown_kid_is_401_once_the_keys_are_confirmed(
+    verifier: TokenVerifier, entra: EntraStandIn, clock: FakeClock
+) -> None:
+    verifier.verify(f"Bearer {entra.mint(audience=CLIENT_ID)}")
+    clock.advance(30)
+    entra.set_available(False)
+    with pytest.raises(AuthUnavailable):
+        verifier.verify(f"Bearer {entra.mint(audience=CLIENT_ID, unpublished_key=True)}")
+    entra.set_available(True)
+    clock.advance(10)
     with pytest.raises(InvalidToken, match="signing key not found"):
         verifier.verify(f"Bearer {entra.mint(audience=CLIENT_ID, unpublished_key=True)}")
-    assert verifier.verify(f"Bearer {entra.mint(audience=CLIENT_ID)}").version == "2.0"
+
+
+def test_known_keys_do_not_wait_for_a_slow_refresh(entra: EntraStandIn, clock: FakeClock) -> None:
+    import threading
+
+    settings = make_settings(AUTH_OPENID_CONFIG_URL=entra.openid_config_url)
+    verifier = TokenVerifier(settings, loopback_session(), clock=clock)
+    good = f"Bearer {entra.mint(audience=CLIENT_ID)}"
+    verifier.verify(good)
+    clock.advance(30)
+    # Hold the refresh lock as a slow refresh would; a token with a known kid must not need it.
+    with verifier._lock:
+        done = threading.Event()
+        worker = threading.Thread(target=lambda: (verifier.verify(good), done.set()))
+        worker.start()
+        assert done.wait(timeout=5)
+    worker.join()
 
 
 META = "https://idp.example.test/.well-known/openid-configuration"

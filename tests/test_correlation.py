@@ -128,3 +128,11 @@ def test_fingerprint_handles_non_ascii() -> None:
 
 def test_note_marker() -> None:
     assert note_marker("0123456789abcdef") == "AzMonBridge-0123456789abcdef"
+
+
+def test_a_guid_followed_by_a_newline_is_not_a_guid() -> None:
+    # Python's "$" matches before a trailing newline; the key must never carry one.
+    key = correlation_key("/subscriptions/s/providers/Microsoft.AlertsManagement/alerts/"
+                          "6e8b7a64-1111-2222-3333-444444444444\n/")
+    assert "\n" not in key
+    assert len(key) == 40 and all(c in "0123456789abcdef" for c in key)

@@ -427,9 +427,15 @@ def test_retry_after_beyond_the_budget_is_passed_on(
         (json.dumps({"schemaId": "azureMonitorCommonAlertSchema", "data": {"essentials": {
             "alertId": "/x", "monitorCondition": "Sleeping"}}}).encode(), 400, "monitorCondition"),
         (b"{" + b" " * (2 * 1024 * 1024) + b"}", 413, "limit"),
+        (json.dumps({"schemaId": "azureMonitorCommonAlertSchema", "data": {"essentials": {
+            "alertId": "/x/\\ud800", "monitorCondition": "Fired"}}}).replace("\\\\", "\\").encode(),
+         400, "surrogate"),
+        (json.dumps({"schemaId": "azureMonitorCommonAlertSchema", "data": {"essentials": {
+            "alertId": "/x", "monitorCondition": "Fired", "firedDateTime": "9999-12-31T23:59:59-01:00"}}}).encode(),
+         400, "firedDateTime"),
     ],
     ids=["not-json", "not-utf8", "array", "wrong-schema", "no-data", "no-alert-id", "targets-not-list",
-         "bad-condition", "2MiB"],
+         "bad-condition", "2MiB", "lone-surrogate", "timestamp-overflow"],
 )
 def test_bad_input_gets_a_4xx_naming_the_problem(
     call: Any, snow: responses.RequestsMock, raw: bytes, status: int, needle: str

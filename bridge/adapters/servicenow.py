@@ -37,9 +37,9 @@ log = logging.getLogger(__name__)
 # Slightly above a multiple of 3 s, the TCP SYN retransmission interval (requests' advice).
 CONNECT_TIMEOUT_SECONDS = 3.05
 # Correlation keys are GUIDs or hex hashes; nothing here can form encoded-query syntax.
-KEY_PATTERN = re.compile(r"^[0-9A-Za-z._:-]{1,100}$")
+KEY_PATTERN = re.compile(r"^[0-9A-Za-z._:-]{1,100}\Z")
 # Real sys_ids are 32 hex digits; anything path-like must never reach the URL.
-_SYS_ID_PATTERN = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
+_SYS_ID_PATTERN = re.compile(r"^[0-9A-Za-z_-]{1,64}\Z")
 _OPEN_STATES = frozenset({"1", "2", "3"})  # New, In Progress, On Hold
 _RESOLVED_STATE = "6"
 _FIND_LIMIT = 10

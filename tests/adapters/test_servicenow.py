@@ -1341,3 +1341,10 @@ class TestHttpHygiene:
         )
         assert "p4ss" not in str(error_from_exception(exc, system="X"))
         assert str(error_from_exception(exc, system="X")) == "X: connection failed (ConnectionError)"
+
+
+def test_a_key_with_a_trailing_newline_is_refused() -> None:
+    from bridge.adapters.servicenow import KEY_PATTERN
+
+    assert KEY_PATTERN.match("6e8b7a64-1111-2222-3333-444444444444")
+    assert not KEY_PATTERN.match("6e8b7a64-1111-2222-3333-444444444444\n")
