@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 from .adapters.base import ConfigurationItem, ItsmAdapter
 from .alerts import Alert
+from .deadline import deadline
 from .errors import ItsmError
 
-__all__ = ["CmdbBinder"]
+__all__ = ["DEFAULT_LOOKUP_SECONDS", "CmdbBinder"]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,10 @@ logger = logging.getLogger(__name__)
 # pathological alert can cause.
 _MAX_LOOKUPS_EACH = 3
 _MAX_CACHE_ENTRIES = 2048
+# The binding's share of the alert's time: a slow CMDB costs an alert at most this much.
+DEFAULT_LOOKUP_SECONDS = 2.0
+# A failed lookup is remembered briefly, so a struggling CMDB does not slow every alert.
+_FAILURE_TTL_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -41,10 +46,12 @@ class CmdbBinder:
         adapter: ItsmAdapter,
         *,
         ttl_seconds: float,
+        lookup_seconds: float = DEFAULT_LOOKUP_SECONDS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._adapter = adapter
         self._ttl = ttl_seconds
+        self._lookup_seconds = lookup_seconds
         self._clock = clock
         self._cache: dict[tuple[tuple[str, ...], tuple[str, ...]], _Cached] = {}
         self._lock = threading.Lock()
@@ -62,20 +69,28 @@ class CmdbBinder:
             return cached.ci, cached.note
 
         try:
-            ci = self._adapter.find_configuration_item(resource_ids, names)
+            with deadline(self._lookup_seconds, self._clock):
+                ci = self._adapter.find_configuration_item(resource_ids, names)
         except ItsmError as exc:
             logger.warning("CMDB lookup failed, alert %s bound to no CI: %s", alert.alert_id, exc)
-            # Not cached: the next alert for these resources tries again.
-            return None, "CMDB lookup failed; no configuration item bound."
+            failed = "CMDB lookup failed; no configuration item bound."
+            self._remember(key, None, failed, now + min(self._ttl, _FAILURE_TTL_SECONDS))
+            return None, failed
         note = None
         if ci is None:
             wanted = ", ".join((*resource_ids, *names))
             note = f"No CMDB configuration item found for {wanted}."
+        self._remember(key, ci, note, now + self._ttl)
+        return ci, note
+
+    def _remember(
+        self, key: tuple[tuple[str, ...], tuple[str, ...]], ci: ConfigurationItem | None, note: str | None,
+        expires: float,
+    ) -> None:
         with self._lock:
             if len(self._cache) >= _MAX_CACHE_ENTRIES:
-                self._evict(now)
-            self._cache[key] = _Cached(ci, note, now + self._ttl)
-        return ci, note
+                self._evict(self._clock())
+            self._cache[key] = _Cached(ci, note, expires)
 
     def _evict(self, now: float) -> None:
         for k in [k for k, v in self._cache.items() if v.expires <= now]:

@@ -21,6 +21,7 @@ from .alerts import Alert
 from .cmdb import CmdbBinder
 from .config import MappingRules
 from .correlation import correlation_key, fingerprint, note_marker
+from .deadline import deadline
 from .mapping import build_work_item, duplicate_resolution, resolution, update_note
 from .retry import RetryPolicy, call_with_retry
 
@@ -104,7 +105,7 @@ class Lifecycle:
     def apply(self, alert: Alert) -> Outcome:
         key = correlation_key(alert.alert_id)
         attempt = _Attempt()
-        with self._locks.hold(key):
+        with self._locks.hold(key), deadline(self._policy.budget_seconds, self._clock):
             return call_with_retry(
                 lambda: self._step(alert, key, attempt),
                 self._policy,

@@ -26,6 +26,7 @@ from urllib.parse import quote, urlencode
 import requests
 
 from ..config import Settings
+from ..deadline import remaining
 from ..errors import ConfigError, ItsmError, Reason, classify_status
 from ..httpclient import error_from_exception, new_session, parse_retry_after
 from .base import ConfigurationItem, Resolution, WorkItem, WorkItemRecord, WorkItemRef
@@ -325,6 +326,7 @@ class ServiceNowAdapter:
             headers["Authorization"] = f"Bearer {self._access_token()}"
         else:
             auth = (self._username or "", self._password or "")
+        timeout = self._timeouts()
         try:
             return self._session.request(
                 method,
@@ -333,12 +335,23 @@ class ServiceNowAdapter:
                 json=dict(json_body) if json_body is not None else None,
                 headers=headers,
                 auth=auth,
-                timeout=self._timeout,
+                timeout=timeout,
                 # A redirect here is a misconfiguration (e.g. an SSO page); never follow it with credentials.
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
             raise self._scrubbed(error_from_exception(exc, system=_SYSTEM, method=method, url=url)) from None
+
+    def _timeouts(self) -> tuple[float, float]:
+        """(connect, read) timeouts, shortened to the alert's remaining time (bridge.deadline)."""
+        left = remaining()
+        if left is None:
+            return self._timeout
+        if left <= 0:
+            raise ItsmError(
+                f"{_SYSTEM}: the alert's time budget is spent", retryable=True, reason=Reason.TIMEOUT
+            )
+        return min(self._timeout[0], left), min(self._timeout[1], left)
 
     def _parse(self, method: str, path: str, response: requests.Response) -> Any:
         status = response.status_code
@@ -392,7 +405,7 @@ class ServiceNowAdapter:
         url = f"{self._instance}/oauth_token.do"
         requested_at = self._clock()
         try:
-            response = self._session.post(url, data=form, timeout=self._timeout, allow_redirects=False)
+            response = self._session.post(url, data=form, timeout=self._timeouts(), allow_redirects=False)
         except requests.RequestException as exc:
             error = error_from_exception(exc, system=f"{_SYSTEM} OAuth", method="POST", url=url)
             raise self._scrubbed(error) from None

@@ -572,6 +572,46 @@ def test_two_instances_racing_on_one_alert_leave_one_open_incident(
     assert {b["workItem"]["number"] for b in bodies} == {kept["number"]}
 
 
+def test_a_slow_servicenow_cannot_stretch_an_alert_past_its_budget(
+    start_bridge: StartBridge, snow: ServiceNowStandIn
+) -> None:
+    # Every call takes 1 s; unbounded, find + CMDB + create + look-again would take 5 s or more,
+    # and retries more still. The 1 s budget is a total: calls are cut to what is left.
+    import time
+
+    bridge = start_bridge(ITSM_RETRY_BUDGET_SECONDS="1", ITSM_TIMEOUT_SECONDS="4")
+    snow.faults.latency(1.0, path=r"^/api/now/")
+    started = time.monotonic()
+    response = bridge.post_alert(load_sample(METRIC))
+    elapsed = time.monotonic() - started
+
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "unavailable"
+    assert int(response.headers["Retry-After"]) > 0
+    assert elapsed < 3.0
+
+
+def test_a_slow_cmdb_costs_an_alert_at_most_its_share_and_is_not_asked_again(
+    bridge: LocalBridge, snow: ServiceNowStandIn
+) -> None:
+    import time
+
+    snow.faults.latency(3.0, method="GET", path=f"^{CMDB_PATH}$")
+    started = time.monotonic()
+    assert_processed(bridge.post_alert(load_sample(METRIC)), "created")
+    elapsed = time.monotonic() - started
+
+    incident = only_incident(snow)
+    assert incident["cmdb_ci"] in ("", None)
+    assert "CMDB lookup failed" in str(incident["description"])
+    assert elapsed < 3.0  # the CMDB's share is 2 s, not 3 s per lookup
+
+    cmdb_calls = len(table_calls(snow, "GET", CMDB_PATH))
+    other = with_alert_id(METRIC, "0d9c8b7a-6f5e-4d3c-2b1a-0f9e8d7c6b5a")
+    assert_processed(bridge.post_alert(other), "created")
+    assert len(table_calls(snow, "GET", CMDB_PATH)) == cmdb_calls  # the failure is remembered
+
+
 # --- OAuth to ServiceNow -------------------------------------------------------------------------
 
 
