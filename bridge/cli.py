@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
@@ -25,7 +25,8 @@ def _settings_file_env(path: str | None) -> dict[str, str]:
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
-            raise SystemExit(f"cannot read settings file {path}: {exc}") from None
+            print(f"cannot read settings file {path}: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
         values = data.get("Values", {}) if isinstance(data, dict) else {}
         env.update({str(k): str(v) for k, v in values.items()})
     env.update(os.environ)
@@ -127,7 +128,12 @@ def _cmd_send(args: argparse.Namespace) -> int:
     worst = 0
     with requests.Session() as http:
         for name in args.files:
-            body = Path(name).read_bytes()
+            try:
+                body = Path(name).read_bytes()
+            except OSError as exc:
+                print(f"{name}: cannot read: {exc.strerror}")
+                worst = 1
+                continue
             try:
                 response = http.post(
                     args.url,
@@ -211,7 +217,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,

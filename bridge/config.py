@@ -9,7 +9,9 @@ never appear in messages or in ``repr``.
 from __future__ import annotations
 
 import json
+import math
 import re
+import string
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -127,13 +129,13 @@ def _split(value: str | None) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
-def _positive_float(name: str, value: str) -> float:
+def _positive_float(name: str, value: str, *, most: float = 86400.0) -> float:
     try:
         number = float(value)
     except ValueError:
         raise ConfigError(name, "must be a number") from None
-    if number <= 0:
-        raise ConfigError(name, "must be greater than zero")
+    if not math.isfinite(number) or number <= 0 or number > most:
+        raise ConfigError(name, f"must be a number greater than 0 and at most {most:g}")
     return number
 
 
@@ -215,8 +217,8 @@ class Settings:
 
         adapter = (get("ITSM_ADAPTER") or "").lower()
         attempts_raw = get("ITSM_RETRY_ATTEMPTS") or ""
-        if not attempts_raw.isdigit() or int(attempts_raw) < 1:
-            raise ConfigError("ITSM_RETRY_ATTEMPTS", "must be a whole number of at least 1")
+        if not re.fullmatch(r"[0-9]{1,3}", attempts_raw) or not 1 <= int(attempts_raw) <= 20:
+            raise ConfigError("ITSM_RETRY_ATTEMPTS", "must be a whole number from 1 to 20")
 
         instance = get("SERVICENOW_INSTANCE_URL")
         username, password = get("SERVICENOW_USERNAME"), get("SERVICENOW_PASSWORD")
@@ -247,10 +249,13 @@ class Settings:
             openid_config_url=openid,
             allowed_subscription_ids=subscriptions,
             itsm_adapter=adapter,
-            itsm_timeout_seconds=_positive_float("ITSM_TIMEOUT_SECONDS", get("ITSM_TIMEOUT_SECONDS") or ""),
+            itsm_timeout_seconds=_positive_float(
+                "ITSM_TIMEOUT_SECONDS", get("ITSM_TIMEOUT_SECONDS") or "", most=120
+            ),
             retry_attempts=int(attempts_raw),
+            # Azure Monitor's webhook call must finish first; minutes of retrying would only be cut off.
             retry_budget_seconds=_positive_float(
-                "ITSM_RETRY_BUDGET_SECONDS", get("ITSM_RETRY_BUDGET_SECONDS") or ""
+                "ITSM_RETRY_BUDGET_SECONDS", get("ITSM_RETRY_BUDGET_SECONDS") or "", most=120
             ),
             servicenow_instance_url=instance,
             servicenow_username=username,
@@ -324,6 +329,7 @@ def load_mapping(path: str | None, env: Mapping[str, str]) -> MappingRules:
     template = data.get("short_description_template", MappingRules.short_description_template)
     if not isinstance(template, str) or not template:
         raise ConfigError("MAPPING_FILE", "short_description_template must be a non-empty string")
+    _check_template(template)
     extra = data.get("extra_fields") or {}
     if not isinstance(extra, dict):
         raise ConfigError("MAPPING_FILE", "extra_fields must be an object of field: value")
@@ -338,6 +344,22 @@ def load_mapping(path: str | None, env: Mapping[str, str]) -> MappingRules:
         routing=tuple(routing),
         extra_fields={str(k): str(v) for k, v in extra.items()},
     )
+
+
+def _check_template(template: str) -> None:
+    """Refuse at start-up what would otherwise only warn at every alert."""
+    from .mapping import TEMPLATE_NAMES  # mapping imports this module; import when used
+
+    try:
+        fields = [name for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise ConfigError("MAPPING_FILE", f"short_description_template is not a valid template ({exc})") from None
+    unknown = sorted({f for f in fields if f not in TEMPLATE_NAMES})
+    if unknown:
+        raise ConfigError(
+            "MAPPING_FILE",
+            f"short_description_template uses unknown names {unknown}; known: {sorted(TEMPLATE_NAMES)}",
+        )
 
 
 def is_guid(value: str) -> bool:

@@ -52,6 +52,8 @@ class _Attempt:
     """What earlier attempts of the same step did, so a retry can tell its own writes apart."""
 
     create_sent: bool = False
+    note_sent: bool = False
+    resolve_sent: bool = False
     binding_done: bool = False
     ci: ConfigurationItem | None = None
     ci_note: str | None = None
@@ -81,6 +83,37 @@ class _KeyLocks:
                     self._locks[key] = (lock, users - 1)
 
 
+class _Tombstones:
+    """Keys whose Resolved arrived before any incident existed, remembered for a day.
+
+    Azure retries a failed Fired for minutes, so its Resolved can overtake it; the late Fired
+    must then open nothing. This memory is per process: the durable state table
+    (``STATE_TABLE_NAME``) is where it will live across instances.
+    """
+
+    def __init__(self, ttl_seconds: float = 86400.0, max_entries: int = 10_000) -> None:
+        self._ttl = ttl_seconds
+        self._max = max_entries
+        self._entries: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: str, now: float) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+            self._entries[key] = now + self._ttl
+            while len(self._entries) > self._max:
+                del self._entries[next(iter(self._entries))]  # the oldest
+
+    def __contains__(self, item: tuple[str, float]) -> bool:
+        key, now = item
+        with self._lock:
+            expires = self._entries.get(key)
+            if expires is not None and expires <= now:
+                del self._entries[key]
+                return False
+            return expires is not None
+
+
 class Lifecycle:
     """Applies alerts to work items through one adapter."""
 
@@ -101,6 +134,7 @@ class Lifecycle:
         self._sleep = sleep
         self._clock = clock
         self._locks = _KeyLocks()
+        self._resolved_early = _Tombstones()
 
     def apply(self, alert: Alert) -> Outcome:
         key = correlation_key(alert.alert_id)
@@ -119,7 +153,7 @@ class Lifecycle:
         open_items = [r for r in records if r.is_open]
 
         if alert.is_resolved and not alert.is_stateless:
-            return self._resolve(alert, key, records, open_items)
+            return self._resolve(alert, key, records, open_items, attempt)
 
         if open_items:
             target = open_items[0]
@@ -127,7 +161,10 @@ class Lifecycle:
                 # Our earlier create committed although its response was lost.
                 return Outcome(Action.CREATED, key, target.ref, configuration_item=attempt.ci)
             if self._adapter.has_note(target.ref, note_marker(fingerprint(alert))):
+                if attempt.note_sent:  # our own note, whose response was lost
+                    return Outcome(Action.UPDATED, key, target.ref)
                 return Outcome(Action.IGNORED, key, target.ref, "identical alert already recorded")
+            attempt.note_sent = True
             self._adapter.add_note(target.ref, update_note(alert))
             return Outcome(Action.UPDATED, key, target.ref)
 
@@ -137,6 +174,11 @@ class Lifecycle:
                 key,
                 records[-1].ref,
                 f"incident already {_state_word(records[-1])}; a Fired after the Resolved opens nothing",
+            )
+
+        if not alert.is_stateless and (key, self._clock()) in self._resolved_early:
+            return Outcome(
+                Action.IGNORED, key, None, "the alert resolved before this Fired arrived; it opens nothing"
             )
 
         if not attempt.binding_done:
@@ -180,10 +222,14 @@ class Lifecycle:
         key: str,
         records: Sequence[WorkItemRecord],
         open_items: list[WorkItemRecord],
+        attempt: _Attempt,
     ) -> Outcome:
         if not records:
+            self._resolved_early.add(key, self._clock())
             return Outcome(Action.IGNORED, key, None, "no incident for this alert")
         if not open_items:
+            if attempt.resolve_sent:  # our own resolve, whose response was lost
+                return Outcome(Action.RESOLVED, key, records[0].ref)
             return Outcome(
                 Action.IGNORED, key, records[-1].ref, f"incident already {_state_word(records[-1])}"
             )
@@ -193,6 +239,7 @@ class Lifecycle:
                 "correlationId=%s has %d open work items; resolving all of them", key, len(open_items)
             )
         how = resolution(alert, self._rules)
+        attempt.resolve_sent = True
         for item in open_items:
             self._adapter.resolve(item.ref, how)
         return Outcome(Action.RESOLVED, key, open_items[0].ref)

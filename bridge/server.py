@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Protocol
 
@@ -63,7 +64,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         body = self.rfile.read(length) if length else b""
         path = self.path.split("?", 1)[0]
-        request = ApiRequest.of(self.command, path, dict(self.headers.items()), body)
+        request = ApiRequest.of(self.command, path, _joined(self.headers.items()), body)
         self._write(self.server.api.handle(request))
 
     def _write(self, response: ApiResponse, *, close: bool = False) -> None:
@@ -81,6 +82,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:
         logger.debug("%s %s", self.address_string(), format % args)
+
+
+def _joined(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Repeated headers joined with ", ", as the Functions host does, so both front doors agree
+    (two Authorization headers then make one malformed value: 401)."""
+    headers: dict[str, str] = {}
+    for name, value in items:
+        key = name.lower()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    return headers
 
 
 class _Server(ThreadingHTTPServer):

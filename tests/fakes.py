@@ -98,6 +98,7 @@ class MemoryAdapter:
         self.calls.append(("add_note", (ref, note)))
         self._maybe_fail("add_note", before=True)
         self._get(ref).notes.append(note)
+        self._maybe_fail("add_note", before=False)
 
     def has_note(self, ref: WorkItemRef, marker: str) -> bool:
         self.calls.append(("has_note", (ref, marker)))
@@ -111,6 +112,7 @@ class MemoryAdapter:
         stored.close_code = resolution.close_code
         stored.close_notes = resolution.close_notes
         stored.notes.append(resolution.work_note)
+        self._maybe_fail("resolve", before=False)
 
     def find_configuration_item(self, resource_ids: Sequence[str], names: Sequence[str]) -> ConfigurationItem | None:
         self.calls.append(("find_ci", (tuple(resource_ids), tuple(names))))

@@ -100,3 +100,20 @@ def test_send_non_2xx_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
         code = main(["send", str(SAMPLE), "--url", BRIDGE_URL, "--token", "literal-token"])
     assert code == 1
     assert "401" in capsys.readouterr().out
+
+
+def test_send_reports_a_missing_file_and_goes_on(capsys: pytest.CaptureFixture[str]) -> None:
+    with responses.RequestsMock() as mock:
+        mock.post(BRIDGE_URL, status=200, json={"status": "processed", "action": "created"})
+        code = main(["send", "/nonexistent/alert.json", str(SAMPLE), "--url", BRIDGE_URL, "--token", "t"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "/nonexistent/alert.json: cannot read: No such file or directory" in out
+    assert f"{SAMPLE}: 200" in out
+
+
+def test_check_config_with_an_unreadable_settings_file_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["check-config", "--settings", "/nonexistent/local.settings.json"])
+    assert exited.value.code == 2
+    assert "cannot read settings file /nonexistent/local.settings.json" in capsys.readouterr().err

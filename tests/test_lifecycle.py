@@ -290,3 +290,43 @@ def test_creation_order_survives_a_longer_number() -> None:
     older = WorkItemRecord(WorkItemRef("servicenow", "b", "INC9999999"), "k", True, "1")
     newer = WorkItemRecord(WorkItemRef("servicenow", "a", "INC10000000"), "k", True, "1")
     assert min([newer, older], key=_age) is older
+
+
+def test_a_fired_overtaken_by_its_resolved_opens_nothing(lifecycle: Lifecycle, adapter: MemoryAdapter) -> None:
+    # The Fired failed once and Azure retried it after the Resolved had already arrived.
+    assert apply(lifecycle, metric("Resolved")).reason == "no incident for this alert"
+    late = apply(lifecycle, metric())
+    assert late.action is Action.IGNORED
+    assert late.reason == "the alert resolved before this Fired arrived; it opens nothing"
+    assert adapter.items == []
+    # Another alert is not affected.
+    other = metric()
+    other["data"]["essentials"]["alertId"] = other["data"]["essentials"]["alertId"].replace(
+        METRIC_KEY, "0d9c8b7a-6f5e-4d3c-2b1a-0f9e8d7c6b5a")
+    assert apply(lifecycle, other).action is Action.CREATED
+
+
+def test_stateless_alerts_ignore_the_resolved_memory(lifecycle: Lifecycle, adapter: MemoryAdapter) -> None:
+    payload = load_sample("service_health_incident.testaction.json")
+    resolved = copy.deepcopy(payload)
+    resolved["data"]["essentials"]["monitorCondition"] = "Resolved"
+    assert apply(lifecycle, resolved).action is Action.CREATED  # stateless: handled as Fired
+    assert apply(lifecycle, payload).action is Action.UPDATED
+    assert len(adapter.items) == 1
+
+
+def test_a_lost_note_response_still_reports_updated(lifecycle: Lifecycle, adapter: MemoryAdapter) -> None:
+    apply(lifecycle, metric())
+    adapter.fail("add_note", commit=True)
+    outcome = apply(lifecycle, metric(value=55.0))
+    assert outcome.action is Action.UPDATED
+    assert len(adapter.items[0].notes) == 2  # one note, not two
+
+
+def test_a_lost_resolve_response_still_reports_resolved(lifecycle: Lifecycle, adapter: MemoryAdapter) -> None:
+    apply(lifecycle, metric())
+    adapter.fail("resolve", commit=True)
+    outcome = apply(lifecycle, metric("Resolved"))
+    assert outcome.action is Action.RESOLVED
+    assert adapter.items[0].state == "6"
+    assert adapter.ops().count("resolve") == 1

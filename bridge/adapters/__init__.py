@@ -28,6 +28,7 @@ def build_adapter(settings: Settings, session: requests.Session | None = None) -
     cls = ADAPTERS.get(settings.itsm_adapter)
     if cls is None:
         known = ", ".join(sorted(ADAPTERS))
-        raise ConfigError("ITSM_ADAPTER", f"unknown adapter {settings.itsm_adapter!r}; known: {known}")
+        # The value is not echoed: the message is shown by the health route.
+        raise ConfigError("ITSM_ADAPTER", f"is not a known adapter; known: {known}")
     adapter: ItsmAdapter = cls(settings, session)
     return adapter

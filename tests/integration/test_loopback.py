@@ -539,12 +539,13 @@ def test_two_instances_racing_on_one_alert_leave_one_open_incident(
     sandbox: SandboxStack, snow: ServiceNowStandIn, sleeps: list[float]
 ) -> None:
     # Two Function instances (separate processes: no shared lock) get the same alert at once,
-    # and ServiceNow is slow to answer their lookups, so both find nothing and both create.
+    # and ServiceNow is slow to commit creates, so each lookup runs before the other's create
+    # lands: both find nothing and both create.
     from bridge.api import ApiRequest
     from bridge.runtime import build_api
 
     instances = [build_api(sandbox.bridge_env(), sleep=sleeps.append) for _ in range(2)]
-    snow.faults.latency(0.3, method="GET", path=f"^{INCIDENT_PATH}$", times=2)
+    snow.faults.latency(0.5, method="POST", path=f"^{INCIDENT_PATH}$", times=2)
     request = ApiRequest.of(
         "POST", "/api/alerts", {"Authorization": f"Bearer {sandbox.token()}"},
         json.dumps(load_sample(METRIC)).encode("utf-8"),
