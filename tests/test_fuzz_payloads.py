@@ -1,0 +1,101 @@
+"""Property tests: no payload, however odd, makes the bridge fail with anything but a 4xx.
+
+Real samples are mutated at random paths with random JSON values (strings, numbers, nulls,
+lists, objects, unicode). Parsing may refuse them, but only with ``PayloadError``; whatever it
+accepts, the key, fingerprint, mapping, notes and lifecycle must handle without raising.
+The runs are derandomized so CI is repeatable; explore further with ``--hypothesis-seed=N``
+and without ``derandomize``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bridge.alerts import parse_alert
+from bridge.cmdb import CmdbBinder
+from bridge.config import MappingRules
+from bridge.correlation import correlation_key, fingerprint
+from bridge.errors import PayloadError
+from bridge.lifecycle import Action, Lifecycle
+from bridge.mapping import build_work_item, resolution, update_note
+from bridge.retry import RetryPolicy
+from tests.fakes import MemoryAdapter
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "alerts"
+SAMPLES = {p.name: json.loads(p.read_text(encoding="utf-8")) for p in sorted(FIXTURES.glob("*.json"))}
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    max_leaves=12,
+)
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [prefix]
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found += _paths(item, (*prefix, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found += _paths(item, (*prefix, index))
+    return found
+
+
+def _set(document: Any, path: tuple[Any, ...], value: Any) -> Any:
+    if not path:
+        return value
+    target = document
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    return document
+
+
+@st.composite
+def mutated_payloads(draw: st.DrawFn) -> Any:
+    name = draw(st.sampled_from(sorted(SAMPLES)))
+    document = copy.deepcopy(SAMPLES[name])
+    for _ in range(draw(st.integers(min_value=1, max_value=4))):
+        paths = _paths(document)
+        path = draw(st.sampled_from(paths))
+        document = _set(document, path, draw(json_values))
+    return document
+
+
+def _exercise(payload: Any) -> None:
+    body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+    try:
+        alert = parse_alert(body)
+    except PayloadError as exc:
+        assert str(exc)
+        return
+    key = correlation_key(alert.alert_id)
+    assert 0 < len(key) <= 100 and "^" not in key
+    assert len(fingerprint(alert)) == 16
+    item = build_work_item(alert, MappingRules())
+    assert 0 < len(item.short_description) <= 160 and "\n" not in item.short_description
+    assert alert.alert_id in item.description or len(alert.alert_id) > 4000
+    assert update_note(alert)
+    assert resolution(alert, MappingRules()).close_notes
+    adapter = MemoryAdapter()
+    lifecycle = Lifecycle(adapter, MappingRules(), RetryPolicy(), CmdbBinder(adapter, ttl_seconds=60))
+    assert lifecycle.apply(alert).action in (Action.CREATED, Action.IGNORED)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated_payloads())
+def test_mutated_samples_are_parsed_or_refused_cleanly(payload: Any) -> None:
+    _exercise(payload)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(json_values)
+def test_arbitrary_json_is_refused_cleanly(payload: Any) -> None:
+    _exercise(payload)
