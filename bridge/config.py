@@ -12,7 +12,6 @@ import json
 import math
 import re
 import string
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -360,11 +359,3 @@ def _check_template(template: str) -> None:
             "MAPPING_FILE",
             f"short_description_template uses unknown names {unknown}; known: {sorted(TEMPLATE_NAMES)}",
         )
-
-
-def is_guid(value: str) -> bool:
-    return bool(_GUID.match(value))
-
-
-def new_guid() -> str:
-    return str(uuid.uuid4())

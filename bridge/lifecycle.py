@@ -150,10 +150,10 @@ class Lifecycle:
 
     def _step(self, alert: Alert, key: str, attempt: _Attempt) -> Outcome:
         records = self._adapter.find(key)
-        open_items = [r for r in records if r.is_open]
-
         if alert.is_resolved and not alert.is_stateless:
-            return self._resolve(alert, key, records, open_items, attempt)
+            return self._resolve(alert, key, records, attempt)
+
+        open_items = [r for r in records if r.is_open]
 
         if open_items:
             target = open_items[0]
@@ -221,9 +221,9 @@ class Lifecycle:
         alert: Alert,
         key: str,
         records: Sequence[WorkItemRecord],
-        open_items: list[WorkItemRecord],
         attempt: _Attempt,
     ) -> Outcome:
+        open_items = [r for r in records if r.is_open]
         if not records:
             self._resolved_early.add(key, self._clock())
             return Outcome(Action.IGNORED, key, None, "no incident for this alert")

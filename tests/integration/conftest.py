@@ -77,7 +77,7 @@ class SwitchableApi:
     """What the session's server serves: the API the current test installed, passed through as is.
 
     One server for the whole session because stopping a ``BridgeServer`` waits out its
-    ``serve_forever`` poll interval (0.5 s), which per test would dominate the suite's run time.
+    ``serve_forever`` poll interval and closes sockets; once per session keeps the suite fast.
     """
 
     def __init__(self) -> None:
