@@ -16,6 +16,7 @@ from .alerts import Alert, thaw
 __all__ = [
     "HASH_KEY_LENGTH",
     "MARKER_PREFIX",
+    "canonical_payload",
     "correlation_key",
     "fingerprint",
     "note_marker",
@@ -44,16 +45,21 @@ def correlation_key(alert_id: str) -> str:
     return digest[:HASH_KEY_LENGTH]
 
 
-def fingerprint(alert: Alert) -> str:
+def canonical_payload(alert: Alert) -> bytes:
+    """The payload as canonical JSON (keys sorted, no spaces): what is fingerprinted and stored."""
+    return json.dumps(thaw(alert.payload), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8"
+    )
+
+
+def fingerprint(alert: Alert, canonical: bytes | None = None) -> str:
     """16 hex digits identifying the exact payload (canonical JSON, keys sorted).
 
     Azure Monitor redelivers byte-identical payloads; a later firing differs at least in its
-    timestamps, so it gets a new fingerprint.
+    timestamps, so it gets a new fingerprint. Pass ``canonical`` when it is already at hand.
     """
-    canonical = json.dumps(
-        thaw(alert.payload), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+    data = canonical if canonical is not None else canonical_payload(alert)
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def note_marker(fingerprint: str) -> str:

@@ -30,6 +30,7 @@ __all__ = [
     "PayloadTooLarge",
     "Reason",
     "classify_status",
+    "status_maybe_applied",
 ]
 
 
@@ -102,7 +103,9 @@ class ItsmError(BridgeError):
 
     ``retryable`` is the only thing the retry loop looks at. ``retry_after`` carries the
     server's ``Retry-After`` in seconds when it sent one. ``attempts`` is filled in by the
-    retry loop when it gives up.
+    retry loop when it gives up. ``maybe_applied`` says whether the ITSM may have carried the
+    request out anyway (a read timeout, a connection lost after sending, a 500/502/504): a
+    create that failed that way must be looked for before it is sent again.
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class ItsmError(BridgeError):
         reason: Reason,
         status: int | None = None,
         retry_after: float | None = None,
+        maybe_applied: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.retryable = retryable
@@ -120,6 +124,21 @@ class ItsmError(BridgeError):
         self.status = status
         self.retry_after = retry_after
         self.attempts = 1
+        self.maybe_applied = maybe_applied if maybe_applied is not None else status_maybe_applied(status)
+
+    @property
+    def credential_refused(self) -> bool:
+        """The ITSM refuses the bridge itself (401/403): nothing will work until that is fixed."""
+        return self.reason is Reason.AUTH_ERROR
+
+
+def status_maybe_applied(status: int | None) -> bool:
+    """Whether a request answered with ``status`` (None: no answer) may still have been carried out.
+
+    Gateways answer 502/504 while the backend may finish the work, and a 500 can come from a
+    rule that ran after the insert; a 429, 503 or any 4xx is a refusal before any work.
+    """
+    return status is None or status in (500, 502, 504)
 
 
 def classify_status(status: int) -> tuple[bool, Reason]:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
+from urllib3.exceptions import NewConnectionError
 
 from . import __version__
 from .errors import ItsmError, Reason
@@ -101,14 +102,39 @@ def error_from_exception(
     where = f" {where}" if where else ""
     cause = _os_error_text(exc)
     detail = f"{type(exc).__name__}{f': {cause}' if cause else ''}"
+    # A request that never got a connection cannot have been carried out; any later failure
+    # (read timeout, connection lost after sending) leaves the outcome unknown.
+    unsent = isinstance(exc, requests.ConnectTimeout) or _never_connected(exc)
     # ConnectTimeout is both a Timeout and a ConnectionError; a timeout is the more precise reason.
     if isinstance(exc, requests.Timeout):
-        return ItsmError(f"{system}{where}: timed out ({detail})", retryable=True, reason=Reason.TIMEOUT)
+        return ItsmError(
+            f"{system}{where}: timed out ({detail})", retryable=True, reason=Reason.TIMEOUT, maybe_applied=not unsent
+        )
     if isinstance(exc, requests.ConnectionError):
         return ItsmError(
-            f"{system}{where}: connection failed ({detail})", retryable=True, reason=Reason.NETWORK
+            f"{system}{where}: connection failed ({detail})",
+            retryable=True,
+            reason=Reason.NETWORK,
+            maybe_applied=not unsent,
         )
     return ItsmError(f"{system}{where}: request failed ({detail})", retryable=True, reason=Reason.NETWORK)
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """Whether the failure happened while connecting (refused, unreachable, name not resolved)."""
+    seen: set[int] = set()
+    pending: list[BaseException] = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, (NewConnectionError, ConnectionRefusedError)):
+            return True
+        for nested in (getattr(current, "reason", None), current.__cause__, current.__context__, *current.args):
+            if isinstance(nested, BaseException):
+                pending.append(nested)
+    return False
 
 
 def _os_error_text(exc: BaseException) -> str:

@@ -47,8 +47,8 @@ class MemoryAdapter:
 
     # -- test controls -------------------------------------------------------------------
     def fail(self, operation: str, *, retryable: bool = True, commit: bool = False,
-             status: int | None = 503, retry_after: float | None = None) -> None:
-        reason = Reason.SERVER_ERROR if retryable else Reason.CLIENT_ERROR
+             status: int | None = 503, retry_after: float | None = None, reason: Reason | None = None) -> None:
+        reason = reason or (Reason.SERVER_ERROR if retryable else Reason.CLIENT_ERROR)
         error = ItsmError(f"planned {operation} failure", retryable=retryable, reason=reason,
                           status=status, retry_after=retry_after)
         self.failures.append(PlannedFailure(operation, error, commit))
@@ -83,13 +83,17 @@ class MemoryAdapter:
             if s.item.correlation_id == correlation_id
         ]
 
-    def create(self, item: WorkItem) -> WorkItemRef:
+    def create(self, item: WorkItem, resolution: Resolution | None = None) -> WorkItemRef:
         self.calls.append(("create", item))
         self._maybe_fail("create", before=True)
         while self.before_create:
             self.before_create.pop(0)()
         n = next(self._ids)
         stored = StoredItem(WorkItemRef("memory", f"id{n}", f"INC{n:07d}"), item, notes=[item.work_note])
+        if resolution is not None:
+            stored.state = "6"
+            stored.close_code, stored.close_notes = resolution.close_code, resolution.close_notes
+            stored.notes.append(resolution.work_note)
         self.items.append(stored)
         self._maybe_fail("create", before=False)
         return stored.ref

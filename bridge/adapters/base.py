@@ -95,7 +95,9 @@ class ItsmAdapter(Protocol):
         """
         ...
 
-    def create(self, item: WorkItem) -> WorkItemRef: ...
+    def create(self, item: WorkItem, resolution: Resolution | None = None) -> WorkItemRef:
+        """Create ``item``; with ``resolution``, create it already resolved (its alert is over)."""
+        ...
 
     def add_note(self, ref: WorkItemRef, note: str) -> None:
         """Append an internal note; never overwrites earlier notes."""

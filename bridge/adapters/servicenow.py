@@ -61,6 +61,9 @@ _MANAGED_FIELDS = frozenset(
         "urgency",
         "work_notes",
         "cmdb_ci",
+        "state",
+        "close_code",
+        "close_notes",
     }
 )
 
@@ -154,7 +157,7 @@ class ServiceNowAdapter:
             for row in exact
         ]
 
-    def create(self, item: WorkItem) -> WorkItemRef:
+    def create(self, item: WorkItem, resolution: Resolution | None = None) -> WorkItemRef:
         body: dict[str, str] = {}
         optional = {
             "caller_id": item.caller_id,
@@ -176,8 +179,15 @@ class ServiceNowAdapter:
                 "urgency": str(item.urgency),
             }
         )
-        if item.work_note:
-            body["work_notes"] = item.work_note
+        notes = [item.work_note]
+        if resolution is not None:
+            # One insert, already resolved: the data policy wants close_code and close_notes with it.
+            body.update(
+                {"state": _RESOLVED_STATE, "close_code": resolution.close_code, "close_notes": resolution.close_notes}
+            )
+            notes.append(resolution.work_note)
+        if any(notes):
+            body["work_notes"] = "\n\n".join(n for n in notes if n)
         if item.configuration_item is not None:
             body["cmdb_ci"] = item.configuration_item.id
         payload = self._call(

@@ -1,0 +1,739 @@
+"""What to write, decided from the state record: the one place that moves work items (CONTRACT §2).
+
+Every delivery is first *recorded* (:meth:`Reconciler.deliver`); then a *pass* compares what the
+record has seen with what it has done and makes the ITSM calls that close the gap. The HTTP
+path runs one pass within a short budget, the outbox worker runs the later ones
+(:meth:`Reconciler.run`), and ``outbox replay`` runs one on demand: none of them decides on its own.
+
+Order of arrival does not matter because the gap is computed from the whole record:
+
+- a Fired and no work item: look it up by correlation key (it may predate the record, or be a
+  create whose answer was lost), else create it, already resolved when the Resolved is known;
+- a Resolved and an open item: re-read the item (a person may have closed it), then resolve;
+- a new Fired payload and an open item: re-read, then add a work note;
+- a payload already written, or an item no longer open: nothing, no ITSM call.
+
+One creator: a pass acts only while it holds the record's *claim* (a lease written
+conditionally, so two instances cannot both hold it, and one whose holder died expires). The
+intent to create is written before the create is sent; after an uncertain outcome the next pass
+looks up before creating again, and gives the ITSM ``settle`` seconds to land a slow create.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+
+from .adapters.base import ItsmAdapter, WorkItemRecord, WorkItemRef
+from .alerts import Alert, parse_alert
+from .cmdb import CmdbBinder
+from .config import MappingRules
+from .correlation import correlation_key, note_marker
+from .deadline import deadline
+from .errors import ItsmError
+from .mapping import build_work_item, resolution, update_note
+from .retry import RetryPolicy, call_with_retry
+from .state.base import StateConflict, StateStore, StateUnavailable, Versioned
+from .state.record import Claim, DeadLetter, Event, Intent, Record
+
+__all__ = ["Action", "Delivery", "PassResult", "Reconciler", "Timing"]
+
+logger = logging.getLogger(__name__)
+
+
+class Action(enum.StrEnum):
+    CREATED = "created"
+    UPDATED = "updated"
+    RESOLVED = "resolved"
+    REOPENED = "reopened"
+    IGNORED = "ignored"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the HTTP path answers for one delivery: processed (200), queued (202) or rejected (502)."""
+
+    status: str  # "processed" | "queued" | "rejected"
+    correlation_id: str
+    action: Action | None = None
+    work_item: WorkItemRef | None = None
+    reason: str | None = None
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class PassResult:
+    record: Record | None
+    wrote: Mapping[str, str] = field(default_factory=dict)  # fingerprints this pass wrote, and how
+    error: ItsmError | None = None
+    busy_until: float | None = None  # another holder has the claim until then
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Time bounds of the reconciler; see the ITSM_* and OUTBOX_* settings."""
+
+    inline_seconds: float = 3.0
+    pass_seconds: float = 8.0
+    settle_seconds: float = 60.0
+    horizon_seconds: float = 72 * 3600.0
+    base_delay_seconds: float = 2.0
+    max_delay_seconds: float = 60.0
+    # How long a claim outlives its pass's budget before others may take over.
+    lease_margin_seconds: float = 10.0
+
+
+class _Wait(Exception):
+    """Not an error: the step must not act before ``until`` (wall clock)."""
+
+    def __init__(self, until: float, why: str) -> None:
+        super().__init__(why)
+        self.until = until
+
+
+class _ClaimLost(Exception):
+    """Another pass holds the claim: this one stops without writing."""
+
+    def __init__(self, until: float) -> None:
+        super().__init__("claimed elsewhere")
+        self.until = until
+
+
+_STATE_WORDS = {"6": "resolved", "7": "closed", "8": "canceled"}
+_CONFLICT_RETRIES = 50
+_BUSY_POLL_SECONDS = 0.05
+
+
+class Reconciler:
+    """Records deliveries and drives each key's work item to what its record says."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        adapter: ItsmAdapter,
+        rules: MappingRules,
+        policy: RetryPolicy,
+        cmdb: CmdbBinder | None = None,
+        *,
+        timing: Timing = Timing(),
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.store = store
+        self.adapter = adapter
+        self._rules = rules
+        self._policy = policy
+        self._cmdb = cmdb
+        self.timing = timing
+        self._sleep = sleep
+        self._clock = clock
+        self._wall = wall
+        self._rand = rand
+        self._instance = f"{os.uname().nodename if hasattr(os, 'uname') else 'host'}:{os.getpid()}"
+        self._credential = _CredentialState(store, wall)
+
+    # ------------------------------------------------------------------ HTTP path
+
+    def deliver(self, alert: Alert, canonical: bytes, fingerprint: str) -> Delivery:
+        """Record one delivery durably, then try its work inline within ``inline_seconds``.
+
+        Raises :class:`StateUnavailable` when nothing could be recorded (the caller may fall
+        back to an ephemeral store, see :meth:`ephemeral`).
+        """
+        started = self._clock()
+        key = correlation_key(alert.alert_id)
+        condition = "Resolved" if alert.is_resolved else "Fired"
+        stored, new = self._record(key, alert, Event(fingerprint, condition, self._wall()), canonical)
+        record = stored.record
+        if not new and fingerprint in record.written and record.due is None and record.dead is None:
+            # An identical redelivery of what is already written: nothing to do, no ITSM call.
+            return self._processed(record, fingerprint, Action.IGNORED, "identical alert already recorded")
+        if not new and record.dead is not None:
+            return Delivery("rejected", key, reason=record.dead.reason)
+
+        budget = self.timing.inline_seconds - (self._clock() - started)
+        result = self._drive_inline(key, {fingerprint: alert}, budget)
+        record = result.record or record
+        return self._answer(record, fingerprint, new, result)
+
+    def deliver_unrecorded(self, alert: Alert, canonical: bytes, fingerprint: str, budget: float) -> Delivery:
+        """The path when the state store is unreachable: the same reconciler over a throw-away
+        in-memory record, so the ITSM lookup decides (as before the record existed).
+
+        Only a finished write may be answered 2xx here; anything that would have to wait for the
+        outbox raises :class:`StateUnavailable` (503), and Azure Monitor delivers it again.
+        """
+        from .state.sqlite import SqliteStore
+
+        scratch = Reconciler(
+            SqliteStore(":memory:"),
+            self.adapter,
+            self._rules,
+            self._policy,
+            self._cmdb,
+            timing=replace(self.timing, inline_seconds=max(0.0, min(budget, self.timing.inline_seconds))),
+            sleep=self._sleep,
+            clock=self._clock,
+            wall=self._wall,
+            rand=self._rand,
+        )
+        try:
+            delivery = scratch.deliver(alert, canonical, fingerprint)
+        finally:
+            scratch.store.close()
+        if delivery.status == "queued":
+            raise StateUnavailable(f"the state store is unreachable and the ITSM did not finish: {delivery.reason}")
+        return delivery
+
+    def _answer(self, record: Record, fingerprint: str, new: bool, result: PassResult) -> Delivery:
+        key = record.key
+        if fingerprint in record.written:
+            if not new and fingerprint not in result.wrote:
+                if record.written[fingerprint] == Action.IGNORED:
+                    reason = record.reasons.get(fingerprint) or "identical alert already recorded"
+                else:
+                    reason = "identical alert already recorded (handled by an earlier or concurrent delivery)"
+                return self._processed(record, fingerprint, Action.IGNORED, reason)
+            return self._processed(record, fingerprint, Action(record.written[fingerprint]))
+        if record.dead is not None:
+            return Delivery("rejected", key, reason=record.dead.reason)
+        if _plan(record) is None and record.claim is None:
+            # Nothing to write for this payload now: a Resolved before any Fired.
+            return self._processed(
+                record,
+                fingerprint,
+                Action.IGNORED,
+                "no incident for this alert; the resolution is recorded and applies if its Fired arrives",
+            )
+        reason = record.held or record.last_error or "the ITSM did not finish in time"
+        if result.busy_until is not None and result.error is None and not record.last_error:
+            reason = "another delivery of this alert is being written"
+        delay = max(0.0, (record.due or self._wall()) - self._wall())
+        try:
+            self.store.schedule(key, delay)
+        except StateUnavailable as exc:
+            # The record holds the due time; the sweep re-schedules it.
+            logger.warning("correlationId=%s could not be scheduled (%s); the sweep will find it", key, exc)
+        return Delivery("queued", key, reason=f"queued for the outbox: {reason}", retry_after=delay)
+
+    def _processed(self, record: Record, fingerprint: str, action: Action, reason: str | None = None) -> Delivery:
+        if action is Action.IGNORED and reason is None:
+            reason = record.reasons.get(fingerprint)
+        return Delivery("processed", record.key, action, _ref(record), reason)
+
+    def _record(self, key: str, alert: Alert, event: Event, canonical: bytes) -> tuple[Versioned, bool]:
+        """Add ``event`` to the key's record (creating it); False when it was already there."""
+        safety = self.timing.inline_seconds + self.timing.lease_margin_seconds
+        for _ in range(_CONFLICT_RETRIES):
+            now = self._wall()
+            current = self.store.load(key)
+            if current is None:
+                record = Record(key, alert.alert_id, alert.is_stateless, created_at=now, updated_at=now)
+                record.add_event(event)
+                # If this instance dies before the inline pass ends, the outbox takes over then.
+                record.due = now + safety
+                try:
+                    etag = self.store.insert(record, {event.fingerprint: canonical})
+                except StateConflict:
+                    continue
+                return Versioned(record, etag), True
+            record = current.record
+            if not record.add_event(event):
+                return current, False
+            if record.dead is not None:
+                # A new change of the alert is worth one more try.
+                record.dead, record.attempts, record.failing_since = None, 0, None
+            record.updated_at = now
+            record.due = min(record.due or now + safety, now + safety)
+            try:
+                etag = self.store.replace(record, current.etag, {event.fingerprint: canonical})
+            except StateConflict:
+                continue
+            return Versioned(record, etag), True
+        raise StateUnavailable(f"the record of {key} kept changing; could not record the alert")
+
+    def _drive_inline(self, key: str, cache: dict[str, Alert], budget: float) -> PassResult:
+        """Passes until the gap is closed, another holder finishes, or the budget is spent."""
+        end = self._clock() + max(0.0, budget)
+        result = self._pass(key, cache, budget, lease=self.timing.inline_seconds)
+        while result.busy_until is not None and result.error is None and self._clock() + _BUSY_POLL_SECONDS < end:
+            self._sleep(_BUSY_POLL_SECONDS)
+            result = self._pass(key, cache, end - self._clock(), lease=self.timing.inline_seconds)
+        return result
+
+    # ------------------------------------------------------------------ outbox path
+
+    def run(self, key: str) -> PassResult:
+        """One outbox pass over ``key``; schedules the next one when work remains."""
+        result = self._pass(key, {}, self.timing.pass_seconds, lease=self.timing.pass_seconds)
+        record = result.record
+        if record is None:
+            return result
+        now = self._wall()
+        if result.busy_until is not None:
+            self.store.schedule(key, max(0.0, result.busy_until - now) + 0.5)
+        elif record.due is not None:
+            self.store.schedule(key, max(0.0, record.due - now))
+        return result
+
+    def replay(self, key: str) -> Record | None:
+        """Make a held, failing or dead-lettered record due now, with a fresh retry horizon."""
+        for _ in range(_CONFLICT_RETRIES):
+            current = self.store.load(key)
+            if current is None:
+                return None
+            record = current.record
+            record.dead, record.held, record.attempts, record.failing_since = None, None, 0, None
+            record.set_error(None)
+            record.due = self._wall()
+            record.updated_at = record.due
+            try:
+                self.store.replace(record, current.etag)
+            except StateConflict:
+                continue
+            self.store.schedule(key, 0)
+            return record
+        raise StateUnavailable(f"the record of {key} kept changing; could not replay it")
+
+    # ------------------------------------------------------------------ one pass
+
+    def _pass(self, key: str, cache: dict[str, Alert], budget: float, *, lease: float) -> PassResult:
+        wrote: dict[str, str] = {}
+        owner = f"{self._instance}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
+        claim_seconds = lease + self.timing.lease_margin_seconds
+        policy = replace(self._policy, budget_seconds=max(0.0, budget))
+        try:
+            with deadline(max(0.0, budget), self._clock):
+                record = call_with_retry(
+                    lambda: self._steps(key, owner, claim_seconds, cache, wrote),
+                    policy,
+                    sleep=self._sleep,
+                    clock=self._clock,
+                    describe=f"alert {key}",
+                )
+        except _ClaimLost as busy:
+            return PassResult(self._load(key), wrote, busy_until=busy.until)
+        except _Wait as wait:
+            until, why = wait.until, str(wait)
+            return self._after(key, owner, wrote, lambda r: _schedule(r, until, why), None)
+        except ItsmError as exc:
+            error = exc
+            self._credential.observe(error)
+            return self._after(key, owner, wrote, lambda r: self._failed(r, error), error)
+        if wrote:
+            self._credential.observe(None)
+        return PassResult(record, wrote)
+
+    def _after(
+        self, key: str, owner: str, wrote: dict[str, str], change: Callable[[Record], None], exc: ItsmError | None
+    ) -> PassResult:
+        """Write when to try again (and why) and let go of the claim."""
+        try:
+            record = self._update(key, owner, change, release=True)
+        except _ClaimLost as busy:
+            return PassResult(self._load(key), wrote, error=exc, busy_until=busy.until)
+        return PassResult(record, wrote, error=exc)
+
+    def _steps(
+        self, key: str, owner: str, claim_seconds: float, cache: dict[str, Alert], wrote: dict[str, str]
+    ) -> Record | None:
+        """Close the record's gap one step at a time; return the record once nothing is left."""
+        while True:
+            current = self.store.load(key)
+            if current is None:
+                return None
+            record = current.record
+            step = _plan(record)
+            if step is None:
+                return self._settle(key, owner, current)
+            if step == "ignore":
+                self._update(key, owner, _ignore_rest)
+                continue
+            if not _mine(record, owner, self._wall()):
+                self._update(key, owner, lambda r: _claim(r, owner, self._wall() + claim_seconds))
+                continue  # read again under the claim: another holder may just have finished
+            if step == "ensure":
+                self._ensure_item(key, owner, record, cache, wrote)
+            elif step == "resolve":
+                self._resolve(key, owner, record, cache, wrote)
+            else:
+                self._note(key, owner, record, cache, wrote)
+
+    def _settle(self, key: str, owner: str, current: Versioned) -> Record:
+        """Nothing left to write: clear the outbox bookkeeping (and our claim) if any is set."""
+        record = current.record
+        if record.due is None and record.claim is None and record.last_error is None and record.held is None:
+            return record
+        if record.claim is not None and not _mine(record, owner, self._wall()):
+            if record.claim.until > self._wall():
+                raise _ClaimLost(record.claim.until)
+        return self._update(key, owner, _done, release=True) or record
+
+    # ------------------------------------------------------------------ steps
+
+    def _ensure_item(
+        self, key: str, owner: str, record: Record, cache: dict[str, Alert], wrote: dict[str, str]
+    ) -> None:
+        found = [r for r in self.adapter.find(key)]
+        if found:
+            self._adopt(key, owner, record, found, wrote)
+            return
+        if record.intent is not None and record.intent.operation == "create":
+            settle_until = record.intent.sent_at + self.timing.settle_seconds
+            if self._wall() < settle_until:
+                raise _Wait(
+                    min(settle_until, self._wall() + self._delay(max(record.attempts, 1))),
+                    "a create whose answer was lost is given time to land before it is sent again",
+                )
+        fired = record.fired_events
+        latest = fired[-1]
+        alert = self._alert(key, latest.fingerprint, cache)
+        resolved_event = record.resolved_event
+        how = None
+        if resolved_event is not None:
+            how = resolution(self._alert(key, resolved_event.fingerprint, cache), self._rules)
+        ci = ci_note = None
+        if self._cmdb is not None:
+            ci, ci_note = self._cmdb.bind(alert)
+        item = build_work_item(alert, self._rules, ci, ci_note)
+        self._update(key, owner, lambda r: _intend(r, "create", self._wall(), latest.fingerprint))
+        try:
+            ref = self.adapter.create(item, how)
+        except ItsmError as exc:
+            self._after_write_failed(key, owner, exc)
+            raise
+        logger.info("correlationId=%s created %s", key, ref.number or ref.id)
+
+        def created(r: Record) -> None:
+            r.item, r.item_open, r.adopted = ref.as_json(), how is None, False
+            r.item_state = None
+            r.intent = None
+            r.resolution_written = how is not None
+            for event in r.unwritten:
+                if event.condition == "Resolved" and not r.stateless:
+                    r.mark(event.fingerprint, Action.RESOLVED if how is not None else Action.IGNORED)
+                else:
+                    r.mark(event.fingerprint, Action.CREATED)
+                wrote[event.fingerprint] = r.written[event.fingerprint]
+
+        self._update(key, owner, created, fact=True)
+
+    def _adopt(
+        self, key: str, owner: str, record: Record, found: list[WorkItemRecord], wrote: dict[str, str]
+    ) -> None:
+        """Take over an item found by lookup: our own lost create, or one that predates the record."""
+        open_items = [r for r in found if r.is_open]
+        chosen = (open_items or found)[0]
+        ours = record.intent is not None and record.intent.operation == "create"
+        if len(found) > 1:
+            logger.warning("correlationId=%s has %d work items; keeping %s", key, len(found), _label(chosen.ref))
+
+        def adopt(r: Record) -> None:
+            r.item, r.item_open, r.item_state = chosen.ref.as_json(), chosen.is_open, chosen.state
+            r.intent = None
+            r.adopted = not ours
+            if ours:
+                # Our create landed although its answer was lost: it carries the latest Fired.
+                for event in r.fired_events:
+                    if event.fingerprint not in r.written:
+                        r.mark(event.fingerprint, Action.CREATED)
+                        wrote[event.fingerprint] = Action.CREATED
+
+        self._update(key, owner, adopt, fact=True)
+
+    def _resolve(
+        self, key: str, owner: str, record: Record, cache: dict[str, Alert], wrote: dict[str, str]
+    ) -> None:
+        resolved_event = record.resolved_event
+        assert resolved_event is not None
+        item_id = (record.item or {}).get("id")
+        current = [r for r in self.adapter.find(key)]
+        ours = next((r for r in current if r.ref.id == item_id), None)
+        sent = record.intent is not None and record.intent.operation == "resolve"
+        if ours is None or not ours.is_open:
+            if sent and ours is not None:
+                # Our own resolve landed although its answer was lost.
+                self._update(key, owner, lambda r: _resolved(r, resolved_event, wrote), fact=True)
+            else:
+                self._update(key, owner, lambda r: _left_alone(r, ours), fact=True)
+            return
+        how = resolution(self._alert(key, resolved_event.fingerprint, cache), self._rules)
+        self._update(key, owner, lambda r: _intend(r, "resolve", self._wall(), resolved_event.fingerprint))
+        try:
+            # Exact duplicates of one alert (from before the record) describe the same condition.
+            for item in [r for r in current if r.is_open]:
+                self.adapter.resolve(item.ref, how)
+        except ItsmError as exc:
+            self._after_write_failed(key, owner, exc)
+            raise
+        logger.info("correlationId=%s resolved %s", key, _label(ours.ref))
+        self._update(key, owner, lambda r: _resolved(r, resolved_event, wrote), fact=True)
+
+    def _after_write_failed(self, key: str, owner: str, exc: ItsmError) -> None:
+        """A write refused before any work cannot have landed: forget the intent. Otherwise keep
+        it, so the next pass looks before it writes again."""
+        if not exc.maybe_applied:
+            self._update(key, owner, _forget_intent)
+
+    def _note(self, key: str, owner: str, record: Record, cache: dict[str, Alert], wrote: dict[str, str]) -> None:
+        pending = [e for e in record.fired_events if e.fingerprint not in record.written]
+        latest = pending[-1]
+        item_id = (record.item or {}).get("id")
+        ours = next((r for r in self.adapter.find(key) if r.ref.id == item_id), None)
+        if ours is None or not ours.is_open:
+            self._update(key, owner, lambda r: _left_alone(r, ours), fact=True)
+            return
+        sent = record.intent is not None and record.intent.operation == "note"
+        if sent and record.intent is not None:
+            if self.adapter.has_note(ours.ref, note_marker(record.intent.fingerprint)):
+                # Our own note landed although its answer was lost: not twice.
+                self._update(key, owner, lambda r: _mark_all(r, pending, Action.UPDATED, None, wrote), fact=True)
+                return
+        elif record.adopted and self.adapter.has_note(ours.ref, note_marker(latest.fingerprint)):
+            # Written by an earlier version of the bridge (or an earlier record) already.
+            self._update(
+                key, owner, lambda r: _mark_all(r, pending, Action.IGNORED, "identical alert already recorded")
+            )
+            return
+        alert = self._alert(key, latest.fingerprint, cache)
+        self._update(key, owner, lambda r: _intend(r, "note", self._wall(), latest.fingerprint))
+        try:
+            self.adapter.add_note(ours.ref, update_note(alert))
+        except ItsmError as exc:
+            self._after_write_failed(key, owner, exc)
+            raise
+
+        self._update(key, owner, lambda r: _mark_all(r, pending, Action.UPDATED, None, wrote), fact=True)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _failed(self, record: Record, exc: ItsmError) -> None:
+        now = self._wall()
+        record.attempts += 1
+        record.failing_since = record.failing_since or now
+        record.set_error(str(exc))
+        if exc.credential_refused:
+            # The bridge's own credential: hold the work (never dead-letter it) until it is fixed.
+            record.held = str(exc)[:500]
+            record.due = now + self._delay(record.attempts)
+        elif not exc.retryable:
+            record.dead = DeadLetter(str(exc)[:500], now, exc.status)
+            record.due = None
+            logger.warning("correlationId=%s dead-lettered: %s", record.key, exc)
+        elif now - record.failing_since > self.timing.horizon_seconds:
+            hours = self.timing.horizon_seconds / 3600
+            record.dead = DeadLetter(f"gave up after {hours:g} h of failures; last: {exc}"[:500], now, exc.status)
+            record.due = None
+            logger.warning("correlationId=%s dead-lettered after %g h: %s", record.key, hours, exc)
+        else:
+            record.held = None
+            delay = self._delay(record.attempts)
+            if exc.retry_after is not None:
+                delay = max(delay, min(exc.retry_after, 3600.0))
+            record.due = now + delay
+
+    def _delay(self, attempts: int) -> float:
+        """Back-off between outbox attempts: doubling from the base, capped, half of it random."""
+        ceiling = min(
+            self.timing.max_delay_seconds, self.timing.base_delay_seconds * 2.0 ** min(max(attempts - 1, 0), 30)
+        )
+        return ceiling / 2 + self._rand() * ceiling / 2
+
+    def _alert(self, key: str, fingerprint: str, cache: dict[str, Alert]) -> Alert:
+        alert = cache.get(fingerprint)
+        if alert is None:
+            body = self.store.payload(key, fingerprint)
+            if body is None:
+                raise StateUnavailable(f"the payload {fingerprint} of {key} is missing from the state store")
+            alert = cache[fingerprint] = parse_alert(body)
+        return alert
+
+    def _load(self, key: str) -> Record | None:
+        current = self.store.load(key)
+        return current.record if current is not None else None
+
+    def _update(
+        self, key: str, owner: str, change: Callable[[Record], None], *, release: bool = False, fact: bool = False
+    ) -> Record | None:
+        """Apply ``change`` to the latest record and write it conditionally, again on conflict.
+
+        Raises :class:`_ClaimLost` when another pass holds a live claim: decisions are written
+        only by the claim holder (events are appended by :meth:`_record` without a claim). A
+        ``fact`` (what an ITSM call just did) is written regardless: it is true whoever holds
+        the claim, and losing it would make the next holder repeat the call.
+        """
+        for _ in range(_CONFLICT_RETRIES):
+            current = self.store.load(key)
+            if current is None:
+                return None
+            record = current.record
+            now = self._wall()
+            if not fact and record.claim is not None and record.claim.owner != owner and record.claim.until > now:
+                raise _ClaimLost(record.claim.until)
+            change(record)
+            if release and record.claim is not None and record.claim.owner == owner:
+                record.claim = None
+            record.updated_at = now
+            try:
+                self.store.replace(record, current.etag)
+            except StateConflict:
+                continue
+            return record
+        raise StateUnavailable(f"the record of {key} kept changing; could not write it")
+
+    # ------------------------------------------------------------------ health
+
+    def credential_status(self) -> dict[str, object] | None:
+        """``{"state": "refused", "reason": ..., "since": ...}`` while the ITSM refuses the credential."""
+        return self._credential.status()
+
+
+# ---------------------------------------------------------------------- the plan (pure)
+
+
+def _plan(record: Record) -> str | None:
+    """The next step for ``record``: ensure, resolve, note, ignore, or None when nothing is left."""
+    if record.dead is not None:
+        return None
+    if record.item is None:
+        return "ensure" if record.fired_events else None
+    if not record.item_open or record.resolution_written:
+        return "ignore" if record.unwritten else None
+    if record.resolved_event is not None:
+        return "resolve"
+    if any(e.fingerprint not in record.written for e in record.fired_events):
+        return "note"
+    return None
+
+
+def _mine(record: Record, owner: str, now: float) -> bool:
+    return record.claim is not None and record.claim.owner == owner and record.claim.until > now
+
+
+def _claim(record: Record, owner: str, until: float) -> None:
+    record.claim = Claim(owner, until)
+    # Should this pass die, the outbox picks the key up once the claim has expired.
+    record.due = max(record.due or 0.0, until)
+
+
+def _intend(record: Record, operation: str, now: float, fingerprint: str) -> None:
+    record.intent = Intent(operation, now, fingerprint)
+
+
+def _forget_intent(record: Record) -> None:
+    record.intent = None
+
+
+def _schedule(record: Record, until: float, why: str) -> None:
+    record.due = until
+    record.set_error(why)
+
+
+def _done(record: Record) -> None:
+    record.due = None
+    record.attempts, record.failing_since, record.held = 0, None, None
+    record.set_error(None)
+
+
+def _ignore_rest(record: Record) -> None:
+    word = _STATE_WORDS.get(record.item_state or "", "resolved" if record.resolution_written else "closed")
+    for event in record.unwritten:
+        if event.condition == "Resolved" and not record.stateless:
+            record.mark(event.fingerprint, Action.IGNORED, f"incident already {word}")
+        else:
+            record.mark(
+                event.fingerprint, Action.IGNORED, f"incident already {word}; a Fired after the Resolved opens nothing"
+            )
+
+
+def _left_alone(record: Record, found: WorkItemRecord | None) -> None:
+    """The item is no longer open (a person closed it, or it is gone): never touch it again."""
+    record.item_open = False
+    record.item_state = found.state if found is not None else "gone"
+    record.intent = None
+    _ignore_rest(record)
+
+
+def _mark_all(
+    record: Record, events: list[Event], action: Action, reason: str | None, wrote: dict[str, str] | None = None
+) -> None:
+    for event in events:
+        record.mark(event.fingerprint, action, reason)
+        if wrote is not None:
+            wrote[event.fingerprint] = action
+    record.intent = None
+
+
+def _resolved(record: Record, resolved_event: Event, wrote: dict[str, str]) -> None:
+    record.item_open, record.item_state, record.resolution_written = False, None, True
+    record.intent = None
+    for event in record.unwritten:
+        if event.fingerprint == resolved_event.fingerprint or event.condition == "Resolved":
+            record.mark(event.fingerprint, Action.RESOLVED)
+        else:
+            record.mark(event.fingerprint, Action.IGNORED, "the alert resolved before this update was written")
+        wrote[event.fingerprint] = record.written[event.fingerprint]
+
+
+def _ref(record: Record) -> WorkItemRef | None:
+    if record.item is None:
+        return None
+    item = record.item
+    return WorkItemRef(str(item["system"]), str(item["id"]), item.get("number"), item.get("url"))
+
+
+def _label(ref: WorkItemRef) -> str:
+    return ref.number or ref.id
+
+
+class _CredentialState:
+    """Whether the ITSM refuses the bridge's credential, shared through the store for health.
+
+    Written only on a change, so a healthy bridge pays nothing; read at most every few seconds.
+    """
+
+    _NAME = "itsm_credential"
+    _READ_EVERY = 5.0
+
+    def __init__(self, store: StateStore, wall: Callable[[], float]) -> None:
+        self._store = store
+        self._wall = wall
+        self._refused: bool | None = None
+        self._cached: tuple[float, dict[str, object] | None] | None = None
+
+    def observe(self, exc: ItsmError | None) -> None:
+        refused = exc is not None and exc.credential_refused
+        if exc is not None and not refused:
+            return  # other failures say nothing about the credential
+        if refused == self._refused:
+            return
+        self._refused = refused
+        value: dict[str, object] = {"state": "refused" if refused else "ok", "since": self._wall()}
+        if exc is not None:
+            value["reason"] = str(exc)[:300]
+        try:
+            self._store.put_meta(self._NAME, value)
+        except StateUnavailable as err:
+            logger.warning("could not record the ITSM credential state: %s", err)
+        self._cached = None
+
+    def status(self) -> dict[str, object] | None:
+        now = self._wall()
+        if self._cached is None or now - self._cached[0] > self._READ_EVERY:
+            try:
+                value = self._store.get_meta(self._NAME)
+            except StateUnavailable:
+                value = None
+            self._cached = (now, value)
+        value = self._cached[1]
+        return value if value is not None and value.get("state") == "refused" else None
+

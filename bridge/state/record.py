@@ -1,0 +1,170 @@
+"""The per-alert state record: what the bridge has seen of one alert and what it has done about it.
+
+One record per correlation key. It is the bridge's own truth (CONTRACT section 2): events seen
+(condition, payload fingerprint, arrival time), the work item once known, which payloads have
+been written to it, the intent to create (recorded before the create is sent), the claim that
+makes one reconciler at a time act on the key, and the outbox bookkeeping (when to try next,
+why it failed, dead letter). The ITSM remains the truth for what people did; the reconciler
+re-reads it before changing anything a person could have changed.
+
+Records are plain data with a JSON form that both state backends store verbatim, so SQLite and
+Azure Table hold exactly the same document. Lists are bounded so a record stays small
+(Azure Table strings hold at most 32K characters).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = [
+    "MAX_EVENTS",
+    "Claim",
+    "DeadLetter",
+    "Event",
+    "Intent",
+    "Record",
+]
+
+RECORD_VERSION = 1
+# A flapping alert instance cannot grow its record without bound; the oldest events go first
+# (an event already written is all the bookkeeping needs of it).
+MAX_EVENTS = 50
+_MAX_TEXT = 500
+
+
+@dataclass(frozen=True)
+class Event:
+    """One distinct payload received for the key (redeliveries of it are not new events)."""
+
+    fingerprint: str
+    condition: str  # "Fired" or "Resolved" as sent; stateless alerts are treated as Fired
+    received_at: float  # wall clock, seconds
+
+
+@dataclass(frozen=True)
+class Intent:
+    """A write that was sent (or is about to be) and whose outcome is not yet known.
+
+    Written before the write is sent, so whoever acts next knows to look before writing again.
+    """
+
+    operation: str  # "create", "note" or "resolve"
+    sent_at: float
+    fingerprint: str = ""  # the payload the write carries (its marker is in the note)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who may act on the key until when; a claim whose holder died simply expires."""
+
+    owner: str
+    until: float
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """The ITSM permanently refused this alert's change; kept for ``outbox list`` and ``replay``."""
+
+    reason: str
+    at: float
+    status: int | None = None
+
+
+@dataclass
+class Record:
+    key: str
+    alert_id: str
+    stateless: bool
+    created_at: float
+    updated_at: float
+    events: list[Event] = field(default_factory=list)
+    # fingerprint -> what was done for it: created, updated, resolved, ignored
+    written: dict[str, str] = field(default_factory=dict)
+    # why a fingerprint was ignored, for the answer to its delivery
+    reasons: dict[str, str] = field(default_factory=dict)
+    item: dict[str, str | None] | None = None  # WorkItemRef.as_json()
+    item_open: bool = False
+    item_state: str | None = None
+    # The item was found by lookup, not created through this record (an earlier version of the
+    # bridge, or a create whose answer was lost long ago): its notes are checked for our marker.
+    adopted: bool = False
+    resolution_written: bool = False
+    intent: Intent | None = None
+    claim: Claim | None = None
+    due: float | None = None  # wall clock time of the next attempt; None when nothing is pending
+    attempts: int = 0
+    failing_since: float | None = None
+    last_error: str | None = None
+    held: str | None = None  # work held because the ITSM refuses the bridge's credential
+    dead: DeadLetter | None = None
+
+    # ------------------------------------------------------------------ derived facts
+
+    def seen(self, fingerprint: str) -> bool:
+        return any(e.fingerprint == fingerprint for e in self.events) or fingerprint in self.written
+
+    @property
+    def fired_events(self) -> list[Event]:
+        return [e for e in self.events if self.stateless or e.condition != "Resolved"]
+
+    @property
+    def resolved_event(self) -> Event | None:
+        if self.stateless:
+            return None
+        return next((e for e in reversed(self.events) if e.condition == "Resolved"), None)
+
+    @property
+    def unwritten(self) -> list[Event]:
+        return [e for e in self.events if e.fingerprint not in self.written]
+
+    def add_event(self, event: Event) -> bool:
+        """Record ``event``; False when its payload was seen before (a redelivery)."""
+        if self.seen(event.fingerprint):
+            return False
+        self.events.append(event)
+        if len(self.events) > MAX_EVENTS:
+            # Drop the oldest written events first; unwritten ones are pending work.
+            for i, old in enumerate(self.events):
+                if old.fingerprint in self.written and old is not self.resolved_event:
+                    del self.events[i]
+                    break
+            else:
+                del self.events[0]
+        self._trim_written()
+        return True
+
+    def mark(self, fingerprint: str, action: str, reason: str | None = None) -> None:
+        self.written[fingerprint] = action
+        if reason:
+            self.reasons[fingerprint] = reason[:_MAX_TEXT]
+        self._trim_written()
+
+    def _trim_written(self) -> None:
+        keep = {e.fingerprint for e in self.events}
+        if len(self.written) > 2 * MAX_EVENTS:
+            for fp in [fp for fp in self.written if fp not in keep][: len(self.written) - 2 * MAX_EVENTS]:
+                self.written.pop(fp, None)
+                self.reasons.pop(fp, None)
+
+    def set_error(self, text: str | None) -> None:
+        self.last_error = None if text is None else text[:_MAX_TEXT]
+
+    # ------------------------------------------------------------------ JSON form
+
+    def to_json(self) -> str:
+        doc = asdict(self)
+        doc["v"] = RECORD_VERSION
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Record:
+        doc: dict[str, Any] = json.loads(text)
+        doc.pop("v", None)
+        doc["events"] = [Event(**e) for e in doc.get("events", [])]
+        for name, kind in (("intent", Intent), ("claim", Claim), ("dead", DeadLetter)):
+            if doc.get(name) is not None:
+                doc[name] = kind(**doc[name])
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in doc.items() if k in known})
