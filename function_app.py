@@ -1,15 +1,21 @@
 """Azure Functions entry point (Python v2 programming model).
 
-Only adapts ``func.HttpRequest`` to the transport-neutral :mod:`bridge.api` and back; all
-behaviour lives in the ``bridge`` package, shared with ``python -m bridge serve``.
+Only adapts the Functions types to the transport-neutral core and back; all behaviour lives in
+the ``bridge`` package, shared with ``python -m bridge serve``:
+
+- ``alerts`` (HTTP POST /api/alerts) and ``health`` (HTTP GET /api/health): :mod:`bridge.api`;
+- ``outbox`` (queue trigger on ``OUTBOX_QUEUE_NAME``): one reconcile pass for the message's key;
+- ``outbox_sweep`` (timer, every 5 minutes): re-schedules records a crash left unscheduled.
 """
 
 from __future__ import annotations
 
+import logging
+
 import azure.functions as func
 
 from bridge.api import ApiRequest, ApiResponse
-from bridge.runtime import get_api
+from bridge.runtime import get_api, get_runtime
 
 # The bridge verifies the Entra ID token itself, so the alerts route is anonymous to the host.
 app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
@@ -40,3 +46,23 @@ def alerts(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="health", methods=[func.HttpMethod.GET], auth_level=func.AuthLevel.FUNCTION)
 def health(req: func.HttpRequest) -> func.HttpResponse:
     return _serve(req, "/api/health")
+
+
+@app.function_name("outbox")
+@app.queue_trigger(arg_name="msg", queue_name="%OUTBOX_QUEUE_NAME%", connection="AzureWebJobsStorage")
+def outbox(msg: func.QueueMessage) -> None:
+    runtime = get_runtime()
+    if runtime is None:
+        # Bad settings: raising lets the runtime retry later; the record keeps the work meanwhile.
+        raise RuntimeError("the bridge is misconfigured; see its logs and GET /api/health")
+    runtime.worker.handle_message(msg.get_body())
+
+
+@app.function_name("outbox_sweep")
+@app.timer_trigger(arg_name="timer", schedule="0 */5 * * * *", run_on_startup=False, use_monitor=False)
+def outbox_sweep(timer: func.TimerRequest) -> None:
+    runtime = get_runtime()
+    if runtime is None:
+        logging.getLogger(__name__).warning("outbox sweep skipped: the bridge is misconfigured")
+        return
+    runtime.worker.tick()

@@ -20,7 +20,7 @@ from . import __version__
 from .alerts import Alert, parse_alert
 from .auth import TokenVerifier
 from .config import Settings
-from .correlation import correlation_key
+from .correlation import canonical_payload, correlation_key, fingerprint
 from .errors import (
     AuthError,
     AuthUnavailable,
@@ -30,7 +30,8 @@ from .errors import (
     PayloadError,
     PayloadTooLarge,
 )
-from .lifecycle import Action, Lifecycle, Outcome
+from .reconcile import Action, Delivery, Reconciler
+from .state.base import StateUnavailable
 
 __all__ = ["MAX_BODY_BYTES", "ApiRequest", "ApiResponse", "BridgeApi", "UnavailableApi"]
 
@@ -102,19 +103,25 @@ class BridgeApi(_Routed):
         self,
         settings: Settings,
         verifier: TokenVerifier,
-        lifecycle: Lifecycle,
+        reconciler: Reconciler,
         *,
         adapter_name: str,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
         self._verifier = verifier
-        self._lifecycle = lifecycle
+        self._reconciler = reconciler
         self._adapter_name = adapter_name
         self._clock = clock
 
     def health(self, request: ApiRequest) -> ApiResponse:
-        return ApiResponse(200, {"status": "ok", "version": __version__, "adapter": self._adapter_name})
+        body: dict[str, Any] = {"status": "ok", "version": __version__, "adapter": self._adapter_name}
+        refused = self._reconciler.credential_status()
+        if refused is not None:
+            # Work is held (never lost) until the credential works again; say so, never a value.
+            body["status"] = "degraded"
+            body["reason"] = f"the ITSM refuses the bridge's credential; alerts are held: {refused.get('reason', '')}"
+        return ApiResponse(200, body)
 
     def alerts(self, request: ApiRequest) -> ApiResponse:
         started = self._clock()
@@ -125,7 +132,7 @@ class BridgeApi(_Routed):
             caller = self._verifier.verify(request.headers.get("authorization"))
             alert = parse_alert(request.body)
             self._authorize_subscription(alert)
-            outcome = self._lifecycle.apply(alert)
+            delivery = self._deliver(alert, started)
         except BridgeError as exc:
             response = self._error_response(exc)
             self._log(alert, None, response, started, exc)
@@ -136,10 +143,21 @@ class BridgeApi(_Routed):
             response = unavailable("the bridge failed unexpectedly; the alert will be retried")
             self._log(alert, None, response, started, None)
             return response
-        response = ApiResponse(200, _outcome_body(alert, outcome))
-        self._log(alert, outcome, response, started, None)
+        response = _delivery_response(alert, delivery)
+        self._log(alert, delivery, response, started, None)
         logger.debug("caller app %s (token v%s)", caller.app_id, caller.version)
         return response
+
+    def _deliver(self, alert: Alert, started: float) -> Delivery:
+        canonical = canonical_payload(alert)
+        print_ = fingerprint(alert, canonical)
+        try:
+            return self._reconciler.deliver(alert, canonical, print_)
+        except StateUnavailable as exc:
+            # Nothing could be recorded: the old inline path still serves while the ITSM is up.
+            logger.warning("state store unavailable, trying the ITSM without a record: %s", exc)
+            budget = self._reconciler.timing.inline_seconds - (self._clock() - started)
+            return self._reconciler.deliver_unrecorded(alert, canonical, print_, budget)
 
     def _authorize_subscription(self, alert: Alert) -> None:
         allowed = self._settings.allowed_subscription_ids
@@ -162,6 +180,8 @@ class BridgeApi(_Routed):
             return error(exc.status, exc.code, str(exc), headers)
         if isinstance(exc, AuthUnavailable):
             return unavailable(str(exc))
+        if isinstance(exc, StateUnavailable):
+            return unavailable(f"the alert could not be recorded and the ITSM did not take it: {exc}")
         if isinstance(exc, ItsmError):
             if exc.retryable:
                 return unavailable(
@@ -173,7 +193,7 @@ class BridgeApi(_Routed):
     def _log(
         self,
         alert: Alert | None,
-        outcome: Outcome | None,
+        outcome: Delivery | None,
         response: ApiResponse,
         started: float,
         exc: BaseException | None,
@@ -187,7 +207,8 @@ class BridgeApi(_Routed):
                 else correlation_key(alert.alert_id)
                 if alert
                 else None,
-                "action": outcome.action.value if outcome else None,
+                "action": outcome.action.value if outcome and outcome.action else None,
+                "delivery": outcome.status if outcome else None,
                 "workItem": (outcome.work_item.number or outcome.work_item.id)
                 if outcome and outcome.work_item
                 else None,
@@ -207,17 +228,36 @@ class BridgeApi(_Routed):
             logger.exception("could not log the outcome of an alert (status %s)", response.status)
 
 
-def _outcome_body(alert: Alert, outcome: Outcome) -> dict[str, Any]:
+def _delivery_response(alert: Alert, delivery: Delivery) -> ApiResponse:
+    """200 processed, 202 queued (recorded durably; the outbox finishes it) or 502 rejected."""
+    if delivery.status == "queued":
+        return ApiResponse(
+            202,
+            {
+                "status": "queued",
+                "alertId": alert.alert_id,
+                "correlationId": delivery.correlation_id,
+                "reason": delivery.reason,
+            },
+        )
+    if delivery.status == "rejected":
+        return error(
+            502,
+            "itsm_rejected",
+            f"the ITSM refused this alert's change; it is kept as dead-lettered for `outbox replay`: "
+            f"{delivery.reason}",
+        )
+    assert delivery.action is not None
     body: dict[str, Any] = {
         "status": "processed",
-        "action": outcome.action.value,
+        "action": delivery.action.value,
         "alertId": alert.alert_id,
-        "correlationId": outcome.correlation_id,
-        "workItem": outcome.work_item.as_json() if outcome.work_item else None,
+        "correlationId": delivery.correlation_id,
+        "workItem": delivery.work_item.as_json() if delivery.work_item else None,
     }
-    if outcome.action is Action.IGNORED:
-        body["reason"] = outcome.reason
-    return body
+    if delivery.action is Action.IGNORED:
+        body["reason"] = delivery.reason
+    return ApiResponse(200, body)
 
 
 class UnavailableApi(_Routed):

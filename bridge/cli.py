@@ -1,4 +1,4 @@
-"""``python -m bridge COMMAND``: demo, serve, send, check-config (CONTRACT section 4)."""
+"""``python -m bridge COMMAND``: demo, serve, send, check-config, outbox (CONTRACT section 4)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,13 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 
@@ -40,7 +43,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .runtime import build_api
+    from .errors import ConfigError
+    from .runtime import build_runtime
     from .server import BridgeServer
 
     stack = None
@@ -48,14 +52,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         from .sandbox.stack import SandboxStack
 
         stack = SandboxStack(servicenow_port=args.servicenow_port, entra_port=args.entra_port).start()
-        env = stack.bridge_env()
+        env = stack.bridge_env(**_passed_through(os.environ))
     else:
         env = _settings_file_env(args.settings)
-    from .errors import ConfigError
-
     try:
-        api = build_api(env)
-        server = BridgeServer(api, args.host, args.port).start()
+        runtime = build_runtime(env)
+        server = BridgeServer(runtime.api, args.host, args.port).start()
     except ConfigError as exc:
         if stack:
             stack.stop()
@@ -65,7 +67,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if stack:
             stack.stop()
         raise
+    # The outbox worker drives what the HTTP answers left queued (202), in this process.
+    runtime.worker.start()
     print(f"bridge {__version__} serving {server.url}/api/alerts and {server.url}/api/health", flush=True)
+    print(f"  state: {runtime.reconciler.store.name} ({_store_where(runtime)}), outbox worker running", flush=True)
     if stack:
         print(f"  ServiceNow stand-in: {stack.servicenow.url} (user bridge / sandbox-password)", flush=True)
         print(f"  Entra ID stand-in:   {stack.entra.base_url}", flush=True)
@@ -76,15 +81,31 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         )
     print("Ctrl-C to stop", flush=True)
     stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
     try:
         stopped.wait()
     except KeyboardInterrupt:
-        print("stopping", flush=True)
-    finally:
-        server.stop()
-        if stack:
-            stack.stop()
+        pass
+    print("stopping", flush=True)
+    server.stop()
+    runtime.close()
+    if stack:
+        stack.stop()
     return 0
+
+
+def _passed_through(environ: Mapping[str, str]) -> dict[str, str]:
+    """With --sandbox, the state and timing settings still come from the environment (tests use
+    this to run several ``serve`` processes on one state file)."""
+    from .config import SETTINGS
+
+    names = {s.name for s in SETTINGS if s.name.startswith(("STATE_", "OUTBOX_", "ITSM_"))} | {"AzureWebJobsStorage"}
+    return {name: value for name, value in environ.items() if name in names and value.strip()}
+
+
+def _store_where(runtime: Any) -> str:
+    store = runtime.reconciler.store
+    return str(getattr(store, "path", None) or getattr(store, "where", ""))
 
 
 def _token_for_send(args: argparse.Namespace) -> str:
@@ -170,6 +191,105 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_outbox(args: argparse.Namespace) -> int:
+    from .errors import ConfigError
+    from .runtime import build_runtime
+    from .state.base import StateUnavailable
+
+    env = _settings_file_env(args.settings)
+    try:
+        runtime = build_runtime(env)
+    except ConfigError as exc:
+        print(f"invalid settings: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.action == "list":
+            return _outbox_list(runtime, show_all=args.all)
+        return _outbox_replay(runtime, args.key, replay_all=args.all)
+    except StateUnavailable as exc:
+        print(f"state store unavailable: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        runtime.reconciler.store.close()
+
+
+def _outbox_state(record: Any) -> str:
+    if record.dead is not None:
+        return "dead"
+    if record.held:
+        return "held"
+    if record.due is not None:
+        return "pending"
+    return "done"
+
+
+def _outbox_list(runtime: Any, *, show_all: bool) -> int:
+    now = time.time()
+    rows = [["key", "state", "attempts", "next attempt", "failing for", "alertId", "why"]]
+    counts: dict[str, int] = {}
+    for record in sorted(runtime.reconciler.store.records(), key=lambda r: r.updated_at):
+        state = _outbox_state(record)
+        counts[state] = counts.get(state, 0) + 1
+        if state == "done" and not show_all:
+            continue
+        why = record.dead.reason if record.dead is not None else (record.held or record.last_error or "")
+        rows.append([
+            record.key,
+            state,
+            str(record.attempts),
+            _ago(record.due - now, future=True) if record.due is not None else "-",
+            _ago(now - record.failing_since) if record.failing_since else "-",
+            record.alert_id[-60:],
+            " ".join(why.split())[:160],
+        ])
+    summary = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("pending", "held", "dead", "done"))
+    print(f"outbox ({runtime.reconciler.store.name}): {summary}")
+    if len(rows) > 1:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for n, row in enumerate(rows):
+            print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+            if n == 0:
+                print("  ".join("-" * w for w in widths))
+    return 0
+
+
+def _ago(seconds: float, *, future: bool = False) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        text = f"{seconds:.0f} s"
+    else:
+        text = f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+    return ("in " + text) if future else text
+
+
+def _outbox_replay(runtime: Any, key: str | None, *, replay_all: bool) -> int:
+    reconciler = runtime.reconciler
+    if replay_all:
+        keys = [r.key for r in reconciler.store.records() if _outbox_state(r) != "done"]
+    elif key:
+        keys = [key.strip().lower()]
+    else:
+        print("outbox replay: give a KEY or --all", file=sys.stderr)
+        return 2
+    worst = 0
+    for k in keys:
+        if reconciler.replay(k) is None:
+            print(f"{k}: no such record")
+            worst = 1
+            continue
+        result = reconciler.run(k)
+        record = result.record
+        state = _outbox_state(record) if record is not None else "gone"
+        item = (record.item or {}).get("number") if record is not None and record.item else None
+        detail = f" ({result.error})" if result.error is not None else ""
+        print(f"{k}: {state}{' ' + item if item else ''}{detail}")
+        if state in ("dead", "held", "pending"):
+            worst = 1
+    if not keys:
+        print("nothing to replay")
+    return worst
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bridge",
@@ -214,6 +334,16 @@ def _parser() -> argparse.ArgumentParser:
                            description="Validate the bridge settings; exit 0 when good, 2 with the reason.")
     check.add_argument("--settings", help="a local.settings.json whose Values fill in unset variables")
     check.set_defaults(func=_cmd_check_config)
+
+    outbox = sub.add_parser("outbox", help="show or replay what waits for the ITSM",
+                            description="list: what waits (pending), is held (credential refused) or was "
+                            "dead-lettered, and why. replay KEY|--all: make it due now and run one pass.")
+    outbox.add_argument("action", choices=["list", "replay"])
+    outbox.add_argument("key", nargs="?", help="replay: the correlation key (see list)")
+    outbox.add_argument("--all", action="store_true",
+                        help="list: also what is done; replay: every record that is not done")
+    outbox.add_argument("--settings", help="a local.settings.json whose Values fill in unset variables")
+    outbox.set_defaults(func=_cmd_outbox)
     return parser
 
 

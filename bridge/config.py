@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .state.connection import AzureConnection
 
 __all__ = [
     "AZURE_MONITOR_APP_ID",
@@ -55,8 +56,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ALLOWED_SUBSCRIPTION_IDS", "comma list of subscription ids whose alerts are accepted (default: any)"),
     Setting("ITSM_ADAPTER", "ITSM adapter name", "servicenow"),
     Setting("ITSM_TIMEOUT_SECONDS", "read timeout of one ITSM HTTP call", "4"),
-    Setting("ITSM_RETRY_ATTEMPTS", "most attempts for one alert's ITSM work", "4"),
-    Setting("ITSM_RETRY_BUDGET_SECONDS", "total time one alert may spend on ITSM retries", "8"),
+    Setting("ITSM_RETRY_ATTEMPTS", "most quick attempts within one pass over an alert's ITSM work", "4"),
+    Setting("ITSM_RETRY_BUDGET_SECONDS", "time one outbox pass may spend on an alert's ITSM work", "8"),
+    Setting(
+        "ITSM_INLINE_SECONDS",
+        "time the HTTP answer may wait for the ITSM before the work goes to the outbox (202)",
+        "3",
+    ),
+    Setting(
+        "ITSM_SETTLE_SECONDS",
+        "after a create whose outcome is unknown, how long the ITSM gets to land it before it is sent again",
+        "60",
+    ),
     Setting("SERVICENOW_INSTANCE_URL", "e.g. https://contoso.service-now.com"),
     Setting("SERVICENOW_USERNAME", "basic auth user (or OAuth password-grant user)"),
     Setting("SERVICENOW_PASSWORD", "basic auth password", secret=True),
@@ -73,9 +84,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CMDB_NAME_FIELD", "CMDB field matched against configurationItems", "name"),
     Setting("CMDB_CACHE_SECONDS", "how long CMDB lookups (found or not) are cached", "300"),
     Setting("MAPPING_FILE", "JSON file of mapping rules (severity matrix, templates, routing, close code)"),
-    Setting("STATE_TABLE_NAME", "storage table for the bridge's delivery state (durable outbox)", "bridgestate"),
-    Setting("OUTBOX_QUEUE_NAME", "storage queue for alerts awaiting delivery (durable outbox)", "bridge-outbox"),
+    Setting(
+        "STATE_STORE",
+        "where state records and the outbox live: sqlite (one machine) or azure (Table + Queue through "
+        "AzureWebJobsStorage)",
+        "sqlite",
+    ),
+    Setting("STATE_SQLITE_PATH", "the SQLite state file (STATE_STORE=sqlite)", ".bridge/state.sqlite3"),
+    Setting("STATE_TABLE_NAME", "Azure Table of state records (STATE_STORE=azure)", "alertstate"),
+    Setting("OUTBOX_QUEUE_NAME", "Azure Queue of the outbox; <name>-poison beside it (STATE_STORE=azure)", "outbox"),
+    Setting("OUTBOX_HORIZON_HOURS", "how long failing ITSM work is retried before it is dead-lettered", "72"),
+    Setting("OUTBOX_MAX_DELAY_SECONDS", "longest wait between two outbox attempts", "60"),
 )
+
+# Set by App Service / Functions on every instance in Azure, never by Core Tools or serve.
+AZURE_INSTANCE_VARIABLE = "WEBSITE_INSTANCE_ID"
 
 SETTING_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS)
 SECRET_SETTING_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS if s.secret)
@@ -182,8 +205,15 @@ class Settings:
     cmdb_name_field: str
     cmdb_cache_seconds: float
     mapping: MappingRules
+    state_store: str
+    state_sqlite_path: str
     state_table_name: str
     outbox_queue_name: str
+    storage: AzureConnection | None
+    inline_seconds: float
+    settle_seconds: float
+    outbox_horizon_seconds: float
+    outbox_max_delay_seconds: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -240,6 +270,34 @@ class Settings:
 
         mapping = load_mapping(get("MAPPING_FILE"), env)
 
+        in_azure = bool((env.get(AZURE_INSTANCE_VARIABLE) or "").strip())
+        store = (env.get("STATE_STORE") or "").strip().lower() or ("azure" if in_azure else "sqlite")
+        if store not in ("sqlite", "azure"):
+            raise ConfigError("STATE_STORE", "must be sqlite or azure")
+        if store == "sqlite" and in_azure:
+            raise ConfigError(
+                "STATE_STORE",
+                "sqlite keeps state on one machine and cannot be used in Azure, where instances come and "
+                "go; use azure",
+            )
+        # Only the azure backend reads the connection: a SQLite setup never fails over it.
+        storage = AzureConnection.from_env(env) if store == "azure" else None
+        if store == "azure" and storage is None:
+            raise ConfigError(
+                "AzureWebJobsStorage",
+                "is required for STATE_STORE=azure (a connection string, or __accountName / "
+                "__tableServiceUri and __queueServiceUri for an identity)",
+            )
+        table_name = get("STATE_TABLE_NAME") or "alertstate"
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{2,62}", table_name):
+            raise ConfigError("STATE_TABLE_NAME", "must be 3-63 letters and digits, starting with a letter")
+        queue_name = get("OUTBOX_QUEUE_NAME") or "outbox"
+        if not re.fullmatch(r"[a-z0-9](?!.*--)[a-z0-9-]{1,54}[a-z0-9]", queue_name):
+            raise ConfigError(
+                "OUTBOX_QUEUE_NAME", "must be 3-56 lower-case letters, digits and single hyphens (the -poison "
+                "queue must fit in 63)"
+            )
+
         return cls(
             tenant_id=tenant_id.lower(),
             audiences=audiences,
@@ -268,8 +326,19 @@ class Settings:
             cmdb_name_field=get("CMDB_NAME_FIELD") or "name",
             cmdb_cache_seconds=_positive_float("CMDB_CACHE_SECONDS", get("CMDB_CACHE_SECONDS") or ""),
             mapping=mapping,
-            state_table_name=get("STATE_TABLE_NAME") or "bridgestate",
-            outbox_queue_name=get("OUTBOX_QUEUE_NAME") or "bridge-outbox",
+            state_store=store,
+            state_sqlite_path=get("STATE_SQLITE_PATH") or ".bridge/state.sqlite3",
+            state_table_name=table_name,
+            outbox_queue_name=queue_name,
+            storage=storage,
+            # Azure Monitor gives up on an answer after about 10 s; the answer must come within 5.
+            inline_seconds=_positive_float("ITSM_INLINE_SECONDS", get("ITSM_INLINE_SECONDS") or "", most=4),
+            settle_seconds=_positive_float("ITSM_SETTLE_SECONDS", get("ITSM_SETTLE_SECONDS") or "", most=3600),
+            outbox_horizon_seconds=3600
+            * _positive_float("OUTBOX_HORIZON_HOURS", get("OUTBOX_HORIZON_HOURS") or "", most=24 * 90),
+            outbox_max_delay_seconds=_positive_float(
+                "OUTBOX_MAX_DELAY_SECONDS", get("OUTBOX_MAX_DELAY_SECONDS") or "", most=3600
+            ),
         )
 
 

@@ -1,8 +1,10 @@
 """``python -m bridge demo``: the whole job on the embedded sandbox, no cloud account needed.
 
-Starts the ServiceNow and Entra ID stand-ins and the bridge's local server on loopback, sends
-the bundled sample alerts in a short story over real HTTP with signed tokens, prints what
-happened to each alert and each incident, and exits 0 only when every step did what it should.
+Starts the ServiceNow and Entra ID stand-ins and the bridge's local server (with its outbox
+worker and a fresh SQLite state file) on loopback, sends the bundled sample alerts in a short
+story over real HTTP with signed tokens, takes ServiceNow down for one alert (answered 202, the
+incident appears once ServiceNow is back), prints what happened to each alert and each incident,
+and exits 0 only when every step did what it should.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, TextIO
 
 import requests
 
-from .runtime import build_api
+from .runtime import build_runtime
 from .sandbox.stack import SANDBOX_SUBSCRIPTION, SandboxStack, load_sample
 from .server import BridgeServer
 
@@ -31,6 +33,18 @@ class Step:
     expect_status: int
     expect_action: str | None = None
     token: Callable[[SandboxStack], str] | None = None  # default: a good v2 token
+    before: Callable[[SandboxStack], None] | None = None  # e.g. take ServiceNow down
+
+# Sent while the ServiceNow stand-in is down: recorded, answered 202, created after recovery.
+OUTAGE_ALERT_ID = (
+    f"/subscriptions/{SANDBOX_SUBSCRIPTION}/providers/Microsoft.AlertsManagement/alerts/"
+    "0d8f3c2b-5a4e-4f6d-9b7c-1e2f3a4b5c6d"
+)
+RECOVERY_SECONDS = 20.0
+
+
+def _servicenow_down(stack: SandboxStack) -> None:
+    stack.servicenow.stop()
 
 
 def _story() -> list[Step]:
@@ -63,6 +77,8 @@ def _story() -> list[Step]:
              token=lambda s: s.token(unpublished_key=True)),
         Step("token without the webhook role", load_sample("metric_static_fired.testaction.json"), 403,
              token=lambda s: s.token(roles=())),
+        Step("ServiceNow down: a new alert is queued", load_sample("metric_static_fired.testaction.json",
+             alertId=OUTAGE_ALERT_ID), 202, before=_servicenow_down),
     ]
 
 
@@ -78,38 +94,62 @@ def run_demo(out: TextIO = sys.stdout) -> int:
     started = time.monotonic()
     with SandboxStack() as stack:
         env = stack.bridge_env(ALLOWED_SUBSCRIPTION_IDS=SANDBOX_SUBSCRIPTION)
-        api = build_api(env)
-        with BridgeServer(api, port=0) as server, requests.Session() as http:
-            out.write(f"ServiceNow stand-in {stack.servicenow.url}   Entra ID stand-in {stack.entra.base_url}\n")
-            out.write(f"bridge listening on {server.url}/api/alerts\n\n")
-            results = [["#", "step", "expected", "got", "incident", "ok"]]
-            failures = 0
-            for n, step in enumerate(_story(), 1):
-                token = step.token(stack) if step.token else stack.token()
-                response = http.post(
-                    f"{server.url}/api/alerts",
-                    json=step.payload,
-                    headers={"Authorization": f"Bearer {token}"},
-                    timeout=30,
-                )
-                body = response.json()
-                action = body.get("action")
-                got = f"{response.status_code} {action or body.get('error', {}).get('code', '')}".strip()
-                expected = f"{step.expect_status} {step.expect_action or ''}".strip()
-                ok = response.status_code == step.expect_status and (
-                    step.expect_action is None or action == step.expect_action
-                )
-                failures += not ok
-                work_item = (body.get("workItem") or {}).get("number") or ""
-                results.append([str(n), step.title, expected, got, work_item, "yes" if ok else "NO"])
-            out.write("Alerts sent\n")
-            _table(results, out)
-
+        runtime = build_runtime(env)
+        runtime.worker.start()
+        try:
+            with BridgeServer(runtime.api, port=0) as server, requests.Session() as http:
+                out.write(f"ServiceNow stand-in {stack.servicenow.url}   Entra ID stand-in {stack.entra.base_url}\n")
+                out.write(f"bridge listening on {server.url}/api/alerts (state: {stack.state_dir})\n\n")
+                results = [["#", "step", "expected", "got", "incident", "ok"]]
+                failures = 0
+                for n, step in enumerate(_story(), 1):
+                    if step.before is not None:
+                        step.before(stack)
+                    token = step.token(stack) if step.token else stack.token()
+                    response = http.post(
+                        f"{server.url}/api/alerts",
+                        json=step.payload,
+                        headers={"Authorization": f"Bearer {token}"},
+                        timeout=30,
+                    )
+                    body = response.json()
+                    action = body.get("action")
+                    got = (
+                        f"{response.status_code} "
+                        f"{action or body.get('error', {}).get('code', '') or body.get('status', '')}"
+                    ).strip()
+                    expected = f"{step.expect_status} {step.expect_action or ''}".strip()
+                    ok = response.status_code == step.expect_status and (
+                        step.expect_action is None or action == step.expect_action
+                    )
+                    failures += not ok
+                    work_item = (body.get("workItem") or {}).get("number") or ""
+                    results.append([str(n), step.title, expected, got, work_item, "yes" if ok else "NO"])
+                out.write("Alerts sent\n")
+                _table(results, out)
+                failures += _recover(stack, out)
+        finally:
+            runtime.close()
         failures += _check_incidents(stack, out)
     elapsed = time.monotonic() - started
     verdict = "every step did what it should" if not failures else f"{failures} check(s) failed"
     out.write(f"\nDemo finished in {elapsed:.1f} s: {verdict}.\n")
     return 0 if not failures else 1
+
+
+def _recover(stack: SandboxStack, out: TextIO) -> int:
+    """Bring ServiceNow back and wait for the outbox to create the queued alert's incident."""
+    stack.servicenow.start()
+    back = time.monotonic()
+    out.write("\nServiceNow is back; waiting for the outbox to deliver the queued alert ...\n")
+    while time.monotonic() - back < RECOVERY_SECONDS:
+        found = [i for i in stack.servicenow.records("incident") if i["correlation_id"] == OUTAGE_ALERT_ID[-36:]]
+        if found:
+            out.write(f"the queued alert became {found[0]['number']} {time.monotonic() - back:.1f} s after recovery\n")
+            return 0
+        time.sleep(0.1)
+    out.write(f"the queued alert did not reach ServiceNow within {RECOVERY_SECONDS:.0f} s\n")
+    return 1
 
 
 def _check_incidents(stack: SandboxStack, out: TextIO) -> int:
@@ -131,11 +171,11 @@ def _check_incidents(stack: SandboxStack, out: TextIO) -> int:
 
     failures = 0
     states = sorted(str(inc.get("state")) for inc in incidents)
-    if len(incidents) != 4 or states != ["1", "1", "1", "6"]:
-        out.write("expected 4 incidents: the metric one resolved, three open\n")
+    if len(incidents) != 5 or states != ["1", "1", "1", "1", "6"]:
+        out.write("expected 5 incidents: the metric one resolved, four open\n")
         failures += 1
     bound = sum(1 for inc in incidents if inc.get("cmdb_ci"))
-    if bound != 3:
-        out.write(f"expected 3 incidents bound to a CMDB CI, found {bound}\n")
+    if bound != 4:
+        out.write(f"expected 4 incidents bound to a CMDB CI, found {bound}\n")
         failures += 1
     return failures

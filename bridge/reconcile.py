@@ -388,12 +388,7 @@ class Reconciler:
             self._adopt(key, owner, record, found, wrote)
             return
         if record.intent is not None and record.intent.operation == "create":
-            settle_until = record.intent.sent_at + self.timing.settle_seconds
-            if self._wall() < settle_until:
-                raise _Wait(
-                    min(settle_until, self._wall() + self._delay(max(record.attempts, 1))),
-                    "a create whose answer was lost is given time to land before it is sent again",
-                )
+            self._hold_if_unsettled(record)
         fired = record.fired_events
         latest = fired[-1]
         alert = self._alert(key, latest.fingerprint, cache)
@@ -466,6 +461,8 @@ class Reconciler:
             else:
                 self._update(key, owner, lambda r: _left_alone(r, ours), fact=True)
             return
+        if sent:
+            self._hold_if_unsettled(record)
         how = resolution(self._alert(key, resolved_event.fingerprint, cache), self._rules)
         self._update(key, owner, lambda r: _intend(r, "resolve", self._wall(), resolved_event.fingerprint))
         try:
@@ -477,6 +474,20 @@ class Reconciler:
             raise
         logger.info("correlationId=%s resolved %s", key, _label(ours.ref))
         self._update(key, owner, lambda r: _resolved(r, resolved_event, wrote), fact=True)
+
+    def _hold_if_unsettled(self, record: Record) -> None:
+        """A write whose outcome is unknown and that has not shown up yet may still be on its
+        way (a slow request commits after the bridge gave up on it): give the ITSM ``settle``
+        seconds to land it before sending it again, looking again meanwhile."""
+        intent = record.intent
+        if intent is None:
+            return
+        settle_until = intent.sent_at + self.timing.settle_seconds
+        if self._wall() < settle_until:
+            raise _Wait(
+                min(settle_until, self._wall() + self._delay(max(record.attempts, 1))),
+                f"a {intent.operation} whose answer was lost is given time to land before it is sent again",
+            )
 
     def _after_write_failed(self, key: str, owner: str, exc: ItsmError) -> None:
         """A write refused before any work cannot have landed: forget the intent. Otherwise keep
@@ -498,6 +509,7 @@ class Reconciler:
                 # Our own note landed although its answer was lost: not twice.
                 self._update(key, owner, lambda r: _mark_all(r, pending, Action.UPDATED, None, wrote), fact=True)
                 return
+            self._hold_if_unsettled(record)
         elif record.adopted and self.adapter.has_note(ours.ref, note_marker(latest.fingerprint)):
             # Written by an earlier version of the bridge (or an earlier record) already.
             self._update(

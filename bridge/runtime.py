@@ -1,8 +1,9 @@
-"""Wiring: settings, HTTP sessions, verifier, adapter and lifecycle, built once per process.
+"""Wiring: settings, HTTP sessions, verifier, adapter, state store, reconciler and outbox worker,
+built once per process.
 
-``function_app.py`` and the local server both call :func:`get_api`; the first call builds
-everything from the environment, later calls return the same object (connection pools and
-the signing-key cache live as long as the process).
+``function_app.py`` and the local server both call :func:`get_runtime` (or :func:`get_api`); the
+first call builds everything from the environment, later calls return the same objects
+(connection pools, the state store and the signing-key cache live as long as the process).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from .adapters import build_adapter
 from .api import BridgeApi, UnavailableApi
@@ -20,19 +22,36 @@ from .cmdb import CmdbBinder
 from .config import Settings
 from .errors import ConfigError
 from .httpclient import new_session
-from .lifecycle import Lifecycle
+from .reconcile import Reconciler, Timing
 from .retry import RetryPolicy
+from .state import build_store
+from .worker import OutboxWorker
 
-__all__ = ["build_api", "get_api", "install", "reset"]
+__all__ = ["Runtime", "build_api", "build_runtime", "get_api", "get_runtime", "install", "reset"]
 
 logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
+_runtime: Runtime | None = None
 _api: BridgeApi | UnavailableApi | None = None
 
 
-def build_api(env: Mapping[str, str], *, sleep: Callable[[float], None] = time.sleep) -> BridgeApi:
-    """Everything the API needs, from one environment. Raises ConfigError naming the setting.
+@dataclass(frozen=True)
+class Runtime:
+    """Everything one process serves with: the HTTP API and the outbox worker over one reconciler."""
+
+    api: BridgeApi
+    reconciler: Reconciler
+    worker: OutboxWorker
+
+    def close(self) -> None:
+        self.worker.stop()
+        self.reconciler.store.close()
+        self.reconciler.adapter.close()
+
+
+def build_runtime(env: Mapping[str, str], *, sleep: Callable[[float], None] = time.sleep) -> Runtime:
+    """Everything from one environment. Raises ConfigError naming the setting.
 
     ``sleep`` is what retry back-off waits with (tests record the waits instead).
     """
@@ -41,20 +60,47 @@ def build_api(env: Mapping[str, str], *, sleep: Callable[[float], None] = time.s
     cmdb = (
         CmdbBinder(adapter, ttl_seconds=settings.cmdb_cache_seconds) if settings.cmdb_lookup else None
     )
-    lifecycle = Lifecycle(
-        adapter, settings.mapping, RetryPolicy.from_settings(settings), cmdb, sleep=sleep
+    timing = Timing(
+        inline_seconds=settings.inline_seconds,
+        pass_seconds=settings.retry_budget_seconds,
+        settle_seconds=settings.settle_seconds,
+        horizon_seconds=settings.outbox_horizon_seconds,
+        max_delay_seconds=settings.outbox_max_delay_seconds,
+    )
+    store = build_store(settings)
+    reconciler = Reconciler(
+        store, adapter, settings.mapping, RetryPolicy.from_settings(settings), cmdb, timing=timing, sleep=sleep
     )
     verifier = TokenVerifier(settings, new_session())
-    return BridgeApi(settings, verifier, lifecycle, adapter_name=adapter.name)
+    api = BridgeApi(settings, verifier, reconciler, adapter_name=adapter.name)
+    return Runtime(api, reconciler, OutboxWorker(reconciler))
+
+
+def build_api(env: Mapping[str, str], *, sleep: Callable[[float], None] = time.sleep) -> BridgeApi:
+    """The API alone (its reconciler's outbox is then driven by someone else)."""
+    return build_runtime(env, sleep=sleep).api
+
+
+def get_runtime(env: Mapping[str, str] | None = None) -> Runtime | None:
+    """The process-wide runtime, or None when the settings are bad (see :func:`get_api`)."""
+    _ensure(env)
+    return _runtime
 
 
 def get_api(env: Mapping[str, str] | None = None) -> BridgeApi | UnavailableApi:
     """The process-wide API; on bad settings, an API that answers 503 and logs why, once."""
-    global _api
+    _ensure(env)
+    assert _api is not None
+    return _api
+
+
+def _ensure(env: Mapping[str, str] | None) -> None:
+    global _api, _runtime
     with _lock:
         if _api is None:
             try:
-                _api = build_api(os.environ if env is None else env)
+                _runtime = build_runtime(os.environ if env is None else env)
+                _api = _runtime.api
             except ConfigError as exc:
                 logger.critical("bridge settings are invalid, alerts will get 503: %s", exc)
                 _api = UnavailableApi(exc.setting, str(exc))
@@ -62,18 +108,19 @@ def get_api(env: Mapping[str, str] | None = None) -> BridgeApi | UnavailableApi:
                 # Never let the host answer 500 (Azure Monitor does not retry it): 503 instead.
                 logger.exception("the bridge could not start, alerts will get 503")
                 _api = UnavailableApi("(start-up)", f"start-up failed: {type(exc).__name__}")
-        return _api
 
 
 def reset() -> None:
-    """Forget the process-wide API (tests, and ``serve`` after it changes the environment)."""
-    global _api
+    """Forget the process-wide runtime (tests, and ``serve`` after it changes the environment)."""
+    global _api, _runtime
     with _lock:
         _api = None
+        _runtime = None
 
 
-def install(api: BridgeApi | UnavailableApi) -> None:
-    """Make ``api`` the process-wide API (tests build one with recorded sleeps)."""
-    global _api
+def install(api: BridgeApi | UnavailableApi, runtime: Runtime | None = None) -> None:
+    """Make ``api`` (and ``runtime``) the process-wide ones (tests build them with recorded sleeps)."""
+    global _api, _runtime
     with _lock:
         _api = api
+        _runtime = runtime

@@ -61,10 +61,10 @@ param additionalAllowedAppIds string = ''
 param bridgeSettings object = {}
 
 @description('Storage table for the bridge\'s delivery state (STATE_TABLE_NAME).')
-param stateTableName string = 'bridgestate'
+param stateTableName string = 'alertstate'
 
 @description('Storage queue for alerts awaiting delivery (OUTBOX_QUEUE_NAME); "<name>-poison" is created too.')
-param outboxQueueName string = 'bridge-outbox'
+param outboxQueueName string = 'outbox'
 
 @description('Also create two example alert rules (function app Http5xx metric alert, log search alert on the bridge\'s 502/503 answers) that use the action group.')
 param deployExampleAlerts bool = false

@@ -10,6 +10,8 @@ import pytest
 
 from bridge.sandbox.entra import EntraStandIn
 
+from .azurite import Azurite
+
 
 @pytest.fixture(scope="session")
 def entra() -> Iterator[EntraStandIn]:
@@ -26,3 +28,13 @@ def user_functions() -> dict[str, Callable[[func.HttpRequest], Any]]:
     import function_app
 
     return {f.get_function_name(): f.get_user_function() for f in function_app.app.get_functions()}
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """One Azurite for the session (Queue and Table on OS-chosen ports); tests use fresh names in it."""
+    server = Azurite().start()
+    try:
+        yield server
+    finally:
+        server.stop()

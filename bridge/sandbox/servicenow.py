@@ -19,6 +19,7 @@ import functools
 import http
 import json
 import logging
+import random
 import re
 import secrets
 import signal
@@ -318,6 +319,7 @@ class FaultRule:
     retry_after: float | None = None
     body: Mapping[str, Any] | str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    probability: float = 1.0
 
     def applies_to(self, method: str, path: str) -> bool:
         if self.method is not None and self.method.upper() != method.upper():
@@ -337,7 +339,9 @@ class FaultInjector:
     ``add(kind, *, method=None, path=None, times=None, seconds=0.0, status=None,
     retry_after=None, body=None, headers=None) -> FaultRule`` adds a rule. ``method`` matches
     the HTTP method (any when None); ``path`` is a regex searched in the URL path (any when
-    None); ``times`` is how many matching requests it applies to (always when None). Kinds:
+    None); ``times`` is how many matching requests it applies to (always when None);
+    ``probability`` is the chance it applies to each matching request (drawn from a generator
+    seeded with ``FaultInjector(seed=...)``, so a chaos run can be repeated). Kinds:
 
     * ``"latency"``: sleep ``seconds`` before handling; combines with any other fault.
     * ``"status"``: answer ``status`` without handling the request, with ``Retry-After:
@@ -353,7 +357,8 @@ class FaultInjector:
     ``clear()`` removes every rule.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, seed: int | None = None) -> None:
+        self._random = random.Random(seed)  # noqa: S311 - fault dice, not secrets
         self._lock = threading.Lock()
         self._rules: list[FaultRule] = []
         self._remaining: dict[int, int | None] = {}
@@ -371,7 +376,10 @@ class FaultInjector:
         retry_after: float | None = None,
         body: Mapping[str, Any] | str | None = None,
         headers: Mapping[str, str] | None = None,
+        probability: float = 1.0,
     ) -> FaultRule:
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError("probability must be between 0 and 1")
         if kind not in FAULT_KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; expected one of {', '.join(FAULT_KINDS)}")
         if kind == "status" and (status is None or not 100 <= status <= 599):
@@ -380,7 +388,9 @@ class FaultInjector:
             raise ValueError("times must be at least 1, or None for always")
         if path is not None:
             re.compile(path)  # fail here, not inside a request thread
-        rule = FaultRule(kind, method, path, times, seconds, status, retry_after, body, dict(headers or {}))
+        rule = FaultRule(
+            kind, method, path, times, seconds, status, retry_after, body, dict(headers or {}), probability
+        )
         with self._lock:
             self._rules.append(rule)
             self._remaining[id(rule)] = times
@@ -422,6 +432,8 @@ class FaultInjector:
         with self._lock:
             for rule in self._rules:
                 if self._remaining[id(rule)] == 0 or not rule.applies_to(method, path):
+                    continue
+                if rule.probability < 1.0 and self._random.random() >= rule.probability:
                     continue
                 if rule.kind == "latency":
                     latency += rule.seconds
@@ -1058,6 +1070,8 @@ class ServiceNowStandIn:
         )
         thread.start()
         self._server, self._thread = server, thread
+        # A stop() then start() comes back on the same port: an outage, not a move.
+        self._port = server.server_address[1]
         logger.debug("ServiceNow stand-in listening on %s", self.url)
         return self
 

@@ -7,6 +7,8 @@ so all three run the bridge against the same stand-ins with the same settings.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,8 @@ class SandboxStack:
     def __init__(self, *, servicenow_port: int = 0, entra_port: int = 0) -> None:
         self.servicenow = ServiceNowStandIn(port=servicenow_port, seed={"cmdb_ci": sample_cmdb()})
         self.entra = EntraStandIn(port=entra_port)
+        # The stand-ins start empty, so the bridge's state must too: a fresh SQLite file per stack.
+        self.state_dir = Path(tempfile.mkdtemp(prefix="bridge-sandbox-"))
 
     def start(self) -> SandboxStack:
         self.servicenow.start()
@@ -69,6 +73,7 @@ class SandboxStack:
     def stop(self) -> None:
         self.entra.stop()
         self.servicenow.stop()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def __enter__(self) -> SandboxStack:
         return self.start()
@@ -88,6 +93,8 @@ class SandboxStack:
             "SERVICENOW_CLIENT_ID": "sandbox-client",
             "SERVICENOW_CLIENT_SECRET": "sandbox-secret",
             "ITSM_RETRY_BUDGET_SECONDS": "8",
+            "STATE_STORE": "sqlite",
+            "STATE_SQLITE_PATH": str(self.state_dir / "state.sqlite3"),
         }
         env.update(overrides)
         return env

@@ -32,6 +32,9 @@ RECORD_VERSION = 1
 # (an event already written is all the bookkeeping needs of it).
 MAX_EVENTS = 50
 _MAX_TEXT = 500
+# Reasons are kept per payload (up to MAX_EVENTS of them): short, so a record stays far below
+# the 32K characters an Azure Table string holds.
+_MAX_REASON = 160
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,7 @@ class Record:
     def mark(self, fingerprint: str, action: str, reason: str | None = None) -> None:
         self.written[fingerprint] = action
         if reason:
-            self.reasons[fingerprint] = reason[:_MAX_TEXT]
+            self.reasons[fingerprint] = reason[:_MAX_REASON]
         self._trim_written()
 
     def _trim_written(self) -> None:
@@ -146,7 +149,9 @@ class Record:
         if len(self.written) > 2 * MAX_EVENTS:
             for fp in [fp for fp in self.written if fp not in keep][: len(self.written) - 2 * MAX_EVENTS]:
                 self.written.pop(fp, None)
-                self.reasons.pop(fp, None)
+        # Reasons answer redeliveries of payloads still listed; the rest may go.
+        for fp in [fp for fp in self.reasons if fp not in keep]:
+            del self.reasons[fp]
 
     def set_error(self, text: str | None) -> None:
         self.last_error = None if text is None else text[:_MAX_TEXT]

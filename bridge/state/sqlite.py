@@ -152,16 +152,20 @@ class SqliteStore:
                     (now, now, limit),
                 )
             ]
-            db.executemany(
-                "UPDATE records SET leased_until = ? WHERE key = ?", [(now + lease_seconds, k) for k in keys]
-            )
-            return [DueWork(k) for k in keys]
+            until = now + lease_seconds
+            db.executemany("UPDATE records SET leased_until = ? WHERE key = ?", [(until, k) for k in keys])
+            # The lease's end is the receipt: a late finish() must not free someone else's lease.
+            return [DueWork(k, until) for k in keys]
 
         works: list[DueWork] = self._transaction(take)
         return works
 
     def finish(self, work: DueWork) -> None:
-        self._transaction(lambda db: db.execute("UPDATE records SET leased_until = NULL WHERE key = ?", (work.key,)))
+        self._transaction(
+            lambda db: db.execute(
+                "UPDATE records SET leased_until = NULL WHERE key = ? AND leased_until = ?", (work.key, work.receipt)
+            )
+        )
 
     def sweep(self, now: float, grace_seconds: float) -> int:
         return 0  # the due column is the schedule; nothing can fall between record and outbox

@@ -159,6 +159,9 @@ var bridgeBaseSettings = {
   AUTH_ALLOWED_APP_IDS: join(authAllowedAppIds, ',')
   AUTH_REQUIRED_ROLE: authRequiredRole
   SERVICENOW_INSTANCE_URL: servicenowInstanceUrl
+  // State records in the Table and the outbox on the Queue (the queue trigger reads
+  // %OUTBOX_QUEUE_NAME%), both through the identity-based AzureWebJobsStorage connection.
+  STATE_STORE: 'azure'
   STATE_TABLE_NAME: stateTableName
   OUTBOX_QUEUE_NAME: outboxQueueName
 }

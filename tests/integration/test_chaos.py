@@ -1,0 +1,189 @@
+"""Chaos: a few hundred alert lifecycles through two ``serve`` processes on one state file.
+
+Redeliveries, concurrent duplicates on both processes, Resolved before Fired, about 20% injected
+ServiceNow faults (429, 500, 503, slow, dropped, committed-then-dropped), a ServiceNow outage and
+a SIGKILLed process, with a sender that retries like Azure Monitor (waits scaled down). Then:
+0 lost, 0 duplicates, 0 wrong states, no work note written twice. The figures are printed
+(``pytest -s``) for the README and the session notes.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.sandbox.servicenow import FaultInjector
+from bridge.sandbox.stack import SANDBOX_SUBSCRIPTION, SandboxStack, load_sample
+
+from .cluster import Cluster, Sent, marker_counts, running
+
+pytestmark = pytest.mark.integration
+
+SEED = 20261202
+LIFECYCLES = 200
+SENDERS = 8
+OUTAGE_SECONDS = 6.0
+INCIDENTS = r"^/api/now/table/incident"
+
+
+@dataclass
+class Lifecycle:
+    guid: str
+    stateless: bool
+    events: list[dict[str, Any]] = field(default_factory=list)  # in the order they are sent
+    resolves: bool = False
+    answers: list[Sent] = field(default_factory=list)
+
+
+def alert_id(guid: str) -> str:
+    return f"/subscriptions/{SANDBOX_SUBSCRIPTION}/providers/Microsoft.AlertsManagement/alerts/{guid}"
+
+
+def plan(rng: random.Random) -> list[Lifecycle]:
+    lifecycles = []
+    for _ in range(LIFECYCLES):
+        guid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        stateless = rng.random() < 0.15
+        sample = "activity_log_administrative_fired.testaction.json" if stateless else (
+            "metric_static_fired.testaction.json"
+        )
+        life = Lifecycle(guid, stateless)
+        fired = load_sample(sample, alertId=alert_id(guid))
+        life.events.append(fired)
+        if rng.random() < 0.4:
+            again = load_sample(sample, alertId=alert_id(guid), firedDateTime="2025-04-15T18:40:00.0000000Z")
+            life.events.append(again)
+        if not stateless and rng.random() < 0.7:
+            life.resolves = True
+            resolved = load_sample(
+                sample, alertId=alert_id(guid), monitorCondition="Resolved",
+                resolvedDateTime="2025-04-15T18:52:12.0000000Z",
+            )
+            if rng.random() < 0.15:
+                life.events.insert(0, resolved)  # the Resolved overtakes its Fired
+            else:
+                life.events.append(resolved)
+        lifecycles.append(life)
+    return lifecycles
+
+
+@pytest.fixture
+def stack() -> Iterator[SandboxStack]:
+    with SandboxStack() as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def cluster(stack: SandboxStack, tmp_path: Path) -> Iterator[Cluster]:
+    yield from running(stack, tmp_path / "state.sqlite3")
+
+
+def inject_faults(cluster: Cluster) -> dict[str, Any]:
+    cluster.snow.faults = faults = FaultInjector(seed=SEED)  # the same dice every run
+    return {
+        "429": faults.status(429, retry_after=1, path=INCIDENTS, probability=0.04),
+        "500": faults.status(500, path=INCIDENTS, probability=0.03),
+        "503": faults.status(503, path=INCIDENTS, probability=0.04),
+        "slow (2.5 s)": faults.latency(2.5, path=INCIDENTS, probability=0.03),
+        "dropped": faults.drop(path=INCIDENTS, probability=0.03),
+        "committed, answer dropped": faults.commit_then_drop(path=INCIDENTS, probability=0.03),
+    }
+
+
+def test_chaos_loses_nothing_and_duplicates_nothing(cluster: Cluster) -> None:
+    rng = random.Random(SEED)
+    lifecycles = plan(rng)
+    rules = inject_faults(cluster)
+    deliveries = 0
+    counter = threading.Lock()
+    progress = {"done": 0}
+    chaos_log: list[str] = []
+
+    def send(life: Lifecycle, event: dict[str, Any], instance: int) -> None:
+        nonlocal deliveries
+        sent = cluster.post(instance, event, retry_scale=0.1, timeout=12)
+        with counter:
+            deliveries += sent.attempts
+            life.answers.append(sent)
+
+    def run(life: Lifecycle, seed: int) -> None:
+        local = random.Random(seed)
+        for event in life.events:
+            instance = local.randrange(2)
+            roll = local.random()
+            if roll < 0.10:  # the same delivery on both instances at once
+                twin = threading.Thread(target=send, args=(life, event, instance + 1))
+                twin.start()
+                send(life, event, instance)
+                twin.join()
+            else:
+                send(life, event, instance)
+                if roll < 0.35:  # redelivered later
+                    send(life, event, instance + 1)
+        with counter:
+            progress["done"] += 1
+
+    def chaos() -> None:
+        while progress["done"] < LIFECYCLES * 0.3:
+            time.sleep(0.05)
+        cluster.snow.stop()
+        chaos_log.append(f"ServiceNow down for {OUTAGE_SECONDS:.0f} s")
+        time.sleep(OUTAGE_SECONDS)
+        cluster.snow.start()
+        while progress["done"] < LIFECYCLES * 0.6:
+            time.sleep(0.05)
+        cluster.instances[0].kill()
+        chaos_log.append("bridge-0 SIGKILLed")
+        time.sleep(1.0)
+        cluster.instances[0].start()
+
+    started = time.monotonic()
+    agent = threading.Thread(target=chaos)
+    agent.start()
+    with ThreadPoolExecutor(SENDERS) as pool:
+        list(pool.map(run, lifecycles, [rng.getrandbits(32) for _ in lifecycles]))
+    agent.join()
+    sending = time.monotonic() - started
+    fault_counts = {name: cluster.snow.faults.fired(rule) for name, rule in rules.items()}
+    cluster.snow.faults.clear()
+    drain = cluster.wait_drained(60)
+
+    refused = [a for life in lifecycles for a in life.answers if a.status is None or a.status >= 300]
+    incidents = cluster.incidents_by_key()
+    lost = [life.guid for life in lifecycles if not incidents.get(life.guid)]
+    duplicated = [life.guid for life in lifecycles if len(incidents.get(life.guid, [])) > 1]
+    wrong = [
+        life.guid
+        for life in lifecycles
+        if incidents.get(life.guid) and incidents[life.guid][0]["state"] != ("6" if life.resolves else "1")
+    ]
+    repeated_notes = []
+    for life in lifecycles:
+        for incident in incidents.get(life.guid, []):
+            journal = cluster.snow.journal("incident", incident["sys_id"])
+            if any(n > 1 for n in marker_counts(journal).values()):
+                repeated_notes.append(life.guid)
+    statuses: dict[str, int] = {}
+    for life in lifecycles:
+        for answer in life.answers:
+            statuses[str(answer.status)] = statuses.get(str(answer.status), 0) + 1
+
+    print(
+        f"\nchaos: {LIFECYCLES} lifecycles, {sum(len(life.events) for life in lifecycles)} events, "
+        f"{deliveries} deliveries (answers {statuses}); faults {fault_counts}; {', '.join(chaos_log)}; "
+        f"sending {sending:.1f} s, drained {drain:.1f} s after the last delivery; "
+        f"lost {len(lost)}, duplicates {len(duplicated)}, wrong states {len(wrong)}, "
+        f"repeated notes {len(repeated_notes)}, answers Azure would drop {len(refused)}"
+    )
+    assert sum(fault_counts.values()) > deliveries * 0.1, fault_counts
+    assert refused == []
+    assert lost == [] and duplicated == [] and wrong == [] and repeated_notes == []
