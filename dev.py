@@ -2,7 +2,7 @@
 """Developer entry point that needs only Python 3.11: it makes ``.venv`` and installs into it.
 
     python3 dev.py demo    # the whole job on the embedded sandbox (no cloud account)
-    python3 dev.py test    # the test suite
+    python3 dev.py test    # the test suite (also installs Azurite with npm, for the Azure backend's tests)
     python3 dev.py lint    # ruff and mypy
     python3 dev.py serve   # python -m bridge serve --sandbox
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -44,6 +45,21 @@ def _ensure_venv(requirements: str) -> None:
     stamp.write_text(digest)
 
 
+def _ensure_node_modules() -> None:
+    """Azurite (the Azure Storage emulator the tests run) from package-lock.json, once per lock change."""
+    lock = ROOT / "package-lock.json"
+    stamp = ROOT / "node_modules" / ".installed-lock"
+    digest = hashlib.sha256(lock.read_bytes()).hexdigest()
+    if stamp.exists() and stamp.read_text() == digest and (ROOT / "node_modules" / ".bin" / "azurite").exists():
+        return
+    npm = shutil.which("npm")
+    if npm is None:
+        sys.exit("the tests need Node.js 20+ and npm (for Azurite); install them, e.g. apt-get install nodejs npm")
+    print("installing node packages (azurite) ...", flush=True)
+    subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=ROOT, check=True)
+    stamp.write_text(digest)
+
+
 def main(argv: list[str]) -> int:
     command, rest = (argv[0], argv[1:]) if argv else ("", [])
     if command == "demo":
@@ -54,6 +70,7 @@ def main(argv: list[str]) -> int:
         return subprocess.call([str(PYTHON), "-m", "bridge", "serve", "--sandbox", *rest], cwd=ROOT)
     if command == "test":
         _ensure_venv("requirements-dev.txt")
+        _ensure_node_modules()
         return subprocess.call([str(PYTHON), "-m", "pytest", *rest], cwd=ROOT)
     if command == "lint":
         _ensure_venv("requirements-dev.txt")

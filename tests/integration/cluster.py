@@ -20,8 +20,9 @@ from typing import Any
 
 import requests
 
+from bridge.config import Settings
 from bridge.sandbox.stack import SandboxStack
-from bridge.state.sqlite import SqliteStore
+from bridge.state import StateStore, build_store
 
 from .test_demo_and_cli import LineReader
 
@@ -93,9 +94,8 @@ class Sent:
 class Cluster:
     def __init__(self, stack: SandboxStack, state_file: Path, instances: int = 2, **settings: str) -> None:
         self.stack = stack
-        self.state_file = state_file
         env = {**os.environ, **stack.bridge_env(**{**FAST_SETTINGS, **settings})}
-        env["STATE_SQLITE_PATH"] = str(state_file)
+        env["STATE_SQLITE_PATH"] = str(state_file)  # used when STATE_STORE is sqlite
         env.pop("WEBSITE_INSTANCE_ID", None)
         self.env = env
         self.instances = [Instance(env, f"bridge-{i}") for i in range(instances)]
@@ -143,8 +143,9 @@ class Cluster:
             time.sleep(waits.pop(0))
             instance += 1  # Azure's retry may land on another instance
 
-    def store(self) -> SqliteStore:
-        return SqliteStore(self.state_file)
+    def store(self) -> StateStore:
+        """The instances' state store, opened from their settings (SQLite file or Azure)."""
+        return build_store(Settings.from_env(self.env))
 
     def pending(self) -> int:
         store = self.store()
