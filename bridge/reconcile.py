@@ -274,6 +274,14 @@ class Reconciler:
 
     def run(self, key: str) -> PassResult:
         """One outbox pass over ``key``; schedules the next one when work remains."""
+        current = self.store.load(key)
+        if current is None:
+            return PassResult(None)
+        due = current.record.due
+        if due is not None and due > self._wall() + 1.0 and current.record.claim is None:
+            # An early wake-up (a duplicate queue message): keep to the back-off the record says.
+            self.store.schedule(key, due - self._wall())
+            return PassResult(current.record)
         result = self._pass(key, {}, self.timing.pass_seconds, lease=self.timing.pass_seconds)
         record = result.record
         if record is None:
@@ -719,16 +727,16 @@ class _CredentialState:
     def __init__(self, store: StateStore, wall: Callable[[], float]) -> None:
         self._store = store
         self._wall = wall
-        self._refused: bool | None = None
         self._cached: tuple[float, dict[str, object] | None] | None = None
 
     def observe(self, exc: ItsmError | None) -> None:
         refused = exc is not None and exc.credential_refused
         if exc is not None and not refused:
             return  # other failures say nothing about the credential
-        if refused == self._refused:
+        # Compared with what the store says (another instance may have written since), read at
+        # most every few seconds: a healthy bridge pays one small read per interval, no write.
+        if refused == (self.status() is not None):
             return
-        self._refused = refused
         value: dict[str, object] = {"state": "refused" if refused else "ok", "since": self._wall()}
         if exc is not None:
             value["reason"] = str(exc)[:300]

@@ -341,7 +341,9 @@ def test_a_permanent_refusal_is_dead_lettered_then_replayed(rec: Reconciler, ada
     assert len(adapter.items) == 1
 
 
-def test_a_refused_credential_holds_the_work_and_says_so(rec: Reconciler, adapter: MemoryAdapter) -> None:
+def test_a_refused_credential_holds_the_work_and_says_so(
+    rec: Reconciler, adapter: MemoryAdapter, clock: FakeTime
+) -> None:
     for _ in range(50):
         adapter.fail("find", retryable=False, status=401, reason=Reason.AUTH_ERROR)
     held = send(rec, metric())
@@ -351,6 +353,9 @@ def test_a_refused_credential_holds_the_work_and_says_so(rec: Reconciler, adapte
     status = rec.credential_status()
     assert status is not None and status["state"] == "refused"
     adapter.failures.clear()  # the operator fixed the credential
+    rec.run(METRIC_KEY)  # woken early (a duplicate message): the back-off is kept, nothing is sent
+    assert adapter.items == []
+    clock.advance(record.due - clock())
     rec.run(METRIC_KEY)
     assert len(adapter.items) == 1 and record_of(rec).held is None
     rec._credential._cached = None  # health reads the shared state again
