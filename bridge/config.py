@@ -95,6 +95,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("OUTBOX_QUEUE_NAME", "Azure Queue of the outbox; <name>-poison beside it (STATE_STORE=azure)", "outbox"),
     Setting("OUTBOX_HORIZON_HOURS", "how long failing ITSM work is retried before it is dead-lettered", "72"),
     Setting("OUTBOX_MAX_DELAY_SECONDS", "longest wait between two outbox attempts", "60"),
+    Setting("STATE_RETENTION_DAYS", "how long finished state records are kept", "30"),
 )
 
 # Set by App Service / Functions on every instance in Azure, never by Core Tools or serve.
@@ -214,6 +215,7 @@ class Settings:
     settle_seconds: float
     outbox_horizon_seconds: float
     outbox_max_delay_seconds: float
+    retention_seconds: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -339,6 +341,8 @@ class Settings:
             outbox_max_delay_seconds=_positive_float(
                 "OUTBOX_MAX_DELAY_SECONDS", get("OUTBOX_MAX_DELAY_SECONDS") or "", most=3600
             ),
+            retention_seconds=86400
+            * _positive_float("STATE_RETENTION_DAYS", get("STATE_RETENTION_DAYS") or "", most=3650),
         )
 
 

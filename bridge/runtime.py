@@ -73,7 +73,7 @@ def build_runtime(env: Mapping[str, str], *, sleep: Callable[[float], None] = ti
     )
     verifier = TokenVerifier(settings, new_session())
     api = BridgeApi(settings, verifier, reconciler, adapter_name=adapter.name)
-    return Runtime(api, reconciler, OutboxWorker(reconciler))
+    return Runtime(api, reconciler, OutboxWorker(reconciler, retention_seconds=settings.retention_seconds))
 
 
 def build_api(env: Mapping[str, str], *, sleep: Callable[[float], None] = time.sleep) -> BridgeApi:

@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 # A record that should have been attempted this long ago but was not (its holder died between
 # writing it and scheduling it) is put back on the queue by the sweep.
 SWEEP_GRACE_SECONDS = 120.0
+# Finished records older than the retention are deleted at most this often.
+PURGE_EVERY_SECONDS = 3600.0
 
 
 class OutboxWorker:
@@ -35,6 +37,7 @@ class OutboxWorker:
         threads: int = 4,
         idle_seconds: float = 0.2,
         sweep_every_seconds: float = 60.0,
+        retention_seconds: float = 30 * 86400.0,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self._reconciler = reconciler
@@ -43,6 +46,8 @@ class OutboxWorker:
         self._threads = threads
         self._idle = idle_seconds
         self._sweep_every = sweep_every_seconds
+        self._retention = retention_seconds
+        self._last_purge = 0.0
         self._wall = wall
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -80,11 +85,18 @@ class OutboxWorker:
             logger.warning("outbox: could not let go of %s (%s); its lease will expire", work.key, exc)
 
     def tick(self) -> int:
-        """The periodic duty: re-schedule stranded records, then drain what is due."""
-        swept = self._store.sweep(self._wall(), SWEEP_GRACE_SECONDS)
+        """The periodic duty: re-schedule stranded records, forget old finished ones (hourly),
+        then drain what is due."""
+        now = self._wall()
+        swept = self._store.sweep(now, SWEEP_GRACE_SECONDS)
         if swept:
             logger.warning("outbox: %d record(s) were due but not scheduled; scheduled again", swept)
-        self._last_sweep = self._wall()
+        self._last_sweep = now
+        if now - self._last_purge >= PURGE_EVERY_SECONDS:
+            purged = self._store.purge(now - self._retention)
+            self._last_purge = now
+            if purged:
+                logger.info("state: forgot %d record(s) finished over %.0f days ago", purged, self._retention / 86400)
         total = 0
         while not self._stop.is_set():
             taken = self.drain_once()

@@ -456,3 +456,19 @@ def test_the_state_store_down_falls_back_to_the_itsm_lookup(rec: Reconciler, ada
     assert delivery.action is Action.CREATED and len(adapter.items) == 1
     again = rec.deliver_unrecorded(alert, canonical, fingerprint(alert, canonical), 3.0)
     assert again.action is Action.IGNORED and len(adapter.items) == 1  # found by lookup, note marker seen
+
+
+def test_the_hourly_duty_forgets_finished_records_after_the_retention(
+    adapter: MemoryAdapter, state_path: Path, clock: FakeTime
+) -> None:
+    rec = make(adapter, state_path, clock)
+    worker = OutboxWorker(rec, threads=1, retention_seconds=30 * 86400, wall=clock)
+    send(rec, metric())
+    for _ in range(3):
+        adapter.fail("find")
+    send(rec, metric(guid="0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9"))  # still pending
+    clock.advance(31 * 86400)
+    worker.tick()  # drains the pending one (now finished, but fresh) and forgets the old one
+    assert rec.store.load(METRIC_KEY) is None
+    assert rec.store.load("0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9") is not None
+    assert len(adapter.items) == 2

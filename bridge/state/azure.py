@@ -41,6 +41,7 @@ from azure.core.exceptions import (
     ClientAuthenticationError,
     HttpResponseError,
     ResourceExistsError,
+    ResourceModifiedError,
     ResourceNotFoundError,
     ServiceRequestError,
 )
@@ -260,6 +261,36 @@ class AzureStore:
             )
             for entity in entities:
                 yield Record.from_json(entity["Doc"])
+
+    def purge(self, before: float) -> int:
+        if not math.isfinite(before):
+            raise ValueError("purge needs a finite time")
+        table = self._ready_table()
+        purged = 0
+        with _failures("Table", "purge"):
+            old = list(
+                table.query_entities(
+                    "PartitionKey ne @meta and RowKey eq @row and Updated lt @cut",
+                    parameters={"meta": META_PARTITION, "row": RECORD_ROW, "cut": float(before)},
+                    select=["PartitionKey", "Doc"],
+                )
+            )
+        for entity in old:
+            record = Record.from_json(entity["Doc"])
+            if record.due is not None or record.dead is not None or record.claim is not None:
+                continue
+            key = str(entity["PartitionKey"])
+            with _failures("Table", "purge"):
+                try:
+                    # Only the version that was read: a delivery appended meanwhile keeps the record.
+                    table.delete_entity(
+                        key, RECORD_ROW, etag=entity.metadata["etag"], match_condition=MatchConditions.IfNotModified
+                    )
+                except ResourceModifiedError:
+                    continue
+            self.delete(key)  # its payloads
+            purged += 1
+        return purged
 
     def delete(self, key: str) -> None:
         _check_key(key)

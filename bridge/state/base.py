@@ -90,6 +90,11 @@ class StateStore(Protocol):
         schedule); returns how many. SQLite needs none: its ``due`` column is the schedule."""
         ...
 
+    def purge(self, before: float) -> int:
+        """Delete records finished before ``before`` (nothing due, not dead-lettered, unclaimed)
+        with their payloads; returns how many. A record that changes meanwhile is kept."""
+        ...
+
     def records(self) -> Iterator[Record]:
         """Every record (for ``outbox list`` and health), in no particular order."""
         ...

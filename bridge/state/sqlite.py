@@ -124,6 +124,17 @@ class SqliteStore:
         for doc in docs:
             yield Record.from_json(doc)
 
+    def purge(self, before: float) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            rows = db.execute("SELECT key, doc FROM records WHERE due IS NULL AND updated < ?", (before,)).fetchall()
+            keys = [(key,) for key, doc in rows if _finished(Record.from_json(doc))]
+            db.executemany("DELETE FROM records WHERE key = ?", keys)
+            db.executemany("DELETE FROM payloads WHERE key = ?", keys)
+            return len(keys)
+
+        purged: int = self._transaction(work)
+        return purged
+
     def delete(self, key: str) -> None:
         def write(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM records WHERE key = ?", (key,))
@@ -229,3 +240,7 @@ class SqliteStore:
 
     def _unavailable(self, exc: sqlite3.Error) -> StateUnavailable:
         return StateUnavailable(f"SQLite state store failed: {type(exc).__name__}: {exc}")
+
+
+def _finished(record: Record) -> bool:
+    return record.due is None and record.dead is None and record.claim is None

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import replace as evolve
 
@@ -389,3 +390,19 @@ class StoreContract:
         for work in rest:
             finish_done(peer, work)
         assert store.take_due(10, 30) == []
+
+    # ------------------------------------------------------------------ retention
+
+    def test_purge_forgets_old_finished_records_only(self, store: StateStore) -> None:
+        finished = {"due": None, "dead": None, "claim": None}
+        keys = {name: str(uuid.uuid4()) for name in ("old", "recent", "pending", "dead", "claimed")}
+        store.insert(make_record(keys["old"], updated_at=T0, **finished), {"a" * 16: b"{}"})
+        store.insert(make_record(keys["recent"], updated_at=T0 + 1000, **finished))
+        store.insert(make_record(keys["pending"], updated_at=T0, **{**finished, "due": T0 + 5}))
+        store.insert(make_record(keys["dead"], updated_at=T0, **{**finished, "dead": DeadLetter("no", T0)}))
+        store.insert(make_record(keys["claimed"], updated_at=T0, **{**finished, "claim": Claim("w", T0 + 9)}))
+        assert store.purge(T0 + 500) == 1
+        assert store.load(keys["old"]) is None and store.payload(keys["old"], "a" * 16) is None
+        assert all(store.load(keys[k]) is not None for k in ("recent", "pending", "dead", "claimed"))
+        assert store.purge(T0 + 500) == 0
+
