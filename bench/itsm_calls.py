@@ -89,8 +89,18 @@ def main() -> None:
                     time.sleep(0.05)
                 drained = time.monotonic() - back
                 landed = sum(1 for g in guids if g in present)
+                stack.servicenow.faults.latency(10.0)  # ServiceNow answers only after 10 s
+                slow = []
+                for _ in range(5):
+                    started = time.monotonic()
+                    slow.append((post(metric(str(uuid.uuid4())))[1], time.monotonic() - started))
+                stack.servicenow.faults.clear()
                 print(
-                    f"\noutage: {OUTAGE_ALERTS} alerts while ServiceNow was down, {queued} answered 202 "
+                    f"\nServiceNow answering after 10 s: answers {sorted({a for a, _ in slow})}, "
+                    f"slowest {max(t for _, t in slow) * 1000:.0f} ms"
+                )
+                print(
+                    f"outage: {OUTAGE_ALERTS} alerts while ServiceNow was down, {queued} answered 202 "
                     f"(mean answer {answered / OUTAGE_ALERTS * 1000:.0f} ms); {landed} incidents "
                     f"{drained:.1f} s after ServiceNow came back"
                 )

@@ -906,3 +906,19 @@ def test_funcignore_keeps_only_what_runs() -> None:
         "bridge/__pycache__/config.cpython-311.pyc",
     ):
         assert _ignored(patterns, dropped), dropped
+
+
+def test_the_deployed_bridge_keeps_its_state_in_azure_storage() -> None:
+    """STATE_STORE=azure (sqlite is refused in Azure), over the table and queue provisioned, which
+    the queue trigger reads by the same setting (function_app.py binds %OUTBOX_QUEUE_NAME%)."""
+    settings = app_settings().settings
+    assert settings["STATE_STORE"].value == "azure"
+    assert settings["STATE_TABLE_NAME"].value == "stateTableName"
+    assert settings["OUTBOX_QUEUE_NAME"].value == "outboxQueueName"
+    import function_app
+
+    queue = next(
+        f.build() for f in function_app.app._function_builders if f.build().get_function_name() == "outbox"
+    )
+    binding = queue.get_bindings()[0]
+    assert binding.queue_name == "%OUTBOX_QUEUE_NAME%" and binding.connection == "AzureWebJobsStorage"
