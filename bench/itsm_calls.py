@@ -20,9 +20,9 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bridge.runtime import build_runtime  # noqa: E402
-from bridge.sandbox.stack import SANDBOX_SUBSCRIPTION, SandboxStack, load_sample  # noqa: E402
-from bridge.server import BridgeServer  # noqa: E402
+from bridge.runtime import build_runtime
+from bridge.sandbox.stack import SANDBOX_SUBSCRIPTION, SandboxStack, load_sample
+from bridge.server import BridgeServer
 
 OUTAGE_ALERTS = 100
 
@@ -67,7 +67,7 @@ def main() -> None:
                     ("Fired, new payload (re-read, note)", post(metric(a, value=99.0))),
                     ("Resolved (re-read, resolve)", post(metric(a, "Resolved"))),
                     ("identical Resolved", post(metric(a, "Resolved"))),
-                    ("Resolved before any Fired", post(metric(b, "Resolved"))),
+                    ("Resolved before any Fired (lookup)", post(metric(b, "Resolved"))),
                     ("its Fired, late (lookup, create resolved)", post(metric(b))),
                 ]
                 print(f"{'event':45} {'ITSM calls':>10}  answer")

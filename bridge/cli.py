@@ -175,11 +175,11 @@ def _cmd_send(args: argparse.Namespace) -> int:
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from .config import SETTINGS
     from .errors import ConfigError
-    from .runtime import build_api
+    from .runtime import validate
 
     env = _settings_file_env(args.settings)
     try:
-        build_api(env)  # builds everything the Function would, without any network call
+        validate(env)  # builds what the Function would, without any network call or state file
     except ConfigError as exc:
         print(f"invalid settings: {exc}", file=sys.stderr)
         return 2

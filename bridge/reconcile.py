@@ -197,7 +197,7 @@ class Reconciler:
     def _answer(self, record: Record, fingerprint: str, new: bool, result: PassResult) -> Delivery:
         key = record.key
         if fingerprint in record.written:
-            if not new and fingerprint not in result.wrote:
+            if not new:
                 if record.written[fingerprint] == Action.IGNORED:
                     reason = record.reasons.get(fingerprint) or "identical alert already recorded"
                 else:
@@ -369,7 +369,9 @@ class Reconciler:
             if not _mine(record, owner, self._wall()):
                 self._update(key, owner, lambda r: _claim(r, owner, self._wall() + claim_seconds))
                 continue  # read again under the claim: another holder may just have finished
-            if step == "ensure":
+            if step == "search":
+                self._search(key, owner, record, wrote)
+            elif step == "ensure":
                 self._ensure_item(key, owner, record, cache, wrote)
             elif step == "resolve":
                 self._resolve(key, owner, record, cache, wrote)
@@ -429,6 +431,18 @@ class Reconciler:
                 wrote[event.fingerprint] = r.written[event.fingerprint]
 
         self._update(key, owner, created, fact=True)
+
+    def _search(self, key: str, owner: str, record: Record, wrote: dict[str, str]) -> None:
+        """A Resolved with no Fired recorded: resolve an incident from before the record, if any."""
+        found = list(self.adapter.find(key))
+        if found:
+            self._adopt(key, owner, record, found, wrote)
+            return
+
+        def searched(r: Record) -> None:
+            r.searched = True
+
+        self._update(key, owner, searched, fact=True)
 
     def _adopt(
         self, key: str, owner: str, record: Record, found: list[WorkItemRecord], wrote: dict[str, str]
@@ -625,7 +639,10 @@ def _plan(record: Record) -> str | None:
     if record.dead is not None:
         return None
     if record.item is None:
-        return "ensure" if record.fired_events else None
+        if record.fired_events:
+            return "ensure"
+        # Only a Resolved so far: its incident may predate the record (an earlier version made it).
+        return "search" if record.resolved_event is not None and not record.searched else None
     if not record.item_open or record.resolution_written:
         return "ignore" if record.unwritten else None
     if record.resolved_event is not None:

@@ -27,7 +27,7 @@ from .retry import RetryPolicy
 from .state import build_store
 from .worker import OutboxWorker
 
-__all__ = ["Runtime", "build_api", "build_runtime", "get_api", "get_runtime", "install", "reset"]
+__all__ = ["Runtime", "build_api", "build_runtime", "get_api", "get_runtime", "install", "reset", "validate"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,17 @@ def build_runtime(env: Mapping[str, str], *, sleep: Callable[[float], None] = ti
     verifier = TokenVerifier(settings, new_session())
     api = BridgeApi(settings, verifier, reconciler, adapter_name=adapter.name)
     return Runtime(api, reconciler, OutboxWorker(reconciler, retention_seconds=settings.retention_seconds))
+
+
+def validate(env: Mapping[str, str]) -> Settings:
+    """What ``check-config`` checks: the settings, and every client built from them (no network
+    call, and no state file created). Raises ConfigError naming the setting."""
+    settings = Settings.from_env(env)
+    build_adapter(settings, new_session()).close()
+    TokenVerifier(settings, new_session())
+    if settings.state_store == "azure":
+        build_store(settings).close()  # the SDK clients parse the connection; nothing is sent
+    return settings
 
 
 def build_api(env: Mapping[str, str], *, sleep: Callable[[float], None] = time.sleep) -> BridgeApi:

@@ -107,3 +107,173 @@ def test_mapping_file_and_settings_combine(tmp_path: Path) -> None:
 def test_every_setting_is_in_the_sample_file() -> None:
     sample = json.loads((Path(__file__).resolve().parents[1] / "local.settings.sample.json").read_text())
     assert SETTING_NAMES <= set(sample["Values"])
+
+
+# --- the state store and the outbox ------------------------------------------------------------
+
+ACCOUNT_KEY = "c2VjcmV0LWFjY291bnQta2V5LW5ldmVyLWVjaG9lZA=="
+KEYED_CONNECTION = (
+    f"DefaultEndpointsProtocol=https;AccountName=bridgestate;AccountKey={ACCOUNT_KEY};EndpointSuffix=core.windows.net"
+)
+
+
+def test_state_and_outbox_defaults() -> None:
+    settings = Settings.from_env(GOOD)
+    assert settings.state_store == "sqlite"
+    assert settings.state_sqlite_path == ".bridge/state.sqlite3"
+    assert (settings.state_table_name, settings.outbox_queue_name) == ("alertstate", "outbox")
+    assert settings.storage is None
+    assert settings.inline_seconds == 3.0
+    assert settings.settle_seconds == 60.0
+    assert settings.outbox_horizon_seconds == 72 * 3600.0
+    assert settings.outbox_max_delay_seconds == 60.0
+
+
+def test_state_sqlite_path_is_taken_as_given(tmp_path: Path) -> None:
+    path = str(tmp_path / "nested" / "state.sqlite3")
+    assert Settings.from_env({**GOOD, "STATE_SQLITE_PATH": path}).state_sqlite_path == path
+
+
+@pytest.mark.parametrize("value", ["SQLite", " sqlite ", "sqlite"])
+def test_state_store_sqlite_is_case_and_space_insensitive(value: str) -> None:
+    assert Settings.from_env({**GOOD, "STATE_STORE": value}).state_store == "sqlite"
+
+
+@pytest.mark.parametrize("value", ["redis", "table", "memory", "sqlite3"])
+def test_unknown_state_store_is_refused(value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({**GOOD, "STATE_STORE": value})
+    assert raised.value.setting == "STATE_STORE"
+    assert "sqlite or azure" in str(raised.value)
+
+
+def test_sqlite_is_refused_when_running_in_azure() -> None:
+    env = {**GOOD, "STATE_STORE": "sqlite", "WEBSITE_INSTANCE_ID": "a1b2c3", "AzureWebJobsStorage": KEYED_CONNECTION}
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env(env)
+    assert raised.value.setting == "STATE_STORE"
+    assert "cannot be used in Azure" in str(raised.value)
+    assert ACCOUNT_KEY not in str(raised.value)
+
+
+def test_in_azure_the_state_store_defaults_to_azure() -> None:
+    env = {**GOOD, "WEBSITE_INSTANCE_ID": "a1b2c3", "AzureWebJobsStorage__accountName": "bridgestate"}
+    settings = Settings.from_env(env)
+    assert settings.state_store == "azure"
+    assert settings.storage is not None and settings.storage.uses_identity
+    assert settings.storage.table_endpoint == "https://bridgestate.table.core.windows.net"
+    assert settings.storage.queue_endpoint == "https://bridgestate.queue.core.windows.net"
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"STATE_STORE": "azure"},
+        {"STATE_STORE": "azure", "AzureWebJobsStorage": "  "},
+        {"WEBSITE_INSTANCE_ID": "a1b2c3"},  # azure by default in Azure, and no connection
+    ],
+    ids=["azure-no-connection", "azure-blank-connection", "in-azure-no-connection"],
+)
+def test_azure_state_store_without_a_storage_connection_names_azurewebjobsstorage(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({**GOOD, **env})
+    assert raised.value.setting == "AzureWebJobsStorage"
+    assert "STATE_STORE=azure" in str(raised.value)
+
+
+def test_azure_state_store_with_a_connection_string_keeps_the_key_out_of_repr() -> None:
+    settings = Settings.from_env({**GOOD, "STATE_STORE": "azure", "AzureWebJobsStorage": KEYED_CONNECTION})
+    assert settings.state_store == "azure"
+    assert settings.storage is not None and not settings.storage.uses_identity
+    assert settings.storage.table_endpoint == "https://bridgestate.table.core.windows.net"
+    assert ACCOUNT_KEY not in repr(settings)
+    assert ACCOUNT_KEY not in settings.storage.describe()
+
+
+def test_azure_state_store_with_development_storage_points_at_azurite() -> None:
+    settings = Settings.from_env({**GOOD, "STATE_STORE": "azure", "AzureWebJobsStorage": "UseDevelopmentStorage=true"})
+    assert settings.storage is not None and settings.storage.is_development()
+    assert settings.storage.queue_endpoint == "http://127.0.0.1:10001/devstoreaccount1"
+    assert settings.storage.table_endpoint == "http://127.0.0.1:10002/devstoreaccount1"
+
+
+@pytest.mark.parametrize(
+    "connection",
+    ["not a connection string", f"AccountKey={ACCOUNT_KEY}", "AccountName=bridgestate"],
+    ids=["garbage", "key-without-account", "neither-key-nor-sas"],
+)
+def test_a_malformed_storage_connection_names_the_setting_not_the_key(connection: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({**GOOD, "STATE_STORE": "azure", "AzureWebJobsStorage": connection})
+    assert raised.value.setting == "AzureWebJobsStorage"
+    assert ACCOUNT_KEY not in str(raised.value)
+
+
+@pytest.mark.parametrize("name", ["alertstate", "AlertState2", "abc", "a" + "b" * 62])
+def test_good_table_names(name: str) -> None:
+    assert Settings.from_env({**GOOD, "STATE_TABLE_NAME": name}).state_table_name == name
+
+
+@pytest.mark.parametrize("name", ["ab", "1alerts", "alert-state", "alert_state", "a" + "b" * 63, "älerts"])
+def test_bad_table_names_are_refused(name: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({**GOOD, "STATE_TABLE_NAME": name})
+    assert raised.value.setting == "STATE_TABLE_NAME"
+
+
+@pytest.mark.parametrize("name", ["outbox", "bridge-outbox-2", "abc", "a" * 56])
+def test_good_queue_names(name: str) -> None:
+    assert Settings.from_env({**GOOD, "OUTBOX_QUEUE_NAME": name}).outbox_queue_name == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["Outbox", "ob", "out--box", "-outbox", "outbox-", "out_box", "a" * 57],
+    ids=["upper-case", "too-short", "double-hyphen", "leading-hyphen", "trailing-hyphen", "underscore",
+         "no-room-for-poison"],
+)
+def test_bad_queue_names_are_refused(name: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({**GOOD, "OUTBOX_QUEUE_NAME": name})
+    assert raised.value.setting == "OUTBOX_QUEUE_NAME"
+    assert "-poison" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "name, value, expected",
+    [
+        ("ITSM_INLINE_SECONDS", "4", ("inline_seconds", 4.0)),
+        ("ITSM_INLINE_SECONDS", "0.5", ("inline_seconds", 0.5)),
+        ("ITSM_SETTLE_SECONDS", "3600", ("settle_seconds", 3600.0)),
+        ("OUTBOX_HORIZON_HOURS", "0.5", ("outbox_horizon_seconds", 1800.0)),
+        ("OUTBOX_HORIZON_HOURS", "2160", ("outbox_horizon_seconds", 2160 * 3600.0)),
+        ("OUTBOX_MAX_DELAY_SECONDS", "5", ("outbox_max_delay_seconds", 5.0)),
+    ],
+)
+def test_outbox_timing_settings(name: str, value: str, expected: tuple[str, float]) -> None:
+    settings = Settings.from_env({**GOOD, name: value})
+    assert getattr(settings, expected[0]) == expected[1]
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        # Azure Monitor gives up after about 10 s; the answer must come within 5.
+        ("ITSM_INLINE_SECONDS", "4.01"),
+        ("ITSM_INLINE_SECONDS", "10"),
+        ("ITSM_INLINE_SECONDS", "0"),
+        ("ITSM_INLINE_SECONDS", "nan"),
+        ("ITSM_SETTLE_SECONDS", "-1"),
+        ("ITSM_SETTLE_SECONDS", "3601"),
+        ("OUTBOX_HORIZON_HOURS", "0"),
+        ("OUTBOX_HORIZON_HOURS", "inf"),
+        ("OUTBOX_HORIZON_HOURS", "2161"),
+        ("OUTBOX_HORIZON_HOURS", "three days"),
+        ("OUTBOX_MAX_DELAY_SECONDS", "0"),
+        ("OUTBOX_MAX_DELAY_SECONDS", "3601"),
+    ],
+)
+def test_bad_outbox_timing_settings_name_the_setting(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({**GOOD, name: value})
+    assert raised.value.setting == name

@@ -2,7 +2,8 @@
 
 Real samples are mutated at random paths with random JSON values (strings, numbers, nulls,
 lists, objects, unicode). Parsing may refuse them, but only with ``PayloadError``; whatever it
-accepts, the key, fingerprint, mapping, notes and lifecycle must handle without raising.
+accepts, the key, fingerprint, mapping and notes must handle without raising, and the reconciler
+must record it durably and apply it (create, or ignore with a reason) on its first pass.
 The runs are derandomized so CI is repeatable; explore further with ``--hypothesis-seed=N``
 and without ``derandomize``.
 """
@@ -20,11 +21,12 @@ from hypothesis import strategies as st
 from bridge.alerts import parse_alert
 from bridge.cmdb import CmdbBinder
 from bridge.config import MappingRules
-from bridge.correlation import correlation_key, fingerprint
+from bridge.correlation import canonical_payload, correlation_key, fingerprint
 from bridge.errors import PayloadError
-from bridge.lifecycle import Action, Lifecycle
 from bridge.mapping import build_work_item, resolution, update_note
+from bridge.reconcile import Action, Reconciler
 from bridge.retry import RetryPolicy
+from bridge.state.sqlite import SqliteStore
 from tests.fakes import MemoryAdapter
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "alerts"
@@ -85,8 +87,44 @@ def _exercise(payload: Any) -> None:
     assert update_note(alert)
     assert resolution(alert, MappingRules()).close_notes
     adapter = MemoryAdapter()
-    lifecycle = Lifecycle(adapter, MappingRules(), RetryPolicy(), CmdbBinder(adapter, ttl_seconds=60))
-    assert lifecycle.apply(alert).action in (Action.CREATED, Action.IGNORED)
+    store = SqliteStore(":memory:")
+    try:
+        reconciler = Reconciler(
+            store, adapter, MappingRules(), RetryPolicy(), CmdbBinder(adapter, ttl_seconds=60), sleep=_no_sleep
+        )
+        canonical = canonical_payload(alert)
+        print_ = fingerprint(alert, canonical)
+        delivery = reconciler.deliver(alert, canonical, print_)
+
+        assert delivery.status == "processed", delivery
+        assert delivery.correlation_id == key
+        assert delivery.action in (Action.CREATED, Action.IGNORED)
+        stored = store.load(key)
+        assert stored is not None
+        record = stored.record
+        assert [e.fingerprint for e in record.events] == [print_]
+        assert record.alert_id == alert.alert_id
+        assert store.payload(key, print_) == canonical  # the outbox could rebuild the alert
+        assert record.due is None and record.claim is None and record.dead is None
+        creates = [op for op in adapter.ops() if op == "create"]
+        if delivery.action is Action.CREATED:
+            assert record.written == {print_: "created"}
+            assert len(adapter.items) == 1 and len(creates) == 1
+            assert adapter.items[0].item.correlation_id == key
+            assert delivery.work_item is not None and delivery.work_item.id == adapter.items[0].ref.id
+        else:
+            # Only a Resolved with nothing to resolve is ignored on a first delivery: it stays
+            # recorded (unwritten) for its Fired, and only a lookup reaches the ITSM.
+            assert alert.is_resolved and not alert.is_stateless
+            assert record.written == {} and record.resolved_event is not None and record.searched
+            assert adapter.items == [] and adapter.ops() == ["find"]
+            assert delivery.reason is not None and "resolution is recorded" in delivery.reason
+    finally:
+        store.close()
+
+
+def _no_sleep(seconds: float) -> None:
+    raise AssertionError(f"the in-memory adapter never fails, so nothing may wait ({seconds} s)")
 
 
 @settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])

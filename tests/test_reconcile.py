@@ -21,7 +21,7 @@ from bridge.errors import Reason
 from bridge.reconcile import Action, Delivery, Reconciler, Timing
 from bridge.retry import RetryPolicy
 from bridge.sandbox.stack import load_sample
-from bridge.state.record import Claim
+from bridge.state.record import Claim, Event
 from bridge.state.sqlite import SqliteStore
 from bridge.worker import OutboxWorker
 from tests.fakes import MemoryAdapter
@@ -52,7 +52,8 @@ class FakeTime:
 def metric(condition: str = "Fired", value: float | None = None, guid: str | None = None) -> dict[str, Any]:
     extra: dict[str, Any] = {"resolvedDateTime": "2025-04-15T18:32:12.8510000Z"} if condition == "Resolved" else {}
     if guid is not None:
-        extra["alertId"] = f"/subscriptions/11111111-1111-1111-1111-111111111111/providers/Microsoft.AlertsManagement/alerts/{guid}"
+        subscription = "/subscriptions/11111111-1111-1111-1111-111111111111"
+        extra["alertId"] = f"{subscription}/providers/Microsoft.AlertsManagement/alerts/{guid}"
     data = load_sample("metric_static_fired.testaction.json", monitorCondition=condition, **extra)
     if value is not None:
         data["data"]["alertContext"]["condition"]["allOf"][0]["metricValue"] = value
@@ -159,7 +160,10 @@ def test_resolved_rereads_then_resolves_and_a_repeat_is_free(rec: Reconciler, ad
 def test_resolved_before_fired_then_fired_creates_it_already_resolved(rec: Reconciler, adapter: MemoryAdapter) -> None:
     early = send(rec, metric("Resolved"))
     assert (early.status, early.action, early.work_item) == ("processed", Action.IGNORED, None)
-    assert adapter.calls == []
+    assert adapter.ops() == ["find"]  # an incident from before the record would be resolved
+    assert send(rec, metric("Resolved")).action is Action.IGNORED
+    assert adapter.ops() == ["find"]  # looked for once
+    adapter.calls.clear()
     late = send(rec, metric())
     assert late.action is Action.CREATED
     assert itsm_ops(adapter) == ["find", "create"]
@@ -213,6 +217,16 @@ def test_an_incident_from_before_the_record_is_adopted_and_its_notes_checked(
     assert itsm_ops(adapter) == ["find", "find", "has_note"]
     assert send(rec, metric(value=8.0)).action is Action.UPDATED
     assert len(adapter.items) == 1 and len(old.notes) == 2
+
+
+def test_a_resolved_for_an_incident_from_before_the_record_resolves_it(
+    rec: Reconciler, adapter: MemoryAdapter
+) -> None:
+    old = adapter.seed(METRIC_KEY)  # opened by an earlier version of the bridge
+    resolved = send(rec, metric("Resolved"))
+    assert resolved.action is Action.RESOLVED and resolved.work_item == old.ref
+    assert old.state == "6"
+    assert itsm_ops(adapter) == ["find", "find", "resolve"]
 
 
 def test_several_open_items_from_before_the_record_all_resolve(rec: Reconciler, adapter: MemoryAdapter) -> None:
@@ -438,10 +452,9 @@ def test_a_delivery_recorded_by_a_process_that_died_is_finished_by_the_worker(
     rec = make(adapter, state_path, clock)
     alert: Alert = parse_alert(metric())
     canonical = canonical_payload(alert)
-    from bridge.state.record import Event
-
     # What deliver() writes before its inline pass; the process is then killed.
-    rec._record(correlation_key(alert.alert_id), alert, Event(fingerprint(alert, canonical), "Fired", clock()), canonical)
+    event = Event(fingerprint(alert, canonical), "Fired", clock())
+    rec._record(correlation_key(alert.alert_id), alert, event, canonical)
     assert adapter.items == []
     clock.advance(rec.timing.inline_seconds + rec.timing.lease_margin_seconds)
     assert OutboxWorker(rec, threads=1, wall=clock).drain_once() == 1

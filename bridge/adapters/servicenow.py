@@ -49,6 +49,8 @@ _TOKEN_RENEW_MARGIN_SECONDS = 60.0
 # ServiceNow's default access token lifespan, used when the token response omits expires_in.
 _DEFAULT_TOKEN_LIFETIME_SECONDS = 1800.0
 _MAX_ERROR_TEXT = 500
+# A 403 that refuses this write, not the bridge's access (FACTS 4.4: ACL, business rule, data policy).
+_REFUSES_THE_CHANGE = re.compile(r"data policy|business rule|operation against .* aborted", re.IGNORECASE)
 _SYSTEM = "ServiceNow"
 # Fields the bridge itself manages; mapping "extra_fields" must not override them.
 _MANAGED_FIELDS = frozenset(
@@ -387,6 +389,10 @@ class ServiceNowAdapter:
             # Bad client id/secret or user credentials: trying again cannot help.
             retryable, reason = False, Reason.AUTH_ERROR
         message = _error_text(response, oauth_endpoint=oauth_endpoint)
+        if status == 403 and not oauth_endpoint and _REFUSES_THE_CHANGE.search(message):
+            # ServiceNow answers 403 both to an ACL (the bridge's own access: hold the work) and to a
+            # data policy or business rule aborting this write (the change itself: dead-letter it).
+            retryable, reason = False, Reason.CLIENT_ERROR
         error = ItsmError(
             self._scrub(f"{label} {status}: {message}"),
             retryable=retryable,

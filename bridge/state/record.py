@@ -93,6 +93,8 @@ class Record:
     # The item was found by lookup, not created through this record (an earlier version of the
     # bridge, or a create whose answer was lost long ago): its notes are checked for our marker.
     adopted: bool = False
+    # A lookup found no item (done once for a Resolved that came before any Fired).
+    searched: bool = False
     resolution_written: bool = False
     intent: Intent | None = None
     claim: Claim | None = None

@@ -1,9 +1,11 @@
-"""``python -m bridge``: the demo, the help texts, ``check-config``, and ``serve`` + ``send`` as processes.
+"""``python -m bridge``: the demo, the help texts, ``check-config``, ``outbox``, and ``serve`` + ``send``
+as processes.
 
 The demo runs both in-process and as a real ``python -m bridge demo``. ``serve --sandbox --port 0``
 is started as a subprocess, ``send`` posts to it from another, and the server is stopped with
 SIGINT. ``check-config`` runs in-process against a patched environment (and once as a process),
-and its output is checked for secret values.
+and its output is checked for secret values. ``outbox list`` and ``outbox replay`` run as processes
+over a SQLite state file a bridge in this process filled against the ServiceNow stand-in.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ import pytest
 import requests
 
 from bridge import __version__
+from bridge.api import ApiRequest
 from bridge.cli import main
 from bridge.config import SETTINGS
 from bridge.demo import run_demo
-from bridge.sandbox.stack import SAMPLES_DIR
+from bridge.sandbox.servicenow import ServiceNowStandIn
+from bridge.sandbox.stack import SAMPLES_DIR, SANDBOX_SUBSCRIPTION, SandboxStack, load_sample
 
-from .conftest import CLIENT_TIMEOUT_SECONDS, client_session
+from .conftest import CLIENT_TIMEOUT_SECONDS, MakeRuntime, client_session
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +44,7 @@ PROCESS_TIMEOUT_SECONDS = 60
 PASSWORD = "Pa55-w0rd-must-not-show"
 CLIENT_SECRET = "cl13nt-s3cret-must-not-show"
 TENANT = "5c0f3a1e-9d7b-4e2a-8f61-2b4d6c8e0a13"
-DEMO_STEPS = 11
+DEMO_STEPS = 12
 
 
 def child_env() -> dict[str, str]:
@@ -75,13 +79,21 @@ def assert_demo_output(text: str) -> None:
     step_rows = [line for line in text.splitlines() if re.match(r"^\d+\s{2}", line)]
     assert len(step_rows) == DEMO_STEPS
     assert all(row.endswith("yes") for row in step_rows), step_rows
-    assert "Incidents in the ServiceNow stand-in (4)" in text
+    steps = {row.split()[0]: row for row in step_rows}
+    assert "ServiceNow down" in steps["12"] and "202 queued" in steps["12"]
+    assert re.search(r"^the queued alert became INC0010005 [\d.]+ s after recovery$", text, re.MULTILINE)
+    assert "Incidents in the ServiceNow stand-in (5)" in text
     rows = {line.split()[0]: line for line in text.splitlines() if line.startswith("INC00100")}
-    assert sorted(rows) == ["INC0010001", "INC0010002", "INC0010003", "INC0010004"]
+    assert sorted(rows) == ["INC0010001", "INC0010002", "INC0010003", "INC0010004", "INC0010005"]
     assert "Resolved" in rows["INC0010001"] and "test-storageAccount" in rows["INC0010001"]
     assert "New" in rows["INC0010002"] and "test-computer" in rows["INC0010002"]
     assert "New" in rows["INC0010003"] and "test-VM" in rows["INC0010003"]
     assert "New" in rows["INC0010004"] and "test-ServiceHealthAlertRule" in rows["INC0010004"]
+    # The alert sent while ServiceNow was down, created by the outbox once it was back.
+    assert "New" in rows["INC0010005"] and "0d8f3c2b-5a4e-4f6d-9b7c-1e2f3a4b5c6d" in rows["INC0010005"]
+    assert "test-storageAccount" in rows["INC0010005"]
+    bound = [number for number, row in rows.items() if not re.search(r"\s-\s", row)]
+    assert sorted(bound) == ["INC0010001", "INC0010002", "INC0010003", "INC0010005"]  # 4 bound to a CI
     assert "every step did what it should" in text
 
 
@@ -105,7 +117,10 @@ def test_python_m_bridge_demo_exits_0() -> None:
 
 
 def test_help_of_the_program_and_every_command_exits_0() -> None:
-    commands = {"": ["--help"], **{name: [name, "--help"] for name in ("demo", "serve", "send", "check-config")}}
+    commands = {
+        "": ["--help"],
+        **{name: [name, "--help"] for name in ("demo", "serve", "send", "check-config", "outbox")},
+    }
     processes = {
         name: subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
             bridge_command(*args), cwd=REPO, env=child_env(), stdout=subprocess.PIPE,
@@ -118,10 +133,11 @@ def test_help_of_the_program_and_every_command_exits_0() -> None:
     for name, process in processes.items():
         assert process.returncode == 0, (name, outputs[name][1])
         assert outputs[name][0].startswith("usage: python -m bridge")
-    assert "{demo,serve,send,check-config}" in outputs[""][0]
+    assert "{demo,serve,send,check-config,outbox}" in outputs[""][0]
     assert "--sandbox" in outputs["serve"][0] and "--port" in outputs["serve"][0]
     assert "--url" in outputs["send"][0] and "--sandbox-entra" in outputs["send"][0]
     assert "--settings" in outputs["check-config"][0]
+    assert "{list,replay}" in outputs["outbox"][0] and "--all" in outputs["outbox"][0]
 
 
 def test_version_is_printed() -> None:
@@ -151,6 +167,7 @@ def settings_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, s
         "SERVICENOW_CLIENT_ID": "bridge-oauth-client",
         "SERVICENOW_CLIENT_SECRET": CLIENT_SECRET,
         "MAPPING_FILE": str(mapping),
+        "STATE_SQLITE_PATH": str(tmp_path / "state.sqlite3"),
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
@@ -235,6 +252,7 @@ def test_check_config_process_reads_a_settings_file_and_exits_2_on_a_bad_value(t
                 "SERVICENOW_USERNAME": "azure.bridge",
                 "SERVICENOW_PASSWORD": PASSWORD,
                 "ALLOWED_SUBSCRIPTION_IDS": "not-a-subscription",
+                "STATE_SQLITE_PATH": str(tmp_path / "state.sqlite3"),
             },
         }),
         encoding="utf-8",
@@ -247,6 +265,92 @@ def test_check_config_process_reads_a_settings_file_and_exits_2_on_a_bad_value(t
         "invalid settings: ALLOWED_SUBSCRIPTION_IDS: every entry must be a subscription GUID"
     )
     assert_no_secret(result.stdout + result.stderr)
+
+
+# --- outbox list and replay ----------------------------------------------------------------------
+
+METRIC_SAMPLE = "metric_static_fired.testaction.json"
+DONE_KEY = "12345678-1234-1234-1234-1234567890ab"
+DEAD_KEY = "d0d0d0d0-0000-4000-8000-00000000dead"
+PENDING_KEY = "b0b0b0b0-0000-4000-8000-0000000b0b0b"
+
+
+def alert_with_key(key: str) -> dict[str, object]:
+    return load_sample(
+        METRIC_SAMPLE,
+        alertId=f"/subscriptions/{SANDBOX_SUBSCRIPTION}/providers/Microsoft.AlertsManagement/alerts/{key}",
+    )
+
+
+def test_outbox_list_and_replay_as_processes(
+    sandbox: SandboxStack, snow: ServiceNowStandIn, make_runtime: MakeRuntime, tmp_path: Path
+) -> None:
+    state = tmp_path / "outbox-state.sqlite3"
+    bridge = make_runtime(STATE_SQLITE_PATH=str(state))
+
+    def deliver(payload: dict[str, object]) -> tuple[int, dict[str, object]]:
+        response = bridge.api.handle(ApiRequest.of(
+            "POST", "/api/alerts", {"Authorization": f"Bearer {sandbox.token()}"}, json.dumps(payload).encode(),
+        ))
+        return response.status, dict(response.body)
+
+    # One done, one dead-lettered (the instance refuses the create), one pending (ServiceNow down).
+    assert deliver(alert_with_key(DONE_KEY))[0] == 200
+    snow.faults.status(400, method="POST", path="^/api/now/table/incident$", body={
+        "error": {"message": "Invalid value for field: assignment_group", "detail": "no such group"},
+        "status": "failure",
+    })
+    assert deliver(alert_with_key(DEAD_KEY))[0] == 502
+    snow.faults.clear()
+    snow.faults.status(503, path=r"^/api/now/")
+    assert deliver(alert_with_key(PENDING_KEY))[0] == 202
+    snow.faults.clear()
+    env = {**child_env(), **sandbox.bridge_env(STATE_SQLITE_PATH=str(state))}
+
+    listed = run_bridge("outbox", "list", env=env)
+
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0] == "outbox (sqlite): 1 pending, 0 held, 1 dead, 1 done"
+    assert lines[1].split()[:2] == ["key", "state"]
+    rows = {line.split()[0]: line for line in lines[3:]}
+    assert set(rows) == {DEAD_KEY, PENDING_KEY}  # what is done is left out
+    assert rows[DEAD_KEY].split()[1] == "dead"
+    assert rows[DEAD_KEY].endswith("ServiceNow 400: Invalid value for field: assignment_group (no such group)")
+    assert rows[PENDING_KEY].split()[1] == "pending"
+    assert "ServiceNow 503" in rows[PENDING_KEY]
+    assert "sandbox-secret" not in listed.stdout + listed.stderr
+    everything = run_bridge("outbox", "list", "--all", env=env)
+    assert {line.split()[0]: line.split()[1] for line in everything.stdout.splitlines()[3:]} == {
+        DONE_KEY: "done", DEAD_KEY: "dead", PENDING_KEY: "pending",
+    }
+
+    # The refusal is fixed on the instance: replay the dead letter.
+    replayed = run_bridge("outbox", "replay", DEAD_KEY.upper(), env=env)
+
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    assert replayed.stdout.strip() == f"{DEAD_KEY}: done INC0010002"
+    created = [i for i in snow.records("incident") if i["correlation_id"] == DEAD_KEY]
+    assert [i["number"] for i in created] == ["INC0010002"]
+    assert len([r for r in snow.requests if r.method == "POST" and r.path == "/api/now/table/incident"]) == 3
+
+    unknown = run_bridge("outbox", "replay", "ffffffff-0000-4000-8000-000000000000", env=env)
+    assert unknown.returncode == 1
+    assert unknown.stdout.strip() == "ffffffff-0000-4000-8000-000000000000: no such record"
+    no_key = run_bridge("outbox", "replay", env=env)
+    assert no_key.returncode == 2 and "give a KEY or --all" in no_key.stderr
+
+    # ServiceNow is back too: replay everything that is not done.
+    rest = run_bridge("outbox", "replay", "--all", env=env)
+
+    assert rest.returncode == 0, rest.stdout + rest.stderr
+    assert rest.stdout.strip() == f"{PENDING_KEY}: done INC0010003"
+    assert sorted(i["correlation_id"] for i in snow.records("incident")) == sorted([DONE_KEY, DEAD_KEY, PENDING_KEY])
+    final = run_bridge("outbox", "list", env=env)
+    assert final.stdout.splitlines() == ["outbox (sqlite): 0 pending, 0 held, 0 dead, 3 done"]
+    # The in-process bridge sees what the processes did: the alert answered 502 is now just a redelivery.
+    status, body = deliver(alert_with_key(DEAD_KEY))
+    assert (status, body["action"]) == (200, "ignored")
 
 
 # --- serve and send as processes -----------------------------------------------------------------

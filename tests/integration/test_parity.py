@@ -1,9 +1,11 @@
 """The two front doors answer alike: the Azure Function entry point and the local server.
 
 The same request goes to ``function_app``'s user functions (``func.HttpRequest`` in, after
-``runtime.install``) and over loopback HTTP to the local :class:`~bridge.server.BridgeServer`
-serving the very same API object, against the same ServiceNow and Entra ID stand-ins. Status,
-JSON body and the API's own headers (``WWW-Authenticate``, ``Retry-After``) must be equal.
+``runtime.install``) and over loopback HTTP to the local :class:`~bridge.server.BridgeServer`,
+each front door with a runtime built from the same settings but its own SQLite state file (so
+neither sees the other's deliveries as redeliveries), against the same ServiceNow and Entra ID
+stand-ins. Status, JSON body and the API's own headers (``WWW-Authenticate``, ``Retry-After``)
+must be equal.
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ import pytest
 
 from bridge import __version__, runtime
 from bridge.api import MAX_BODY_BYTES, BridgeApi, UnavailableApi
+from bridge.runtime import Runtime
 from bridge.sandbox.servicenow import ServiceNowStandIn
 from bridge.sandbox.stack import SandboxStack, load_sample
 
-from .conftest import CLIENT_TIMEOUT_SECONDS, LocalBridge, StartBridge
+from .conftest import CLIENT_TIMEOUT_SECONDS, LocalBridge, MakeRuntime, StartBridge
 
 pytestmark = pytest.mark.integration
 
 UserFunctions = dict[str, Callable[[func.HttpRequest], Any]]
+Install = Callable[[Runtime | BridgeApi | UnavailableApi], None]
 # The headers BridgeApi itself sets; transport headers (Date, Server, ...) differ by design.
 API_HEADERS = ("www-authenticate", "retry-after")
 METRIC = "metric_static_fired.testaction.json"
@@ -45,9 +49,16 @@ def _api_headers(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture
-def installed() -> Iterator[Callable[[BridgeApi | UnavailableApi], None]]:
-    """Make an API the Function's process-wide one; forget it afterwards."""
-    yield runtime.install
+def installed() -> Iterator[Install]:
+    """Make a runtime (or a bare API) the Function's process-wide one; forget it afterwards."""
+
+    def _install(what: Runtime | BridgeApi | UnavailableApi) -> None:
+        if isinstance(what, Runtime):
+            runtime.install(what.api, what)
+        else:
+            runtime.install(what)
+
+    yield _install
     runtime.reset()
 
 
@@ -77,13 +88,18 @@ class FrontDoors:
 def doors(
     user_functions: UserFunctions,
     start_bridge: StartBridge,
-    installed: Callable[[BridgeApi | UnavailableApi], None],
+    make_runtime: MakeRuntime,
+    installed: Install,
 ) -> Callable[..., FrontDoors]:
-    """``doors(**env_overrides)``: one API built from the sandbox settings, behind both front doors."""
+    """``doors(**env_overrides)``: the same sandbox settings behind both front doors, each with its
+    own runtime and state file."""
 
     def _doors(**overrides: str) -> FrontDoors:
         bridge = start_bridge(**overrides)
-        installed(bridge.api)
+        function_runtime = make_runtime(**overrides)
+        assert bridge.runtime is not None
+        assert bridge.runtime.reconciler.store is not function_runtime.reconciler.store
+        installed(function_runtime)
         return FrontDoors(user_functions, bridge)
 
     return _doors
@@ -196,9 +212,69 @@ def test_same_created_answer_once_the_new_incident_id_is_normalised(
     assert via_server.body["workItem"]["number"] == "INC0010001"
 
 
+def test_same_queued_answer_while_servicenow_is_down(
+    doors: Callable[..., FrontDoors], sandbox: SandboxStack, snow: ServiceNowStandIn, sleeps: list[float]
+) -> None:
+    front = doors()
+    snow.faults.status(503, path=r"^/api/now/")
+    payload = load_sample(METRIC)
+
+    via_function, via_server = front.both("POST", "alerts", alert_headers(sandbox.token()), encoded(payload))
+
+    assert via_function == via_server
+    assert via_server.status == 202
+    assert via_server.body == {
+        "status": "queued",
+        "alertId": payload["data"]["essentials"]["alertId"],
+        "correlationId": "12345678-1234-1234-1234-1234567890ab",
+        "reason": via_server.body["reason"],
+    }
+    assert via_server.body["reason"].startswith("queued for the outbox: ServiceNow 503")
+    assert via_server.headers == {}
+    assert snow.records("incident") == []
+
+
+def test_same_502_for_a_permanent_refusal(
+    doors: Callable[..., FrontDoors], sandbox: SandboxStack, snow: ServiceNowStandIn, sleeps: list[float]
+) -> None:
+    front = doors()
+    snow.faults.status(400, method="POST", path="^/api/now/table/incident$",
+                       body={"error": {"message": "Invalid value for field: impact"}, "status": "failure"})
+
+    via_function, via_server = front.both(
+        "POST", "alerts", alert_headers(sandbox.token()), encoded(load_sample(METRIC))
+    )
+
+    assert via_function == via_server
+    assert via_server.status == 502
+    assert via_server.body["error"]["code"] == "itsm_rejected"
+    assert "Invalid value for field: impact" in via_server.body["error"]["message"]
+    assert via_server.headers == {}
+    assert snow.records("incident") == []
+
+
+def test_same_degraded_health_while_servicenow_refuses_the_credential(
+    doors: Callable[..., FrontDoors], sandbox: SandboxStack, snow: ServiceNowStandIn, sleeps: list[float]
+) -> None:
+    front = doors()
+    snow.faults.status(401, method="POST", path="^/oauth_token.do$",
+                       body={"error": "invalid_client", "error_description": "Client authentication failed"})
+
+    alert = front.both("POST", "alerts", alert_headers(sandbox.token()), encoded(load_sample(METRIC)))
+    health = front.both("GET", "health", {}, b"")
+
+    assert alert[0] == alert[1]
+    assert alert[1].status == 202
+    assert health[0] == health[1]
+    assert health[1].status == 200
+    assert health[1].body["status"] == "degraded"
+    assert "refuses the bridge's credential" in health[1].body["reason"]
+    assert "sandbox-secret" not in json.dumps(health[1].body)
+
+
 def test_same_answers_when_the_settings_are_bad(
     start_bridge: StartBridge,
-    installed: Callable[[BridgeApi | UnavailableApi], None],
+    installed: Install,
     user_functions: UserFunctions,
     sandbox: SandboxStack,
 ) -> None:
