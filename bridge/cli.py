@@ -173,17 +173,19 @@ def _cmd_send(args: argparse.Namespace) -> int:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
+    from .adapters.registry import settings_of
     from .config import SETTINGS
     from .errors import ConfigError
     from .runtime import validate
 
     env = _settings_file_env(args.settings)
     try:
-        validate(env)  # builds what the Function would, without any network call or state file
+        settings = validate(env)  # builds what the Function would, without any network call or state file
     except ConfigError as exc:
         print(f"invalid settings: {exc}", file=sys.stderr)
         return 2
-    for spec in SETTINGS:
+    # The core's settings, then the ones the chosen adapter declares.
+    for spec in (*SETTINGS, *settings_of(settings.itsm_adapter)):
         value = env.get(spec.name, "").strip()
         shown = ("(set, hidden)" if spec.secret else value) if value else f"(default: {spec.default or 'none'})"
         print(f"{spec.name:28} {shown}")

@@ -1,6 +1,6 @@
 """Binding an alert to the CMDB configuration item of the Azure resource it is about.
 
-Resource ids are tried first (ServiceNow's Azure discovery stores them on cloud CIs), then the
+Resource ids are tried first (an ITSM's Azure discovery stores them on cloud CIs), then the
 names in ``configurationItems``. Results, found or not, are cached for a while: alerts come in
 bursts for the same resources, and a missing CI must not cost every alert a round of lookups.
 A CMDB failure never fails the alert: it binds nothing and says so in the description.

@@ -1,24 +1,23 @@
-"""Settings: every environment variable the bridge reads, declared once, validated at start-up.
+"""Settings: every environment variable the core reads, declared once, validated at start-up.
 
-``SETTINGS`` is the single list of names (the infra templates and ``local.settings.sample.json``
-are tested against it). ``Settings.from_env`` turns an environment into one frozen object or
-raises :class:`~bridge.errors.ConfigError` naming the first bad setting. Values of secret settings
-never appear in messages or in ``repr``.
+``SETTINGS`` is the core's list of names; each ITSM adapter declares its own beside itself
+(``settings`` on the adapter class) and reads them from :attr:`Settings.env`, so the core never
+names an ITSM. The infra templates, ``check-config`` and ``local.settings.sample.json`` are
+tested against both. ``Settings.from_env`` turns an environment into one frozen object or raises
+:class:`~bridge.errors.ConfigError` naming the first bad setting. Values of secret settings never
+appear in messages or in ``repr``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .rules import MappingRules, load_mapping
 from .state.connection import AzureConnection
 
 __all__ = [
@@ -29,6 +28,7 @@ __all__ = [
     "MappingRules",
     "Setting",
     "Settings",
+    "https_url",
 ]
 
 AZURE_MONITOR_APP_ID = "461e8683-5575-4561-ac7f-899cc907d62a"
@@ -54,7 +54,7 @@ SETTINGS: tuple[Setting, ...] = (
         "AUTH_OPENID_CONFIG_URL", "OpenID discovery document to take jwks_uri from (default: Entra ID's for the tenant)"
     ),
     Setting("ALLOWED_SUBSCRIPTION_IDS", "comma list of subscription ids whose alerts are accepted (default: any)"),
-    Setting("ITSM_ADAPTER", "ITSM adapter name", "servicenow"),
+    Setting("ITSM_ADAPTER", "ITSM adapter: servicenow, jira, or one an installed package registers", "servicenow"),
     Setting("ITSM_TIMEOUT_SECONDS", "read timeout of one ITSM HTTP call", "4"),
     Setting("ITSM_RETRY_ATTEMPTS", "most quick attempts within one pass over an alert's ITSM work", "4"),
     Setting("ITSM_RETRY_BUDGET_SECONDS", "time one outbox pass may spend on an alert's ITSM work", "8"),
@@ -68,22 +68,9 @@ SETTINGS: tuple[Setting, ...] = (
         "after a create whose outcome is unknown, how long the ITSM gets to land it before it is sent again",
         "60",
     ),
-    Setting("SERVICENOW_INSTANCE_URL", "e.g. https://contoso.service-now.com"),
-    Setting("SERVICENOW_USERNAME", "basic auth user (or OAuth password-grant user)"),
-    Setting("SERVICENOW_PASSWORD", "basic auth password", secret=True),
-    Setting("SERVICENOW_CLIENT_ID", "OAuth client id (/oauth_token.do)"),
-    Setting("SERVICENOW_CLIENT_SECRET", "OAuth client secret", secret=True),
-    Setting("SERVICENOW_TABLE", "target table", "incident"),
-    Setting("SERVICENOW_CALLER_ID", "caller_id for new incidents (sys_id or user name)"),
-    Setting("SERVICENOW_ASSIGNMENT_GROUP", "assignment_group for new incidents"),
-    Setting("SERVICENOW_CATEGORY", "category for new incidents"),
-    Setting("SERVICENOW_CLOSE_CODE", "close_code used when an alert resolves", "Solution provided"),
-    Setting("CMDB_LOOKUP", "bind incidents to CMDB configuration items (true/false)", "true"),
-    Setting("CMDB_TABLE", "CMDB table searched for the alert's resources", "cmdb_ci"),
-    Setting("CMDB_RESOURCE_ID_FIELD", "CMDB field holding the Azure resource id", "object_id"),
-    Setting("CMDB_NAME_FIELD", "CMDB field matched against configurationItems", "name"),
+    Setting("CMDB_LOOKUP", "bind work items to the configuration items of the alert's resources (true/false)", "true"),
     Setting("CMDB_CACHE_SECONDS", "how long CMDB lookups (found or not) are cached", "300"),
-    Setting("MAPPING_FILE", "JSON file of mapping rules (severity matrix, templates, routing, close code)"),
+    Setting("MAPPING_FILE", "JSON file of mapping rules (severity matrix, title template, routing, fields)"),
     Setting(
         "STATE_STORE",
         "where state records and the outbox live: sqlite (one machine) or azure (Table + Queue through "
@@ -104,44 +91,6 @@ AZURE_INSTANCE_VARIABLE = "WEBSITE_INSTANCE_ID"
 SETTING_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS)
 SECRET_SETTING_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS if s.secret)
 _BY_NAME = {s.name: s for s in SETTINGS}
-
-# Impact/urgency (1 high .. 3 low) per severity; CONTRACT section 2 defaults.
-DEFAULT_SEVERITY_MATRIX: Mapping[str, tuple[int, int]] = {
-    "Sev0": (1, 1),
-    "Sev1": (1, 2),
-    "Sev2": (2, 2),
-    "Sev3": (2, 3),
-    "Sev4": (3, 3),
-}
-DEFAULT_SEVERITY = (3, 3)
-
-
-@dataclass(frozen=True)
-class RoutingRule:
-    """When every ``match`` key equals the alert's value (case-insensitive), ``set`` these fields."""
-
-    match: Mapping[str, str]
-    set: Mapping[str, str]
-
-
-@dataclass(frozen=True)
-class MappingRules:
-    """How alerts become work items; loaded from ``MAPPING_FILE`` over the built-in defaults."""
-
-    severity_matrix: Mapping[str, tuple[int, int]] = field(
-        default_factory=lambda: dict(DEFAULT_SEVERITY_MATRIX)
-    )
-    close_code: str = "Solution provided"
-    caller_id: str | None = None
-    assignment_group: str | None = None
-    category: str | None = None
-    short_description_template: str = "[Azure Monitor] {severity} {monitorCondition}: {alertRule} on {target}"
-    routing: tuple[RoutingRule, ...] = ()
-    extra_fields: Mapping[str, str] = field(default_factory=dict)
-
-    def impact_urgency(self, severity: str | None) -> tuple[int, int]:
-        return self.severity_matrix.get(severity or "", DEFAULT_SEVERITY)
-
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 
@@ -171,7 +120,7 @@ def _bool(name: str, value: str) -> bool:
     raise ConfigError(name, "must be true or false")
 
 
-def _https_url(name: str, value: str, *, allow_loopback_http: bool = True) -> str:
+def https_url(name: str, value: str, *, allow_loopback_http: bool = True) -> str:
     parts = urlsplit(value)
     loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
     if parts.scheme == "https" or (allow_loopback_http and parts.scheme == "http" and loopback):
@@ -194,16 +143,7 @@ class Settings:
     itsm_timeout_seconds: float
     retry_attempts: int
     retry_budget_seconds: float
-    servicenow_instance_url: str | None
-    servicenow_username: str | None
-    servicenow_password: str | None = field(repr=False)
-    servicenow_client_id: str | None
-    servicenow_client_secret: str | None = field(repr=False)
-    servicenow_table: str
     cmdb_lookup: bool
-    cmdb_table: str
-    cmdb_resource_id_field: str
-    cmdb_name_field: str
     cmdb_cache_seconds: float
     mapping: MappingRules
     state_store: str
@@ -216,6 +156,14 @@ class Settings:
     outbox_horizon_seconds: float
     outbox_max_delay_seconds: float
     retention_seconds: float
+    # The whole environment: the adapter reads its own settings from it (its declarations), so
+    # the core never names them. Secrets live here, hence no repr.
+    env: Mapping[str, str] = field(repr=False, default_factory=dict)
+
+    def value(self, name: str, default: str | None = None) -> str | None:
+        """A setting's value from the environment, stripped; None (or ``default``) when empty."""
+        raw = (self.env.get(name) or "").strip()
+        return raw or default
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -240,7 +188,7 @@ class Settings:
             raise ConfigError("AUTH_ALLOWED_APP_IDS", "must name at least one app id")
         openid = get("AUTH_OPENID_CONFIG_URL")
         if openid:
-            openid = _https_url("AUTH_OPENID_CONFIG_URL", openid)
+            openid = https_url("AUTH_OPENID_CONFIG_URL", openid)
         subscriptions = frozenset(s.lower() for s in _split(get("ALLOWED_SUBSCRIPTION_IDS")))
         for sub in subscriptions:
             if not _GUID.match(sub):
@@ -251,26 +199,7 @@ class Settings:
         if not re.fullmatch(r"[0-9]{1,3}", attempts_raw) or not 1 <= int(attempts_raw) <= 20:
             raise ConfigError("ITSM_RETRY_ATTEMPTS", "must be a whole number from 1 to 20")
 
-        instance = get("SERVICENOW_INSTANCE_URL")
-        username, password = get("SERVICENOW_USERNAME"), get("SERVICENOW_PASSWORD")
-        client_id, client_secret = get("SERVICENOW_CLIENT_ID"), get("SERVICENOW_CLIENT_SECRET")
-        if adapter == "servicenow":
-            if not instance:
-                raise ConfigError("SERVICENOW_INSTANCE_URL", "is required for the servicenow adapter")
-            instance = _https_url("SERVICENOW_INSTANCE_URL", instance)
-            if bool(username) != bool(password):
-                missing = "SERVICENOW_PASSWORD" if username else "SERVICENOW_USERNAME"
-                raise ConfigError(missing, "username and password go together")
-            if bool(client_id) != bool(client_secret):
-                missing = "SERVICENOW_CLIENT_SECRET" if client_id else "SERVICENOW_CLIENT_ID"
-                raise ConfigError(missing, "OAuth client id and secret go together")
-            if not username and not client_id:
-                raise ConfigError(
-                    "SERVICENOW_USERNAME",
-                    "set SERVICENOW_USERNAME/PASSWORD (basic auth) or SERVICENOW_CLIENT_ID/SECRET (OAuth)",
-                )
-
-        mapping = load_mapping(get("MAPPING_FILE"), env)
+        mapping = load_mapping(get("MAPPING_FILE"))
 
         in_azure = bool((env.get(AZURE_INSTANCE_VARIABLE) or "").strip())
         store = (env.get("STATE_STORE") or "").strip().lower() or ("azure" if in_azure else "sqlite")
@@ -316,16 +245,7 @@ class Settings:
             retry_budget_seconds=_positive_float(
                 "ITSM_RETRY_BUDGET_SECONDS", get("ITSM_RETRY_BUDGET_SECONDS") or "", most=120
             ),
-            servicenow_instance_url=instance,
-            servicenow_username=username,
-            servicenow_password=password,
-            servicenow_client_id=client_id,
-            servicenow_client_secret=client_secret,
-            servicenow_table=get("SERVICENOW_TABLE") or "incident",
             cmdb_lookup=_bool("CMDB_LOOKUP", get("CMDB_LOOKUP") or ""),
-            cmdb_table=get("CMDB_TABLE") or "cmdb_ci",
-            cmdb_resource_id_field=get("CMDB_RESOURCE_ID_FIELD") or "object_id",
-            cmdb_name_field=get("CMDB_NAME_FIELD") or "name",
             cmdb_cache_seconds=_positive_float("CMDB_CACHE_SECONDS", get("CMDB_CACHE_SECONDS") or ""),
             mapping=mapping,
             state_store=store,
@@ -343,92 +263,5 @@ class Settings:
             ),
             retention_seconds=86400
             * _positive_float("STATE_RETENTION_DAYS", get("STATE_RETENTION_DAYS") or "", most=3650),
-        )
-
-
-def load_mapping(path: str | None, env: Mapping[str, str]) -> MappingRules:
-    """Built-in defaults, then ``MAPPING_FILE``, then the single-value ``SERVICENOW_*`` settings."""
-    data: dict[str, Any] = {}
-    if path:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError("MAPPING_FILE", f"cannot be read ({exc.strerror})") from None
-        except json.JSONDecodeError as exc:
-            raise ConfigError("MAPPING_FILE", f"is not valid JSON (line {exc.lineno})") from None
-        if not isinstance(data, dict):
-            raise ConfigError("MAPPING_FILE", "must hold a JSON object")
-    known = {
-        "severity_matrix", "close_code", "caller_id", "assignment_group", "category",
-        "short_description_template", "routing", "extra_fields",
-    }
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError("MAPPING_FILE", f"unknown keys {unknown}; allowed: {sorted(known)}")
-
-    matrix = dict(DEFAULT_SEVERITY_MATRIX)
-    for sev, pair in (data.get("severity_matrix") or {}).items():
-        if (
-            not isinstance(pair, dict)
-            or pair.get("impact") not in (1, 2, 3)
-            or pair.get("urgency") not in (1, 2, 3)
-        ):
-            raise ConfigError(
-                "MAPPING_FILE", f"severity_matrix.{sev} must be {{\"impact\": 1-3, \"urgency\": 1-3}}"
-            )
-        matrix[sev] = (pair["impact"], pair["urgency"])
-
-    routing: list[RoutingRule] = []
-    for i, rule in enumerate(data.get("routing") or []):
-        if not (isinstance(rule, dict) and isinstance(rule.get("match"), dict) and isinstance(rule.get("set"), dict)):
-            raise ConfigError("MAPPING_FILE", f"routing[{i}] must be {{\"match\": {{...}}, \"set\": {{...}}}}")
-        routing.append(
-            RoutingRule(
-                match={str(k): str(v) for k, v in rule["match"].items()},
-                set={str(k): str(v) for k, v in rule["set"].items()},
-            )
-        )
-
-    def text(key: str, setting: str) -> str | None:
-        override = (env.get(setting) or "").strip()
-        if override:
-            return override
-        value = data.get(key)
-        if value is not None and not isinstance(value, str):
-            raise ConfigError("MAPPING_FILE", f"{key} must be a string")
-        return value or None
-
-    template = data.get("short_description_template", MappingRules.short_description_template)
-    if not isinstance(template, str) or not template:
-        raise ConfigError("MAPPING_FILE", "short_description_template must be a non-empty string")
-    _check_template(template)
-    extra = data.get("extra_fields") or {}
-    if not isinstance(extra, dict):
-        raise ConfigError("MAPPING_FILE", "extra_fields must be an object of field: value")
-
-    return MappingRules(
-        severity_matrix=matrix,
-        close_code=text("close_code", "SERVICENOW_CLOSE_CODE") or "Solution provided",
-        caller_id=text("caller_id", "SERVICENOW_CALLER_ID"),
-        assignment_group=text("assignment_group", "SERVICENOW_ASSIGNMENT_GROUP"),
-        category=text("category", "SERVICENOW_CATEGORY"),
-        short_description_template=template,
-        routing=tuple(routing),
-        extra_fields={str(k): str(v) for k, v in extra.items()},
-    )
-
-
-def _check_template(template: str) -> None:
-    """Refuse at start-up what would otherwise only warn at every alert."""
-    from .mapping import TEMPLATE_NAMES  # mapping imports this module; import when used
-
-    try:
-        fields = [name for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
-    except ValueError as exc:
-        raise ConfigError("MAPPING_FILE", f"short_description_template is not a valid template ({exc})") from None
-    unknown = sorted({f for f in fields if f not in TEMPLATE_NAMES})
-    if unknown:
-        raise ConfigError(
-            "MAPPING_FILE",
-            f"short_description_template uses unknown names {unknown}; known: {sorted(TEMPLATE_NAMES)}",
+            env=dict(env),
         )

@@ -1,10 +1,11 @@
 """Alert to work item: the ITSM-neutral texts and fields the bridge writes for an alert.
 
-:func:`build_work_item` makes a new work item (short description from the configured template,
-a plain-text description a person can act on, impact/urgency from severity, routing fields);
-:func:`update_note` is the work note for a repeated Fired; :func:`resolution` says how to
-resolve when the alert resolves. Every note carries :func:`~bridge.correlation.note_marker` of
-the payload, so a redelivery of the same notification is recognised and skipped.
+:func:`build_work_item` makes a new work item's content (a title from the configured template, a
+plain-text description a person can act on, impact/urgency hints from severity, the fields of
+the mapping file and routing); :func:`update_note` is the note for a repeated Fired;
+:func:`resolution` says how to resolve when the alert resolves. Every note carries
+:func:`~bridge.correlation.note_marker` of the payload, so a redelivery of the same notification
+is recognised and skipped. Limits are the adapter's: callers pass them in.
 """
 
 from __future__ import annotations
@@ -21,17 +22,14 @@ from typing import Any
 
 from .adapters.base import ConfigurationItem, Resolution, WorkItem
 from .alerts import Alert, AlertKind, Condition, display_text, thaw
-from .config import MappingRules, RoutingRule
 from .correlation import correlation_key, fingerprint, note_marker
+from .rules import DEFAULT_TITLE_TEMPLATE, TEMPLATE_NAMES, MappingRules, RoutingRule
 
 __all__ = [
-    "CORRELATION_DISPLAY",
-    "DESCRIPTION_MAX_CHARS",
-    "SHORT_DESCRIPTION_MAX_CHARS",
-    "TEMPLATE_NAMES",
+    "DEFAULT_DESCRIPTION_LIMIT",
+    "DEFAULT_TITLE_LIMIT",
     "build_work_item",
-    "duplicate_resolution",
-    "render_short_description",
+    "render_title",
     "resolution",
     "template_values",
     "update_note",
@@ -39,33 +37,14 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CORRELATION_DISPLAY = "Azure Monitor"
-# ServiceNow's incident short_description holds 160 characters (FACTS 4.2, commonly cited).
-SHORT_DESCRIPTION_MAX_CHARS = 160
-# The platform stores long strings as mediumtext and does not enforce max_length
-# (ServiceNow KB0685779); these caps only keep a runaway payload readable.
-DESCRIPTION_MAX_CHARS = 32_000
+# Used when an adapter states no limit of its own; each adapter states its ITSM's.
+DEFAULT_TITLE_LIMIT = 160
+# These caps only keep a runaway payload readable; an ITSM's own limit may be lower.
+DEFAULT_DESCRIPTION_LIMIT = 32_000
 _LINE_MAX_CHARS = 4_000
 _TRUNCATED_LINE = "[description shortened; the full alert is in Azure Monitor, see the portal link]"
-
-# Work-item fields a routing rule's ``set`` or ``extra_fields`` maps onto WorkItem attributes.
-_ITEM_FIELDS = ("assignment_group", "category", "caller_id")
-# Fields the bridge owns: letting configuration overwrite them would break correlation or state.
-_RESERVED_FIELDS = frozenset(
-    {
-        "correlation_id", "correlation_display", "short_description", "description", "work_notes",
-        "comments", "cmdb_ci", "state", "close_code", "close_notes", "sys_id", "number",
-        "impact", "urgency",
-    }
-)
-
-TEMPLATE_NAMES = frozenset(
-    {
-        "severity", "monitorCondition", "alertRule", "target", "resourceGroup", "resourceType",
-        "subscriptionId", "monitoringService", "signalType", "configurationItem", "alertId",
-        "correlationId", "description", "firedDateTime", "kind",
-    }
-)
+# Routing keys that set the priority hints rather than a field.
+_PRIORITY_KEYS = ("impact", "urgency")
 
 _SUBSCRIPTION = re.compile(r"^/subscriptions/([^/]+)", re.IGNORECASE)
 _RESOURCE_GROUP = re.compile(r"/resourcegroups/([^/]+)", re.IGNORECASE)
@@ -81,30 +60,17 @@ def build_work_item(
     rules: MappingRules,
     ci: ConfigurationItem | None = None,
     ci_note: str | None = None,
+    *,
+    title_limit: int = DEFAULT_TITLE_LIMIT,
+    description_limit: int = DEFAULT_DESCRIPTION_LIMIT,
 ) -> WorkItem:
     """A new work item for a Fired alert (or a stateless alert of any condition)."""
     impact, urgency = rules.impact_urgency(alert.severity)
-    fields: dict[str, str | None] = {
-        "assignment_group": rules.assignment_group,
-        "category": rules.category,
-        "caller_id": rules.caller_id,
-    }
-    extra: dict[str, str] = {}
-    for key, value in rules.extra_fields.items():
-        if key in _ITEM_FIELDS:
-            # The dedicated setting wins over the generic escape hatch.
-            fields[key] = fields[key] or value
-        elif key in _RESERVED_FIELDS:
-            logger.warning("mapping extra_fields.%s is ignored: the bridge sets that field itself", key)
-        else:
-            extra[key] = value
-
+    fields = dict(rules.fields)
     route = _first_route(alert, rules.routing)
     if route is not None:
         for key, value in route.set.items():
-            if key in _ITEM_FIELDS:
-                fields[key] = value
-            elif key in ("impact", "urgency"):
+            if key in _PRIORITY_KEYS:
                 level = _level(value)
                 if level is None:
                     logger.warning("routing set.%s=%r is not 1, 2 or 3; ignored", key, value)
@@ -112,10 +78,8 @@ def build_work_item(
                     impact = level
                 else:
                     urgency = level
-            elif key in _RESERVED_FIELDS:
-                logger.warning("routing set.%s is ignored: the bridge sets that field itself", key)
             else:
-                extra[key] = value
+                fields[key] = value
 
     marker = note_marker(fingerprint(alert))
     note_lines = [
@@ -130,17 +94,14 @@ def build_work_item(
 
     return WorkItem(
         correlation_id=correlation_key(alert.alert_id),
-        correlation_display=CORRELATION_DISPLAY,
-        short_description=render_short_description(rules.short_description_template, alert),
-        description=_description(alert, ci, ci_note),
+        title=render_title(rules.title_template, alert, title_limit),
+        description=_description(alert, ci, ci_note, description_limit),
+        note="\n".join(note_lines),
+        severity=alert.severity,
         impact=impact,
         urgency=urgency,
-        work_note="\n".join(note_lines),
         configuration_item=ci,
-        caller_id=fields["caller_id"],
-        assignment_group=fields["assignment_group"],
-        category=fields["category"],
-        extra_fields=MappingProxyType(extra),
+        fields=MappingProxyType(fields),
     )
 
 
@@ -175,31 +136,22 @@ def resolution(alert: Alert, rules: MappingRules) -> Resolution:
     when = _iso(alert.resolved_at) if alert.resolved_at else "an unreported time"
     rule = _quoted(_rule_name(alert))
     target = _target(alert)
-    close_notes = (
+    summary = (
         f"Resolved automatically: Azure Monitor reported alert rule {rule} on {target} "
         f"as resolved at {when}.\nAlert ID: {alert.alert_id}"
     )
-    work_note = (
+    how = f" ({_quoted(rules.resolution_code)})" if rules.resolution_code else ""
+    note = (
         f"Azure Monitor reported the alert as resolved at {when}; the bridge resolved this "
-        f"incident with close code {_quoted(rules.close_code)}.\n"
+        f"work item{how}.\n"
         f"Portal: {alert.portal_link}\n"
         f"[{note_marker(fingerprint(alert))}]"
     )
-    return Resolution(close_code=rules.close_code, close_notes=close_notes, work_note=work_note)
-
-
-def duplicate_resolution(alert: Alert, rules: MappingRules, original: str) -> Resolution:
-    """How to close a work item opened for an alert that another delivery opened at the same moment."""
-    notes = (
-        f"Duplicate of {original}: Azure Monitor delivered this alert twice at the same moment and both "
-        f"deliveries opened an incident; the older one, {original}, carries on.\nAlert ID: {alert.alert_id}"
-    )
-    work_note = f"Closed as a duplicate of {original}.\n[{note_marker(fingerprint(alert))}]"
-    return Resolution(close_code=rules.close_code, close_notes=notes, work_note=work_note)
+    return Resolution(code=rules.resolution_code, summary=summary, note=note)
 
 
 def template_values(alert: Alert) -> dict[str, str]:
-    """The names a short-description template may use (:data:`TEMPLATE_NAMES`), as text."""
+    """The names a title template may use (:data:`~bridge.rules.TEMPLATE_NAMES`), as text."""
     values = {
         "severity": alert.severity or "",
         "monitorCondition": alert.monitor_condition,
@@ -220,8 +172,8 @@ def template_values(alert: Alert) -> dict[str, str]:
     return values
 
 
-def render_short_description(template: str, alert: Alert) -> str:
-    """``template`` filled from :func:`template_values`: one line, at most 160 characters.
+def render_title(template: str, alert: Alert, limit: int = DEFAULT_TITLE_LIMIT) -> str:
+    """``template`` filled from :func:`template_values`: one line, at most ``limit`` characters.
 
     Only plain ``{name}`` fields are substituted. Unknown names, attribute or index access and
     positional fields render as nothing, so a mistyped template never stops an alert; a
@@ -230,12 +182,12 @@ def render_short_description(template: str, alert: Alert) -> str:
     values = template_values(alert)
     rendered = _render(template, values)
     if rendered is None:
-        logger.warning("short_description_template cannot be parsed; using the default template")
-        rendered = _render(MappingRules.short_description_template, values) or ""
+        logger.warning("title_template cannot be parsed; using the default template")
+        rendered = _render(DEFAULT_TITLE_TEMPLATE, values) or ""
     text = _SPACES.sub(" ", rendered).strip()
     if not text:
         text = _SPACES.sub(" ", f"Azure Monitor alert {values['alertRule']}").strip()
-    return _truncate(text, SHORT_DESCRIPTION_MAX_CHARS)
+    return _truncate(text, limit)
 
 
 # --------------------------------------------------------------------------- templates
@@ -264,7 +216,7 @@ def _render(template: str, values: Mapping[str, str]) -> str | None:
         parts.append(value)
     if unknown:
         logger.warning(
-            "short_description_template uses unknown names %s; known names: %s",
+            "title_template uses unknown names %s; known names: %s",
             sorted(set(unknown)),
             ", ".join(sorted(TEMPLATE_NAMES)),
         )
@@ -394,7 +346,7 @@ def _resource_type(alert: Alert) -> str:
 # --------------------------------------------------------------------------- description
 
 
-def _description(alert: Alert, ci: ConfigurationItem | None, ci_note: str | None) -> str:
+def _description(alert: Alert, ci: ConfigurationItem | None, ci_note: str | None, limit: int) -> str:
     lines: list[str] = [f"Azure Monitor alert: {alert.monitor_condition}"]
     add = _adder(lines)
     add("Alert rule", _rule_name(alert))
@@ -451,7 +403,7 @@ def _description(alert: Alert, ci: ConfigurationItem | None, ci_note: str | None
         lines.append("")
         add("Alert context", _compact(alert.context))
 
-    return _fit([_cap(line) for line in lines], DESCRIPTION_MAX_CHARS)
+    return _fit([_cap(line) for line in lines], limit)
 
 
 def _condition_lines(alert: Alert) -> list[str]:

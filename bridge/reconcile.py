@@ -31,15 +31,15 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
-from .adapters.base import ItsmAdapter, WorkItemRecord, WorkItemRef
+from .adapters.base import ItsmAdapter, WorkItemRecord, WorkItemRef, WorkItemStatus
 from .alerts import Alert, parse_alert
 from .cmdb import CmdbBinder
-from .config import MappingRules
 from .correlation import correlation_key, note_marker
 from .deadline import deadline
 from .errors import ItsmError
 from .mapping import build_work_item, resolution, update_note
 from .retry import RetryPolicy, call_with_retry
+from .rules import MappingRules
 from .state.base import StateConflict, StateStore, StateUnavailable, Versioned
 from .state.record import Claim, DeadLetter, Event, Intent, Record
 
@@ -106,7 +106,6 @@ class _ClaimLost(Exception):
         self.until = until
 
 
-_STATE_WORDS = {"6": "resolved", "7": "closed", "8": "canceled"}
 _CONFLICT_RETRIES = 50
 _BUSY_POLL_SECONDS = 0.05
 
@@ -409,7 +408,14 @@ class Reconciler:
         ci = ci_note = None
         if self._cmdb is not None:
             ci, ci_note = self._cmdb.bind(alert)
-        item = build_work_item(alert, self._rules, ci, ci_note)
+        item = build_work_item(
+            alert,
+            self._rules,
+            ci,
+            ci_note,
+            title_limit=self.adapter.title_limit,
+            description_limit=self.adapter.description_limit,
+        )
         self._update(key, owner, lambda r: _intend(r, "create", self._wall(), latest.fingerprint))
         try:
             ref = self.adapter.create(item, how)
@@ -420,7 +426,7 @@ class Reconciler:
 
         def created(r: Record) -> None:
             r.item, r.item_open, r.adopted = ref.as_json(), how is None, False
-            r.item_state = None
+            r.item_status = None
             r.intent = None
             r.resolution_written = how is not None
             for event in r.unwritten:
@@ -455,7 +461,7 @@ class Reconciler:
             logger.warning("correlationId=%s has %d work items; keeping %s", key, len(found), _label(chosen.ref))
 
         def adopt(r: Record) -> None:
-            r.item, r.item_open, r.item_state = chosen.ref.as_json(), chosen.is_open, chosen.state
+            r.item, r.item_open, r.item_status = chosen.ref.as_json(), chosen.is_open, chosen.status.value
             r.intent = None
             r.adopted = not ours
             if ours:
@@ -682,7 +688,9 @@ def _done(record: Record) -> None:
 
 
 def _ignore_rest(record: Record) -> None:
-    word = _STATE_WORDS.get(record.item_state or "", "resolved" if record.resolution_written else "closed")
+    word = record.item_status or ("resolved" if record.resolution_written else "closed")
+    if word == WorkItemStatus.OPEN:
+        word = "resolved"
     for event in record.unwritten:
         if event.condition == "Resolved" and not record.stateless:
             record.mark(event.fingerprint, Action.IGNORED, f"incident already {word}")
@@ -695,7 +703,7 @@ def _ignore_rest(record: Record) -> None:
 def _left_alone(record: Record, found: WorkItemRecord | None) -> None:
     """The item is no longer open (a person closed it, or it is gone): never touch it again."""
     record.item_open = False
-    record.item_state = found.state if found is not None else "gone"
+    record.item_status = found.status.value if found is not None else "gone"
     record.intent = None
     _ignore_rest(record)
 
@@ -711,7 +719,7 @@ def _mark_all(
 
 
 def _resolved(record: Record, resolved_event: Event, wrote: dict[str, str]) -> None:
-    record.item_open, record.item_state, record.resolution_written = False, None, True
+    record.item_open, record.item_status, record.resolution_written = False, None, True
     record.intent = None
     for event in record.unwritten:
         if event.fingerprint == resolved_event.fingerprint or event.condition == "Resolved":

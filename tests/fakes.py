@@ -13,6 +13,7 @@ from bridge.adapters.base import (
     WorkItem,
     WorkItemRecord,
     WorkItemRef,
+    WorkItemStatus,
 )
 from bridge.errors import ItsmError, Reason
 
@@ -34,8 +35,17 @@ class PlannedFailure:
     commit: bool = False  # perform the operation, then fail (the response was lost)
 
 
+_STATUSES = {"1": WorkItemStatus.OPEN, "2": WorkItemStatus.OPEN, "3": WorkItemStatus.OPEN,
+             "6": WorkItemStatus.RESOLVED, "7": WorkItemStatus.CLOSED, "8": WorkItemStatus.CANCELED}
+
+
 class MemoryAdapter:
     name: ClassVar[str] = "memory"
+    display_name: ClassVar[str] = "Memory"
+    settings: ClassVar[tuple[Any, ...]] = ()
+    title_limit: ClassVar[int] = 160
+    description_limit: ClassVar[int] = 32_000
+    managed_fields: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self) -> None:
         self.items: list[StoredItem] = []
@@ -56,7 +66,7 @@ class MemoryAdapter:
     def seed(self, correlation_id: str, state: str = "1") -> StoredItem:
         n = next(self._ids)
         ref = WorkItemRef("memory", f"id{n}", f"INC{n:07d}")
-        item = WorkItem(correlation_id, "Azure Monitor", "seeded", "seeded", 3, 3, "seeded")
+        item = WorkItem(correlation_id, "seeded", "seeded", "seeded", "Sev4", 3, 3)
         stored = StoredItem(ref, item, state)
         self.items.append(stored)
         return stored
@@ -78,7 +88,7 @@ class MemoryAdapter:
         self.calls.append(("find", correlation_id))
         self._maybe_fail("find", before=True)
         return [
-            WorkItemRecord(s.ref, s.item.correlation_id, s.state in ("1", "2", "3"), s.state)
+            WorkItemRecord(s.ref, s.item.correlation_id, _STATUSES[s.state], s.state)
             for s in self.items
             if s.item.correlation_id == correlation_id
         ]
@@ -89,11 +99,11 @@ class MemoryAdapter:
         while self.before_create:
             self.before_create.pop(0)()
         n = next(self._ids)
-        stored = StoredItem(WorkItemRef("memory", f"id{n}", f"INC{n:07d}"), item, notes=[item.work_note])
+        stored = StoredItem(WorkItemRef("memory", f"id{n}", f"INC{n:07d}"), item, notes=[item.note])
         if resolution is not None:
             stored.state = "6"
-            stored.close_code, stored.close_notes = resolution.close_code, resolution.close_notes
-            stored.notes.append(resolution.work_note)
+            stored.close_code, stored.close_notes = resolution.code or "Solution provided", resolution.summary
+            stored.notes.append(resolution.note)
         self.items.append(stored)
         self._maybe_fail("create", before=False)
         return stored.ref
@@ -113,9 +123,9 @@ class MemoryAdapter:
         self._maybe_fail("resolve", before=True)
         stored = self._get(ref)
         stored.state = "6"
-        stored.close_code = resolution.close_code
-        stored.close_notes = resolution.close_notes
-        stored.notes.append(resolution.work_note)
+        stored.close_code = resolution.code or "Solution provided"
+        stored.close_notes = resolution.summary
+        stored.notes.append(resolution.note)
         self._maybe_fail("resolve", before=False)
 
     def find_configuration_item(self, resource_ids: Sequence[str], names: Sequence[str]) -> ConfigurationItem | None:
@@ -125,6 +135,9 @@ class MemoryAdapter:
             if value.lower() in self.cis:
                 return self.cis[value.lower()]
         return None
+
+    def check(self) -> None:
+        self.calls.append(("check", None))
 
     def close(self) -> None:
         pass

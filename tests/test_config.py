@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from bridge.adapters.registry import BUILTIN, settings_of
 from bridge.config import AZURE_MONITOR_APP_ID, SETTING_NAMES, Settings
 from bridge.errors import ConfigError
+from bridge.runtime import validate
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 GOOD = {
@@ -23,12 +25,13 @@ GOOD = {
 def test_defaults() -> None:
     settings = Settings.from_env(GOOD)
     assert settings.allowed_app_ids == (AZURE_MONITOR_APP_ID,)
-    assert settings.servicenow_instance_url == "https://contoso.service-now.com"
+    assert settings.itsm_adapter == "servicenow"
+    assert settings.value("SERVICENOW_INSTANCE_URL") == "https://contoso.service-now.com/"  # the adapter trims it
     assert (settings.retry_attempts, settings.retry_budget_seconds, settings.itsm_timeout_seconds) == (4, 8.0, 4.0)
-    assert settings.mapping.close_code == "Solution provided"
+    assert settings.mapping.resolution_code is None  # the adapter's own default applies
     assert settings.mapping.impact_urgency("Sev0") == (1, 1)
     assert settings.mapping.impact_urgency(None) == (3, 3)
-    assert settings.cmdb_lookup is True and settings.cmdb_resource_id_field == "object_id"
+    assert settings.cmdb_lookup is True
     assert "s3cret-Passw0rd" not in repr(settings)
 
 
@@ -58,8 +61,9 @@ def test_defaults() -> None:
     ],
 )
 def test_bad_settings_name_the_setting(change: dict[str, str], setting: str) -> None:
+    # validate() is what start-up and check-config run: the core's settings, then the adapter's.
     with pytest.raises(ConfigError) as raised:
-        Settings.from_env({**GOOD, **change})
+        validate({**GOOD, **change})
     assert raised.value.setting == setting
     assert "s3cret-Passw0rd" not in str(raised.value)
 
@@ -75,7 +79,9 @@ def test_bad_settings_name_the_setting(change: dict[str, str], setting: str) -> 
         (json.dumps({"short_description_template": "{alertRule} on {host}"}), "unknown names ['host']"),
         (json.dumps({"short_description_template": "{alertRule"}), "not a valid template"),
         (json.dumps({"short_description_template": "{alertRule.__class__}"}), "unknown names"),
-        (json.dumps({"close_code": 7}), "close_code must be a string"),
+        (json.dumps({"close_code": 7}), "resolution_code must be a string"),
+        (json.dumps({"close_code": "a", "resolution_code": "b"}), "close_code and resolution_code are the same key"),
+        (json.dumps({"fields": ["x"]}), "fields must be an object"),
     ],
 )
 def test_bad_mapping_files_fail_at_start_up(tmp_path: Path, mapping: str, needle: str) -> None:
@@ -96,17 +102,24 @@ def test_mapping_file_and_settings_combine(tmp_path: Path) -> None:
         "short_description_template": "[{severity}] {alertRule}",
         "routing": [{"match": {"resourceGroup": "pay"}, "set": {"assignment_group": "Payments"}}],
     }), encoding="utf-8")
-    settings = Settings.from_env({**GOOD, "MAPPING_FILE": str(path), "SERVICENOW_ASSIGNMENT_GROUP": "Override"})
+    settings = Settings.from_env({**GOOD, "MAPPING_FILE": str(path)})
     rules = settings.mapping
     assert rules.impact_urgency("Sev3") == (1, 1) and rules.impact_urgency("Sev0") == (1, 1)
-    assert rules.close_code == "Solved (Permanently)"
-    assert rules.assignment_group == "Override"  # the single-value setting wins over the file
+    # The keys of earlier versions are the neutral ones' aliases.
+    assert rules.resolution_code == "Solved (Permanently)"
+    assert rules.fields == {"assignment_group": "Cloud Ops"}
+    assert rules.title_template == "[{severity}] {alertRule}"
     assert rules.routing[0].set == {"assignment_group": "Payments"}
 
 
 def test_every_setting_is_in_the_sample_file() -> None:
+    """The core's settings and every built-in adapter's, as each declares them."""
     sample = json.loads((Path(__file__).resolve().parents[1] / "local.settings.sample.json").read_text())
-    assert SETTING_NAMES <= set(sample["Values"])
+    declared = set(SETTING_NAMES)
+    for name in BUILTIN:
+        declared |= {s.name for s in settings_of(name)}
+    assert declared <= set(sample["Values"])
+    assert set(sample["Values"]) - declared <= {"FUNCTIONS_WORKER_RUNTIME", "AzureWebJobsStorage"}
 
 
 # --- the state store and the outbox ------------------------------------------------------------

@@ -41,7 +41,7 @@ CLIENT_ID = "0b7c4d3e-2f1a-4e5d-9c8b-7a6f5e4d3c2b"
 SUBSCRIPTION = "11111111-1111-1111-1111-111111111111"
 METRIC = "metric_static_fired.testaction.json"
 METRIC_KEY = "12345678-1234-1234-1234-1234567890ab"
-FIND_FIELDS = "sys_id,number,state,correlation_id,sys_created_on"
+FIND_FIELDS = "sys_id,number,state,correlation_id,correlation_display,sys_created_on"
 RESOLVED_AT = "2025-04-15T18:32:12.8510000Z"
 
 # ServiceNow calls as (method, path), in the order sent.
@@ -179,7 +179,7 @@ def expect_find(snow: responses.RequestsMock, key: str, result: list[dict[str, A
     snow.get(
         INCIDENTS,
         match=[matchers.query_param_matcher({
-            "sysparm_query": f"correlation_id={key}^ORDERBYsys_created_on",
+            "sysparm_query": f"correlation_id={key}^correlation_display=Azure Monitor^ORDERBYsys_created_on",
             "sysparm_fields": FIND_FIELDS,
             "sysparm_limit": "10",
             "sysparm_exclude_reference_link": "true",
@@ -209,7 +209,7 @@ def expect_metric_ci_misses(snow: responses.RequestsMock) -> None:
 
 def incident(sys_id: str, key: str, state: str = "1", number: str = "INC0010001") -> dict[str, str]:
     return {"sys_id": sys_id, "number": number, "state": state, "correlation_id": key,
-            "sys_created_on": "2025-04-15 18:17:13"}
+            "correlation_display": "Azure Monitor", "sys_created_on": "2025-04-15 18:17:13"}
 
 
 def post_body(snow: responses.RequestsMock) -> dict[str, Any]:

@@ -20,12 +20,12 @@ from hypothesis import strategies as st
 
 from bridge.alerts import parse_alert
 from bridge.cmdb import CmdbBinder
-from bridge.config import MappingRules
 from bridge.correlation import canonical_payload, correlation_key, fingerprint
 from bridge.errors import PayloadError
 from bridge.mapping import build_work_item, resolution, update_note
 from bridge.reconcile import Action, Reconciler
 from bridge.retry import RetryPolicy
+from bridge.rules import MappingRules
 from bridge.state.sqlite import SqliteStore
 from tests.fakes import MemoryAdapter
 
@@ -82,10 +82,10 @@ def _exercise(payload: Any) -> None:
     assert 0 < len(key) <= 100 and "^" not in key
     assert len(fingerprint(alert)) == 16
     item = build_work_item(alert, MappingRules())
-    assert 0 < len(item.short_description) <= 160 and "\n" not in item.short_description
+    assert 0 < len(item.title) <= 160 and "\n" not in item.title
     assert alert.alert_id in item.description or len(alert.alert_id) > 4000
     assert update_note(alert)
-    assert resolution(alert, MappingRules()).close_notes
+    assert resolution(alert, MappingRules()).summary
     adapter = MemoryAdapter()
     store = SqliteStore(":memory:")
     try:

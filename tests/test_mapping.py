@@ -12,18 +12,17 @@ import pytest
 
 from bridge.adapters.base import ConfigurationItem
 from bridge.alerts import SCHEMA_ID, Alert, parse_alert
-from bridge.config import MappingRules, RoutingRule
 from bridge.correlation import correlation_key, fingerprint, note_marker
 from bridge.mapping import (
-    CORRELATION_DISPLAY,
-    DESCRIPTION_MAX_CHARS,
+    DEFAULT_DESCRIPTION_LIMIT,
     TEMPLATE_NAMES,
     build_work_item,
-    render_short_description,
+    render_title,
     resolution,
     template_values,
     update_note,
 )
+from bridge.rules import MappingRules, RoutingRule
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "alerts"
 SUB = "aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e"
@@ -77,12 +76,12 @@ def lines(text: str) -> list[str]:
     ],
 )
 def test_short_description_of_samples(name: str, expected: str) -> None:
-    assert build_work_item(load(name), RULES).short_description == expected
+    assert build_work_item(load(name), RULES).title == expected
 
 
 def test_long_rule_name_is_truncated_on_a_word_boundary() -> None:
     words = " ".join(f"word{i:02d}" for i in range(40))  # 279 characters
-    short = build_work_item(with_rule(words), RULES).short_description
+    short = build_work_item(with_rule(words), RULES).title
     full = f"[Azure Monitor] Sev4 Fired: {words} on test-storageAccount"
     assert len(short) <= 160
     assert short.endswith("…")
@@ -93,13 +92,13 @@ def test_long_rule_name_is_truncated_on_a_word_boundary() -> None:
 
 
 def test_long_unbroken_rule_name_is_cut_at_160() -> None:
-    short = build_work_item(with_rule("x" * 500), RULES).short_description
+    short = build_work_item(with_rule("x" * 500), RULES).title
     assert len(short) == 160
     assert short == "[Azure Monitor] Sev4 Fired: " + "x" * 131 + "…"
 
 
 def test_short_description_is_one_line() -> None:
-    short = build_work_item(with_rule("cpu\nhigh\r\n\tagain"), RULES).short_description
+    short = build_work_item(with_rule("cpu\nhigh\r\n\tagain"), RULES).title
     assert short == "[Azure Monitor] Sev4 Fired: cpu high again on test-storageAccount"
 
 
@@ -124,14 +123,14 @@ def test_short_description_is_one_line() -> None:
 )
 def test_user_templates_never_crash(template: str, expected: str) -> None:
     alert = load("metric_static_fired.testaction.json")
-    assert render_short_description(template, alert) == expected
-    rules = MappingRules(short_description_template=template)
-    assert build_work_item(alert, rules).short_description == expected
+    assert render_title(template, alert) == expected
+    rules = MappingRules(title_template=template)
+    assert build_work_item(alert, rules).title == expected
 
 
 def test_unknown_template_names_are_logged(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="bridge.mapping"):
-        render_short_description("{severity} {oops}", load("metric_static_fired.testaction.json"))
+        render_title("{severity} {oops}", load("metric_static_fired.testaction.json"))
     assert "['oops']" in caplog.text
 
 
@@ -336,7 +335,7 @@ def test_ci_and_ci_note_are_included() -> None:
     missing = build_work_item(alert, RULES, None, "no CMDB record found for test-storageAccount")
     assert missing.configuration_item is None
     assert "CMDB: no CMDB record found for test-storageAccount" in lines(missing.description)
-    assert "CMDB: no CMDB record found for test-storageAccount" in lines(missing.work_note)
+    assert "CMDB: no CMDB record found for test-storageAccount" in lines(missing.note)
 
 
 def test_runaway_payload_is_capped_but_keeps_the_alert_id() -> None:
@@ -345,7 +344,7 @@ def test_runaway_payload_is_capped_but_keeps_the_alert_id() -> None:
     data["data"]["customProperties"] = {f"k{i}": "v" * 3_000 for i in range(40)}
     alert = parse_alert(data)
     text = build_work_item(alert, RULES).description
-    assert len(text) <= DESCRIPTION_MAX_CHARS
+    assert len(text) <= DEFAULT_DESCRIPTION_LIMIT
     assert f"Alert ID: {alert.alert_id}" in lines(text)
     assert all(len(line) <= 4_000 for line in lines(text))
     assert text.endswith("see the portal link]")
@@ -375,22 +374,20 @@ def test_custom_severity_matrix() -> None:
     assert (resolved.impact, resolved.urgency) == (1, 1)
 
 
-def test_correlation_and_defaults_from_rules() -> None:
-    rules = MappingRules(caller_id="azure.monitor", assignment_group="Cloud Ops", category="software")
+def test_correlation_and_fields_from_rules() -> None:
+    fields = {"caller_id": "azure.monitor", "assignment_group": "Cloud Ops", "category": "software"}
+    rules = MappingRules(fields=fields)
     alert = load("activity_log_administrative_fired.testaction.json")
     item = build_work_item(alert, rules)
     assert item.correlation_id == correlation_key(alert.alert_id)
     assert item.correlation_id == "a9d5bb84b273e1e65cf23dd745b14a0cac49cb1b"
-    assert item.correlation_display == CORRELATION_DISPLAY == "Azure Monitor"
-    assert item.caller_id == "azure.monitor"
-    assert item.assignment_group == "Cloud Ops"
-    assert item.category == "software"
-    assert dict(item.extra_fields) == {}
+    assert dict(item.fields) == fields
+    assert item.severity == "Sev4"
 
 
 def test_work_note_of_a_new_item_carries_the_marker() -> None:
     alert = load("metric_static_fired.testaction.json")
-    note = build_work_item(alert, RULES).work_note
+    note = build_work_item(alert, RULES).note
     assert note.startswith("Opened by the Azure Monitor bridge from alert rule 'test-metricAlertRule'")
     assert f"Alert ID: {alert.alert_id}" in lines(note)
     assert lines(note)[-1] == f"[{note_marker(fingerprint(alert))}]"
@@ -405,28 +402,27 @@ def route(match: dict[str, str], **fields: str) -> RoutingRule:
 
 def test_routing_first_match_wins_and_overrides_defaults() -> None:
     rules = MappingRules(
-        assignment_group="Default Group",
-        category="software",
         routing=(
             route({"monitoringService": "platform", "severity": "SEV4"}, assignment_group="Storage Team",
                   u_source="metrics"),
             route({"monitoringService": "Platform"}, assignment_group="Second Rule"),
         ),
-        extra_fields={"u_origin": "azure", "u_source": "global"},
+        fields={"assignment_group": "Default Group", "category": "software", "u_origin": "azure",
+                "u_source": "global"},
     )
     item = build_work_item(load("metric_static_fired.testaction.json"), rules)
-    assert item.assignment_group == "Storage Team"
-    assert item.category == "software"  # not set by the rule: the default stays
-    assert dict(item.extra_fields) == {"u_origin": "azure", "u_source": "metrics"}
+    # Set by the rule: the rule wins; not set by it: the mapping file's field stays.
+    assert dict(item.fields) == {"assignment_group": "Storage Team", "category": "software", "u_origin": "azure",
+                                 "u_source": "metrics"}
 
 
 def test_routing_requires_every_match_key() -> None:
     rules = MappingRules(
-        assignment_group="Default Group",
+        fields={"assignment_group": "Default Group"},
         routing=(route({"monitoringService": "Platform", "severity": "Sev0"}, assignment_group="Critical"),),
     )
     item = build_work_item(load("metric_static_fired.testaction.json"), rules)
-    assert item.assignment_group == "Default Group"
+    assert item.fields["assignment_group"] == "Default Group"
 
 
 @pytest.mark.parametrize(
@@ -445,10 +441,10 @@ def test_routing_requires_every_match_key() -> None:
 )
 def test_routing_keys(match: dict[str, str], name: str) -> None:
     rules = MappingRules(routing=(route(match, assignment_group="Routed"),))
-    assert build_work_item(load(name), rules).assignment_group == "Routed"
+    assert build_work_item(load(name), rules).fields["assignment_group"] == "Routed"
 
 
-def test_routing_can_set_impact_and_urgency_but_not_bridge_fields() -> None:
+def test_routing_sets_impact_and_urgency_and_passes_fields_to_the_adapter() -> None:
     rules = MappingRules(
         routing=(
             route({"resourceGroup": "test-RG"}, impact="1", urgency="2", correlation_id="evil", state="7",
@@ -459,8 +455,8 @@ def test_routing_can_set_impact_and_urgency_but_not_bridge_fields() -> None:
     item = build_work_item(alert, rules)
     assert (item.impact, item.urgency) == (1, 2)
     assert item.correlation_id == correlation_key(alert.alert_id)
-    assert item.category == "Storage"
-    assert dict(item.extra_fields) == {}
+    # Field names are the ITSM's: the adapter refuses those it manages (tests/adapters).
+    assert dict(item.fields) == {"correlation_id": "evil", "state": "7", "category": "Storage"}
 
 
 def test_routing_ignores_a_bad_impact() -> None:
@@ -469,23 +465,16 @@ def test_routing_ignores_a_bad_impact() -> None:
     assert (item.impact, item.urgency) == (3, 3)
 
 
-def test_extra_fields_fill_item_fields_and_never_reserved_ones() -> None:
-    rules = MappingRules(
-        category="from-setting",
-        extra_fields={"assignment_group": "From Extra", "category": "ignored", "u_env": "prod",
-                      "correlation_display": "x", "work_notes": "x"},
-    )
-    item = build_work_item(load("metric_static_fired.testaction.json"), rules)
-    assert item.assignment_group == "From Extra"
-    assert item.category == "from-setting"
-    assert item.correlation_display == "Azure Monitor"
-    assert dict(item.extra_fields) == {"u_env": "prod"}
-
-
-def test_extra_fields_are_read_only() -> None:
-    item = build_work_item(load("metric_static_fired.testaction.json"), MappingRules(extra_fields={"u": "1"}))
+def test_fields_are_read_only() -> None:
+    item = build_work_item(load("metric_static_fired.testaction.json"), MappingRules(fields={"u": "1"}))
     with pytest.raises(TypeError):
-        item.extra_fields["u"] = "2"  # type: ignore[index]
+        item.fields["u"] = "2"  # type: ignore[index]
+
+
+def test_limits_are_the_adapters() -> None:
+    alert = with_rule("x" * 500)
+    item = build_work_item(alert, RULES, title_limit=255, description_limit=400)
+    assert len(item.title) == 255 and len(item.description) <= 400
 
 
 # --------------------------------------------------------------------------- notes and resolution
@@ -529,22 +518,22 @@ def test_update_note_differs_per_payload() -> None:
 
 def test_resolution() -> None:
     alert = load("metric_static_resolved.json")
-    how = resolution(alert, MappingRules(close_code="Resolved by caller"))
-    assert how.close_code == "Resolved by caller"
-    assert how.close_notes == (
+    how = resolution(alert, MappingRules(resolution_code="Resolved by caller"))
+    assert how.code == "Resolved by caller"
+    assert how.summary == (
         "Resolved automatically: Azure Monitor reported alert rule 'WCUS-R2-Gen2' on wcus-r2-gen2 "
         f"as resolved at 2019-03-22T14:03:16.224631Z.\nAlert ID: {alert.alert_id}"
     )
-    assert lines(how.work_note)[0] == (
+    assert lines(how.note)[0] == (
         "Azure Monitor reported the alert as resolved at 2019-03-22T14:03:16.224631Z; the bridge "
-        "resolved this incident with close code 'Resolved by caller'."
+        "resolved this work item ('Resolved by caller')."
     )
-    assert lines(how.work_note)[-1] == f"[{note_marker(fingerprint(alert))}]"
-    assert resolution(alert, RULES).close_code == "Solution provided"
+    assert lines(how.note)[-1] == f"[{note_marker(fingerprint(alert))}]"
+    assert resolution(alert, RULES).code is None  # the adapter's configured default applies
 
 
 def test_resolution_without_resolved_time() -> None:
     data = body("log_alerts_v2_fired.testaction.json")
     data["data"]["essentials"]["monitorCondition"] = "Resolved"
     how = resolution(parse_alert(data), RULES)
-    assert "as resolved at an unreported time." in how.close_notes
+    assert "as resolved at an unreported time." in how.summary

@@ -15,11 +15,11 @@ import pytest
 
 from bridge.alerts import Alert, parse_alert
 from bridge.cmdb import CmdbBinder
-from bridge.config import MappingRules
 from bridge.correlation import canonical_payload, correlation_key, fingerprint, note_marker
 from bridge.errors import Reason
 from bridge.reconcile import Action, Delivery, Reconciler, Timing
 from bridge.retry import RetryPolicy
+from bridge.rules import MappingRules
 from bridge.sandbox.stack import load_sample
 from bridge.state.record import Claim, Event
 from bridge.state.sqlite import SqliteStore

@@ -89,7 +89,7 @@ class Record:
     reasons: dict[str, str] = field(default_factory=dict)
     item: dict[str, str | None] | None = None  # WorkItemRef.as_json()
     item_open: bool = False
-    item_state: str | None = None
+    item_status: str | None = None  # the neutral status last seen (open/resolved/closed/canceled) or "gone"
     # The item was found by lookup, not created through this record (an earlier version of the
     # bridge, or a create whose answer was lost long ago): its notes are checked for our marker.
     adopted: bool = False

@@ -28,7 +28,14 @@ import pytest
 import yaml
 from pycep import BicepParser
 
-from bridge.config import AZURE_MONITOR_APP_ID, SECRET_SETTING_NAMES, SETTING_NAMES, SETTINGS
+from bridge.adapters.registry import settings_of
+from bridge.config import AZURE_MONITOR_APP_ID
+from bridge.config import SETTINGS as CORE_SETTINGS
+
+# The templates deploy the ServiceNow adapter: the core's settings and the ones it declares.
+SETTINGS = (*CORE_SETTINGS, *settings_of("servicenow"))
+SETTING_NAMES = frozenset(s.name for s in SETTINGS)
+SECRET_SETTING_NAMES = frozenset(s.name for s in SETTINGS if s.secret)
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"

@@ -51,7 +51,7 @@ def make_record(key: str = KEY, **changes: object) -> Record:
         reasons={"d" * 64: "duplicate of an open incident"},
         item={"id": "INC0010001", "sys_id": "9d385017c611228701d22104cc95c371", "url": None},
         item_open=True,
-        item_state="In Progress",
+        item_status="open",
         adopted=True,
         resolution_written=False,
         intent=Intent("create", T0 + 0.75, fingerprint="f" * 64),
