@@ -33,7 +33,8 @@ def _ensure_venv(requirements: str) -> None:
         venv.EnvBuilder(with_pip=True).create(VENV)
     req = ROOT / requirements
     # Reinstall only when the requirement files changed since the last install.
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(ROOT.glob("requirements*.txt")))).hexdigest()
+    inputs = [*sorted(ROOT.glob("requirements*.txt")), ROOT / "pyproject.toml"]
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in inputs)).hexdigest()
     stamp = VENV / f".installed-{req.stem}"
     if stamp.exists() and stamp.read_text() == digest:
         return
@@ -42,6 +43,13 @@ def _ensure_venv(requirements: str) -> None:
         [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q", "-r", str(req)],
         check=True,
     )
+    if req.name == "requirements-dev.txt":
+        # The project itself, editable and without its dependencies (just installed): this is
+        # what registers the built-in adapters' entry points, which the registry tests check.
+        subprocess.run(
+            [str(PYTHON), "-m", "pip", "install", "--disable-pip-version-check", "-q", "--no-deps", "-e", str(ROOT)],
+            check=True,
+        )
     stamp.write_text(digest)
 
 

@@ -25,6 +25,7 @@ from bridge.auth import Caller, TokenVerifier
 from bridge.config import AZURE_MONITOR_APP_ID, Settings
 from bridge.errors import AuthError, AuthUnavailable, Forbidden, InvalidToken
 from bridge.sandbox.entra import EntraStandIn
+from tests.kit import FakeClock
 
 TENANT = "0b3e1d2c-4a5f-4e6d-9c8b-7a6f5e4d3c2b"
 OTHER_TENANT = "9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d"
@@ -35,17 +36,6 @@ ROLE = "ActionGroupsSecureWebhook"
 OTHER_APP = "11111111-2222-4333-8444-555555555555"
 NOT_BEARER = "authorization scheme must be Bearer"
 BAD_ALG = "token algorithm not accepted"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def make_settings(**env: str) -> Settings:
@@ -98,7 +88,7 @@ def _fresh_stand_in(entra: EntraStandIn) -> Iterator[None]:
 
 @pytest.fixture()
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(time.time())
 
 
 VerifierFactory = Callable[..., TokenVerifier]

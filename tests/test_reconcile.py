@@ -25,28 +25,10 @@ from bridge.state.record import Claim, Event
 from bridge.state.sqlite import SqliteStore
 from bridge.worker import OutboxWorker
 from tests.fakes import MemoryAdapter
+from tests.kit import FakeClock as FakeTime
 
 METRIC_KEY = "12345678-1234-1234-1234-1234567890ab"
 START = 1_800_000_000.0
-
-
-class FakeTime:
-    """Wall and monotonic clock in one; sleeping advances it."""
-
-    def __init__(self) -> None:
-        self.now = START
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def sleep(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
-
-    def advance(self, seconds: float) -> None:
-        self.sleep(seconds)
 
 
 def metric(condition: str = "Fired", value: float | None = None, guid: str | None = None) -> dict[str, Any]:
@@ -62,7 +44,7 @@ def metric(condition: str = "Fired", value: float | None = None, guid: str | Non
 
 @pytest.fixture
 def clock() -> FakeTime:
-    return FakeTime()
+    return FakeTime(START)
 
 
 @pytest.fixture

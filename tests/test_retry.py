@@ -12,23 +12,9 @@ import pytest
 from bridge.config import Settings
 from bridge.errors import ItsmError, Reason
 from bridge.retry import RetryPolicy, backoff_delay, call_with_retry
+from tests.kit import FakeClock as FakeTime
 
 T = TypeVar("T")
-
-
-class FakeTime:
-    """A monotonic clock that only moves when the code under test sleeps (or a step takes time)."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 class Script:
@@ -76,7 +62,7 @@ def timeout_error() -> ItsmError:
 
 @pytest.fixture
 def time() -> FakeTime:
-    return FakeTime()
+    return FakeTime(1000.0)
 
 
 def run(

@@ -36,7 +36,12 @@ from cryptography.x509.oid import NameOID
 
 from ..config import AZURE_MONITOR_APP_ID
 
-__all__ = ["DEMO_TENANT_ID", "EntraStandIn", "mint_remote"]
+__all__ = ["DEMO_TENANT_ID", "SANDBOX_AUDIENCE", "SANDBOX_CLIENT_ID", "EntraStandIn", "mint_remote"]
+
+# What a deployment's Entra app would be: its Application ID URI and client id (the stack
+# configures the bridge to accept these).
+SANDBOX_AUDIENCE = "api://azure-monitor-bridge-sandbox"
+SANDBOX_CLIENT_ID = "5b1c6f1e-8f0e-4c8e-9a51-2c3d4e5f6a7b"
 
 logger = logging.getLogger(__name__)
 
@@ -458,8 +463,6 @@ def mint_remote(
     import requests  # only the CLI's `send` needs it here
 
     if audience is None:
-        from .stack import SANDBOX_AUDIENCE, SANDBOX_CLIENT_ID  # the stack imports us: lazy
-
         audience = SANDBOX_CLIENT_ID if version == "2.0" else SANDBOX_AUDIENCE
     url = f"{base_url.rstrip('/')}/{tenant_id}/oauth2/v2.0/token"
     form = {

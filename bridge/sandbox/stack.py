@@ -13,14 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import AZURE_MONITOR_APP_ID
-from .entra import EntraStandIn
+from .entra import SANDBOX_AUDIENCE, SANDBOX_CLIENT_ID, EntraStandIn
 from .servicenow import ServiceNowStandIn
 
 __all__ = ["SANDBOX_AUDIENCE", "SANDBOX_CLIENT_ID", "SandboxStack", "sample_cmdb"]
 
-# What a deployment's Entra app would be: its Application ID URI and client id.
-SANDBOX_AUDIENCE = "api://azure-monitor-bridge-sandbox"
-SANDBOX_CLIENT_ID = "5b1c6f1e-8f0e-4c8e-9a51-2c3d4e5f6a7b"
 SANDBOX_SUBSCRIPTION = "11111111-1111-1111-1111-111111111111"
 
 SAMPLES_DIR = Path(__file__).resolve().parent / "samples"

@@ -882,9 +882,13 @@ def test_azure_yaml_deploys_the_repo_as_a_python_function() -> None:
 
 
 def _ignored(patterns: list[str], relative: str) -> bool:
-    # Enough of gitignore for the patterns used here: names and globs that match any path segment.
+    # Enough of gitignore for the patterns used here: names and globs that match any path segment,
+    # and paths (a "/" inside) that match from the root, a directory with everything under it.
     parts = relative.split("/")
-    return any(Path(part).match(pattern) for pattern in patterns for part in parts)
+    rooted = [p.strip("/") for p in patterns if "/" in p.strip("/")]
+    if any(relative == p or relative.startswith(p + "/") for p in rooted):
+        return True
+    return any(Path(part).match(pattern) for pattern in patterns if "/" not in pattern.strip("/") for part in parts)
 
 
 def test_funcignore_keeps_only_what_runs() -> None:
@@ -911,8 +915,26 @@ def test_funcignore_keeps_only_what_runs() -> None:
         "requirements-dev.txt",
         "dev.py",
         "bridge/__pycache__/config.cpython-311.pyc",
+        "bridge/sandbox/entra.py",
+        "bridge/sandbox/samples/metric_static_fired.testaction.json",
+        "package.json",
+        "node_modules/azurite/package.json",
     ):
         assert _ignored(patterns, dropped), dropped
+
+
+def test_the_function_app_runs_without_the_sandbox() -> None:
+    """The sandbox is not deployed (.funcignore), so nothing the Function imports may need it."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, function_app; "
+        "loaded = sorted(m for m in sys.modules if m.startswith('bridge.sandbox')); "
+        "print(loaded); sys.exit(1 if loaded else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_the_deployed_bridge_keeps_its_state_in_azure_storage() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from bridge.runtime import Runtime, build_runtime
 from bridge.sandbox.servicenow import ServiceNowStandIn
 from bridge.sandbox.stack import SandboxStack
 from bridge.server import BridgeServer
+from tests.kit import OffsetClock as FakeClock
 
 __all__ = [
     "CLIENT_TIMEOUT_SECONDS",
@@ -40,19 +40,6 @@ __all__ = [
 
 # Loopback answers in milliseconds; this only stops a hung test from hanging the suite.
 CLIENT_TIMEOUT_SECONDS = 15.0
-
-
-class FakeClock:
-    """Wall time plus an offset the test moves forward, for the token verifier's refresh gap."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-    def advance(self, seconds: float) -> None:
-        self.offset += seconds
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import requests
 
 from bridge.sandbox.servicenow import FaultInjector, RequestRecord, ServiceNowStandIn
 from bridge.sandbox.snow_query import Condition, parse_query
+from tests.kit import FakeClock
 
 pytestmark = pytest.mark.integration
 
@@ -29,17 +30,6 @@ NOT_AUTHENTICATED = {
     "error": {"message": "User Not Authenticated", "detail": "Required to provide Auth information"},
     "status": "failure",
 }
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 SEED = {
@@ -58,7 +48,7 @@ SEED = {
 
 @pytest.fixture(scope="module")
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture(scope="module")

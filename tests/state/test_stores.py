@@ -24,22 +24,12 @@ from bridge.state.azure import DEVELOPMENT_QUEUE_API_VERSION, AzureStore, messag
 from bridge.state.base import StateConflict, StateStore, StateUnavailable
 from bridge.state.connection import DEVELOPMENT_KEY, AzureConnection
 from bridge.state.sqlite import SqliteStore
+from tests.kit import FakeClock
 
 from ..azurite import Azurite, free_port
 from .contract import KEY, OTHER_KEY, T0, PassTime, StoreContract, make_record, take_within
 
 FAKE_KEY = base64.b64encode(b"not a real account key, but shaped like one" * 2).decode()
-
-
-class FakeClock:
-    def __init__(self, start: float = T0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 # ---------------------------------------------------------------------- SQLite
@@ -48,7 +38,7 @@ class FakeClock:
 class TestSqliteStore(StoreContract):
     @pytest.fixture
     def clock(self) -> FakeClock:
-        return FakeClock()
+        return FakeClock(T0)
 
     @pytest.fixture
     def store(self, tmp_path: Path, clock: FakeClock) -> Iterator[StateStore]:
