@@ -933,7 +933,7 @@ def test_the_function_app_runs_without_the_sandbox() -> None:
         "loaded = sorted(m for m in sys.modules if m.startswith('bridge.sandbox')); "
         "print(loaded); sys.exit(1 if loaded else 0)"
     )
-    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)  # noqa: S603
     assert done.returncode == 0, done.stdout + done.stderr
 
 
