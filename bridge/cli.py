@@ -39,7 +39,12 @@ def _settings_file_env(path: str | None) -> dict[str, str]:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo()
+    return run_demo(itsm=args.itsm)
+
+
+def _sandbox_itsms() -> tuple[str, ...]:
+    # The names only: the sandbox (and its stand-ins) is imported when a command uses it.
+    return ("jira", "servicenow")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -51,7 +56,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.sandbox:
         from .sandbox.stack import SandboxStack
 
-        stack = SandboxStack(servicenow_port=args.servicenow_port, entra_port=args.entra_port).start()
+        stack = SandboxStack(itsm=args.itsm, itsm_port=args.itsm_port, entra_port=args.entra_port).start()
         env = stack.bridge_env(**_passed_through(os.environ))
     else:
         env = _settings_file_env(args.settings)
@@ -72,7 +77,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"bridge {__version__} serving {server.url}/api/alerts and {server.url}/api/health", flush=True)
     print(f"  state: {runtime.reconciler.store.name} ({_store_where(runtime)}), outbox worker running", flush=True)
     if stack:
-        print(f"  ServiceNow stand-in: {stack.servicenow.url} (user bridge / sandbox-password)", flush=True)
+        print(f"  {stack.itsm.display_name} stand-in: {stack.itsm.url} ({stack.itsm.credentials()})", flush=True)
         print(f"  Entra ID stand-in:   {stack.entra.base_url}", flush=True)
         print(
             "  try: python -m bridge send bridge/sandbox/samples/metric_static_fired.testaction.json "
@@ -305,6 +310,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the whole job on the embedded sandbox and exit",
                           description="Start the ServiceNow and Entra ID stand-ins and the bridge on loopback, "
                           "send the bundled sample alerts, print what happened; exit 0 when all went as it should.")
+    demo.add_argument("--itsm", choices=sorted(_sandbox_itsms()), default="servicenow",
+                      help="which ITSM the demo runs against (its stand-in)")
     demo.set_defaults(func=_cmd_demo)
 
     serve = sub.add_parser("serve", help="serve the HTTP API locally",
@@ -312,7 +319,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=7071)
     serve.add_argument("--sandbox", action="store_true", help="also start the stand-ins and point the bridge at them")
-    serve.add_argument("--servicenow-port", type=int, default=0, help="with --sandbox: ServiceNow stand-in port")
+    serve.add_argument("--itsm", choices=sorted(_sandbox_itsms()), default="servicenow",
+                       help="with --sandbox: which ITSM stand-in to start")
+    serve.add_argument("--itsm-port", type=int, default=0, help="with --sandbox: the ITSM stand-in's port")
     serve.add_argument("--entra-port", type=int, default=0, help="with --sandbox: Entra ID stand-in port")
     serve.add_argument("--settings", help="a local.settings.json whose Values fill in unset variables")
     serve.set_defaults(func=_cmd_serve)

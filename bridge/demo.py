@@ -1,10 +1,10 @@
-"""``python -m bridge demo``: the whole job on the embedded sandbox, no cloud account needed.
+"""``python -m bridge demo [--itsm jira]``: the whole job on the embedded sandbox, no cloud account.
 
-Starts the ServiceNow and Entra ID stand-ins and the bridge's local server (with its outbox
-worker and a fresh SQLite state file) on loopback, sends the bundled sample alerts in a short
-story over real HTTP with signed tokens, takes ServiceNow down for one alert (answered 202, the
-incident appears once ServiceNow is back), prints what happened to each alert and each incident,
-and exits 0 only when every step did what it should.
+Starts an ITSM stand-in (ServiceNow by default, or Jira), the Entra ID stand-in and the bridge's
+local server (with its outbox worker and a fresh SQLite state file) on loopback, sends the bundled
+sample alerts in a short story over real HTTP with signed tokens, takes the ITSM down for one
+alert (answered 202, the work item appears once the ITSM is back), prints what happened to each
+alert and each work item, and exits 0 only when every step did what it should.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from .server import BridgeServer
 
 __all__ = ["Step", "run_demo"]
 
-_STATE_NAMES = {"1": "New", "2": "In Progress", "3": "On Hold", "6": "Resolved", "7": "Closed", "8": "Canceled"}
 
 
 @dataclass(frozen=True)
@@ -43,8 +42,8 @@ OUTAGE_ALERT_ID = (
 RECOVERY_SECONDS = 20.0
 
 
-def _servicenow_down(stack: SandboxStack) -> None:
-    stack.servicenow.stop()
+def _itsm_down(stack: SandboxStack) -> None:
+    stack.itsm.stop()
 
 
 def _story() -> list[Step]:
@@ -77,8 +76,8 @@ def _story() -> list[Step]:
              token=lambda s: s.token(unpublished_key=True)),
         Step("token without the webhook role", load_sample("metric_static_fired.testaction.json"), 403,
              token=lambda s: s.token(roles=())),
-        Step("ServiceNow down: a new alert is queued", load_sample("metric_static_fired.testaction.json",
-             alertId=OUTAGE_ALERT_ID), 202, before=_servicenow_down),
+        Step("ITSM down: a new alert is queued", load_sample("metric_static_fired.testaction.json",
+             alertId=OUTAGE_ALERT_ID), 202, before=_itsm_down),
     ]
 
 
@@ -90,15 +89,17 @@ def _table(rows: list[list[str]], out: TextIO) -> None:
             out.write("  ".join("-" * w for w in widths) + "\n")
 
 
-def run_demo(out: TextIO = sys.stdout) -> int:
+def run_demo(out: TextIO = sys.stdout, *, itsm: str = "servicenow") -> int:
     started = time.monotonic()
-    with SandboxStack() as stack:
+    with SandboxStack(itsm=itsm) as stack:
         env = stack.bridge_env(ALLOWED_SUBSCRIPTION_IDS=SANDBOX_SUBSCRIPTION)
         runtime = build_runtime(env)
         runtime.worker.start()
         try:
             with BridgeServer(runtime.api, port=0) as server, requests.Session() as http:
-                out.write(f"ServiceNow stand-in {stack.servicenow.url}   Entra ID stand-in {stack.entra.base_url}\n")
+                out.write(
+                    f"{stack.itsm.display_name} stand-in {stack.itsm.url}   Entra ID stand-in {stack.entra.base_url}\n"
+                )
                 out.write(f"bridge listening on {server.url}/api/alerts (state: {stack.state_dir})\n\n")
                 results = [["#", "step", "expected", "got", "incident", "ok"]]
                 failures = 0
@@ -138,44 +139,37 @@ def run_demo(out: TextIO = sys.stdout) -> int:
 
 
 def _recover(stack: SandboxStack, out: TextIO) -> int:
-    """Bring ServiceNow back and wait for the outbox to create the queued alert's incident."""
-    stack.servicenow.start()
+    """Bring the ITSM back and wait for the outbox to create the queued alert's work item."""
+    stack.itsm.start()
     back = time.monotonic()
-    out.write("\nServiceNow is back; waiting for the outbox to deliver the queued alert ...\n")
+    name = stack.itsm.display_name
+    out.write(f"\n{name} is back; waiting for the outbox to deliver the queued alert ...\n")
     while time.monotonic() - back < RECOVERY_SECONDS:
-        found = [i for i in stack.servicenow.records("incident") if i["correlation_id"] == OUTAGE_ALERT_ID[-36:]]
+        found = [i for i in stack.itsm.items() if i.correlation_id == OUTAGE_ALERT_ID[-36:]]
         if found:
-            out.write(f"the queued alert became {found[0]['number']} {time.monotonic() - back:.1f} s after recovery\n")
+            out.write(f"the queued alert became {found[0].number} {time.monotonic() - back:.1f} s after recovery\n")
             return 0
         time.sleep(0.1)
-    out.write(f"the queued alert did not reach ServiceNow within {RECOVERY_SECONDS:.0f} s\n")
+    out.write(f"the queued alert did not reach {name} within {RECOVERY_SECONDS:.0f} s\n")
     return 1
 
 
 def _check_incidents(stack: SandboxStack, out: TextIO) -> int:
-    incidents = stack.servicenow.records("incident")
-    cis = {ci["sys_id"]: ci["name"] for ci in stack.servicenow.records("cmdb_ci")}
-    rows = [["number", "state", "correlation_id", "cmdb_ci", "short_description"]]
-    for inc in incidents:
-        ci = inc.get("cmdb_ci") or ""
-        ci_value = ci.get("value", "") if isinstance(ci, dict) else ci
-        rows.append([
-            inc["number"],
-            _STATE_NAMES.get(str(inc.get("state")), str(inc.get("state"))),
-            inc["correlation_id"],
-            cis.get(ci_value, "-"),
-            inc["short_description"][:70],
-        ])
-    out.write(f"\nIncidents in the ServiceNow stand-in ({len(incidents)})\n")
+    items = stack.itsm.items()
+    rows = [["number", "status", "correlation_id", "configuration item", "title"]]
+    for item in items:
+        rows.append([item.number, item.status, item.correlation_id, item.configuration_item or "-", item.title[:70]])
+    out.write(f"\nWork items in the {stack.itsm.display_name} stand-in ({len(items)})\n")
     _table(rows, out)
 
     failures = 0
-    states = sorted(str(inc.get("state")) for inc in incidents)
-    if len(incidents) != 5 or states != ["1", "1", "1", "1", "6"]:
-        out.write("expected 5 incidents: the metric one resolved, four open\n")
+    statuses = sorted(item.status for item in items)
+    if len(items) != 5 or statuses != ["open", "open", "open", "open", "resolved"]:
+        out.write("expected 5 work items: the metric one resolved, four open\n")
         failures += 1
-    bound = sum(1 for inc in incidents if inc.get("cmdb_ci"))
-    if bound != 4:
-        out.write(f"expected 4 incidents bound to a CMDB CI, found {bound}\n")
+    bound = sum(1 for item in items if item.configuration_item)
+    expected = 4 if stack.itsm.binds_configuration_items else 0
+    if bound != expected:
+        out.write(f"expected {expected} work items bound to a CMDB configuration item, found {bound}\n")
         failures += 1
     return failures

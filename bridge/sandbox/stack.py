@@ -1,7 +1,10 @@
-"""The embedded sandbox: both stand-ins started together, and the bridge settings that point at them.
+"""The embedded sandbox: an ITSM stand-in (ServiceNow or Jira) and the Entra ID stand-in started
+together, and the bridge settings that point at them.
 
-Used by ``python -m bridge demo``, ``python -m bridge serve --sandbox`` and the integration tests,
-so all three run the bridge against the same stand-ins with the same settings.
+Used by ``python -m bridge demo [--itsm jira]``, ``python -m bridge serve --sandbox [--itsm jira]``
+and the integration tests, so all run the bridge against the same stand-ins with the same
+settings. :class:`SandboxItem` is a neutral view of what the ITSM stand-in holds, so the demo
+reads the same whichever ITSM it runs against.
 """
 
 from __future__ import annotations
@@ -9,14 +12,24 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ..config import AZURE_MONITOR_APP_ID
 from .entra import SANDBOX_AUDIENCE, SANDBOX_CLIENT_ID, EntraStandIn
+from .jira import JiraStandIn
 from .servicenow import ServiceNowStandIn
 
-__all__ = ["SANDBOX_AUDIENCE", "SANDBOX_CLIENT_ID", "SandboxStack", "sample_cmdb"]
+__all__ = [
+    "ITSMS",
+    "SANDBOX_AUDIENCE",
+    "SANDBOX_CLIENT_ID",
+    "ItsmSandbox",
+    "SandboxItem",
+    "SandboxStack",
+    "sample_cmdb",
+]
 
 SANDBOX_SUBSCRIPTION = "11111111-1111-1111-1111-111111111111"
 
@@ -49,27 +62,210 @@ def sample_cmdb() -> list[dict[str, Any]]:
     ]
 
 
-class SandboxStack:
-    """A ServiceNow stand-in (seeded CMDB) and an Entra ID stand-in on loopback."""
+@dataclass(frozen=True)
+class SandboxItem:
+    """A work item in an ITSM stand-in, in the bridge's neutral terms."""
 
-    def __init__(self, *, servicenow_port: int = 0, entra_port: int = 0) -> None:
-        self.servicenow = ServiceNowStandIn(port=servicenow_port, seed={"cmdb_ci": sample_cmdb()})
+    number: str
+    status: str  # open, resolved, closed, canceled
+    correlation_id: str
+    title: str
+    configuration_item: str | None  # the CI's name, when the ITSM binds one
+    notes: tuple[str, ...]  # the bridge's notes (work notes, internal comments) as text, oldest first
+
+
+class ItsmSandbox(Protocol):
+    """What the stack needs of an ITSM stand-in: its life, where it is, how the bridge reaches
+    it, and what it holds."""
+
+    name: str
+    display_name: str
+    binds_configuration_items: bool
+
+    @property
+    def standin(self) -> Any: ...
+
+    @property
+    def url(self) -> str: ...
+
+    def start(self) -> Any: ...
+
+    def stop(self) -> None: ...
+
+    def bridge_env(self) -> dict[str, str]: ...
+
+    def items(self) -> list[SandboxItem]: ...
+
+    def credentials(self) -> str: ...
+
+
+class _ServiceNowSandbox:
+    name = "servicenow"
+    display_name = "ServiceNow"
+    binds_configuration_items = True
+    _STATUS = {"1": "open", "2": "open", "3": "open", "6": "resolved", "7": "closed", "8": "canceled"}
+
+    def __init__(self, port: int) -> None:
+        self.standin = ServiceNowStandIn(port=port, seed={"cmdb_ci": sample_cmdb()})
+
+    @property
+    def url(self) -> str:
+        return self.standin.url
+
+    def start(self) -> Any:
+        return self.standin.start()
+
+    def stop(self) -> None:
+        self.standin.stop()
+
+    def bridge_env(self) -> dict[str, str]:
+        return {
+            "ITSM_ADAPTER": "servicenow",
+            "SERVICENOW_INSTANCE_URL": self.standin.url,
+            "SERVICENOW_CLIENT_ID": "sandbox-client",
+            "SERVICENOW_CLIENT_SECRET": "sandbox-secret",
+        }
+
+    def credentials(self) -> str:
+        return "user bridge / sandbox-password; OAuth client sandbox-client / sandbox-secret"
+
+    def items(self) -> list[SandboxItem]:
+        cis = {ci["sys_id"]: ci["name"] for ci in self.standin.records("cmdb_ci")}
+        found = []
+        for row in self.standin.records("incident"):
+            ci = row.get("cmdb_ci") or ""
+            ci_id = ci.get("value", "") if isinstance(ci, dict) else ci
+            found.append(
+                SandboxItem(
+                    number=row["number"],
+                    status=self._STATUS.get(str(row.get("state")), "open"),
+                    correlation_id=row["correlation_id"],
+                    title=row["short_description"],
+                    configuration_item=cis.get(ci_id),
+                    notes=tuple(self.standin.journal("incident", row["sys_id"])),
+                )
+            )
+        return found
+
+
+class _JiraSandbox:
+    name = "jira"
+    display_name = "Jira"
+    binds_configuration_items = False  # no CMDB in Jira here
+    _PREFIX = "azmon-"
+
+    def __init__(self, port: int) -> None:
+        self.standin = JiraStandIn(port=port)
+
+    @property
+    def url(self) -> str:
+        return self.standin.url
+
+    def start(self) -> Any:
+        return self.standin.start()
+
+    def stop(self) -> None:
+        self.standin.stop()
+
+    def bridge_env(self) -> dict[str, str]:
+        return {
+            "ITSM_ADAPTER": "jira",
+            "JIRA_BASE_URL": self.standin.url,
+            "JIRA_DEPLOYMENT": "cloud",
+            "JIRA_EMAIL": "bridge@example.com",
+            "JIRA_API_TOKEN": "sandbox-jira-token",
+            "JIRA_PROJECT": "OPS",
+            "JIRA_ISSUE_TYPE": "Incident",
+            "JIRA_LABEL_PREFIX": self._PREFIX,
+            "CMDB_LOOKUP": "false",
+        }
+
+    def credentials(self) -> str:
+        return "email bridge@example.com / API token sandbox-jira-token; project OPS"
+
+    def items(self) -> list[SandboxItem]:
+        found = []
+        for issue in self.standin.issues():
+            fields = issue["fields"]
+            labels = [label for label in fields.get("labels", []) if label.startswith(self._PREFIX)]
+            category = str(fields.get("statusCategory", "")).lower()
+            status = "open" if category in ("new", "indeterminate") else "resolved"
+            if str(fields.get("status", "")).lower() == "closed":
+                status = "closed"
+            found.append(
+                SandboxItem(
+                    number=issue["key"],
+                    status=status,
+                    correlation_id=labels[0][len(self._PREFIX) :] if labels else "",
+                    title=str(fields.get("summary", "")),
+                    configuration_item=None,
+                    notes=tuple(_adf_text(c["body"]) for c in self.standin.comments(issue["key"])),
+                )
+            )
+        return found
+
+
+def _adf_text(body: Any) -> str:
+    """The text of an ADF document (or a plain string body)."""
+    if isinstance(body, str):
+        return body
+    parts: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "text":
+                parts.append(str(node.get("text", "")))
+            elif node.get("type") == "hardBreak":
+                parts.append("\n")
+            for child in node.get("content", []) or []:
+                walk(child)
+            if node.get("type") == "paragraph":
+                parts.append("\n")
+
+    walk(body)
+    return "".join(parts).strip()
+
+
+ITSMS: dict[str, type[Any]] = {"servicenow": _ServiceNowSandbox, "jira": _JiraSandbox}
+
+
+class SandboxStack:
+    """An ITSM stand-in (ServiceNow with a seeded CMDB, or Jira) and an Entra ID stand-in on loopback."""
+
+    def __init__(self, *, itsm: str = "servicenow", itsm_port: int = 0, entra_port: int = 0) -> None:
+        if itsm not in ITSMS:
+            raise ValueError(f"unknown ITSM {itsm!r}; the sandbox has {', '.join(ITSMS)}")
+        self.itsm: ItsmSandbox = ITSMS[itsm](itsm_port)
         self.entra = EntraStandIn(port=entra_port)
         # The stand-ins start empty, so the bridge's state must too: a fresh SQLite file per stack.
         self.state_dir = Path(tempfile.mkdtemp(prefix="bridge-sandbox-"))
 
+    @property
+    def servicenow(self) -> ServiceNowStandIn:
+        """The ServiceNow stand-in (of a stack started with ``itsm="servicenow"``)."""
+        if not isinstance(self.itsm, _ServiceNowSandbox):
+            raise AttributeError("this sandbox runs Jira, not ServiceNow")
+        return self.itsm.standin
+
+    @property
+    def jira(self) -> JiraStandIn:
+        """The Jira stand-in (of a stack started with ``itsm="jira"``)."""
+        if not isinstance(self.itsm, _JiraSandbox):
+            raise AttributeError("this sandbox runs ServiceNow, not Jira")
+        return self.itsm.standin
+
     def start(self) -> SandboxStack:
-        self.servicenow.start()
+        self.itsm.start()
         try:
             self.entra.start()
         except Exception:
-            self.servicenow.stop()
+            self.itsm.stop()
             raise
         return self
 
     def stop(self) -> None:
         self.entra.stop()
-        self.servicenow.stop()
+        self.itsm.stop()
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def __enter__(self) -> SandboxStack:
@@ -79,16 +275,14 @@ class SandboxStack:
         self.stop()
 
     def bridge_env(self, **overrides: str) -> dict[str, str]:
-        """Bridge settings that point at the stand-ins (OAuth client credentials to ServiceNow)."""
+        """Bridge settings that point at the stand-ins (for ServiceNow: OAuth client credentials)."""
         env = {
             "AUTH_TENANT_ID": self.entra.tenant_id,
             "AUTH_AUDIENCES": f"{SANDBOX_AUDIENCE},{SANDBOX_CLIENT_ID}",
             "AUTH_ALLOWED_APP_IDS": AZURE_MONITOR_APP_ID,
             "AUTH_REQUIRED_ROLE": "ActionGroupsSecureWebhook",
             "AUTH_OPENID_CONFIG_URL": self.entra.openid_config_url,
-            "SERVICENOW_INSTANCE_URL": self.servicenow.url,
-            "SERVICENOW_CLIENT_ID": "sandbox-client",
-            "SERVICENOW_CLIENT_SECRET": "sandbox-secret",
+            **self.itsm.bridge_env(),
             "ITSM_RETRY_BUDGET_SECONDS": "8",
             "STATE_STORE": "sqlite",
             "STATE_SQLITE_PATH": str(self.state_dir / "state.sqlite3"),

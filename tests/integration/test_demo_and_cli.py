@@ -74,26 +74,31 @@ def run_bridge(*args: str, env: dict[str, str] | None = None) -> subprocess.Comp
 # --- the demo ------------------------------------------------------------------------------------
 
 
-def assert_demo_output(text: str) -> None:
+def assert_demo_output(
+    text: str, *, itsm: str = "ServiceNow", prefix: str = "INC001000", bound_to_ci: bool = True
+) -> None:
     assert "Alerts sent" in text
     step_rows = [line for line in text.splitlines() if re.match(r"^\d+\s{2}", line)]
     assert len(step_rows) == DEMO_STEPS
     assert all(row.endswith("yes") for row in step_rows), step_rows
     steps = {row.split()[0]: row for row in step_rows}
-    assert "ServiceNow down" in steps["12"] and "202 queued" in steps["12"]
-    assert re.search(r"^the queued alert became INC0010005 [\d.]+ s after recovery$", text, re.MULTILINE)
-    assert "Incidents in the ServiceNow stand-in (5)" in text
-    rows = {line.split()[0]: line for line in text.splitlines() if line.startswith("INC00100")}
-    assert sorted(rows) == ["INC0010001", "INC0010002", "INC0010003", "INC0010004", "INC0010005"]
-    assert "Resolved" in rows["INC0010001"] and "test-storageAccount" in rows["INC0010001"]
-    assert "New" in rows["INC0010002"] and "test-computer" in rows["INC0010002"]
-    assert "New" in rows["INC0010003"] and "test-VM" in rows["INC0010003"]
-    assert "New" in rows["INC0010004"] and "test-ServiceHealthAlertRule" in rows["INC0010004"]
-    # The alert sent while ServiceNow was down, created by the outbox once it was back.
-    assert "New" in rows["INC0010005"] and "0d8f3c2b-5a4e-4f6d-9b7c-1e2f3a4b5c6d" in rows["INC0010005"]
-    assert "test-storageAccount" in rows["INC0010005"]
-    bound = [number for number, row in rows.items() if not re.search(r"\s-\s", row)]
-    assert sorted(bound) == ["INC0010001", "INC0010002", "INC0010003", "INC0010005"]  # 4 bound to a CI
+    assert "ITSM down" in steps["12"] and "202 queued" in steps["12"]
+    assert re.search(rf"^the queued alert became {prefix}5 [\d.]+ s after recovery$", text, re.MULTILINE)
+    assert f"Work items in the {itsm} stand-in (5)" in text
+    rows = {line.split()[0]: line for line in text.splitlines() if line.startswith(prefix)}
+    assert sorted(rows) == [f"{prefix}{n}" for n in range(1, 6)]
+    assert " resolved " in rows[f"{prefix}1"] and "test-metricAlertRule" in rows[f"{prefix}1"]
+    assert " open " in rows[f"{prefix}2"] and "test-logAlertRule-v2" in rows[f"{prefix}2"]
+    assert " open " in rows[f"{prefix}3"] and "test-activityLogAlertRule" in rows[f"{prefix}3"]
+    assert " open " in rows[f"{prefix}4"] and "test-ServiceHealthAlertRule" in rows[f"{prefix}4"]
+    # The alert sent while the ITSM was down, created by the outbox once it was back.
+    assert " open " in rows[f"{prefix}5"] and "0d8f3c2b-5a4e-4f6d-9b7c-1e2f3a4b5c6d" in rows[f"{prefix}5"]
+    bound = sorted(number for number, row in rows.items() if not re.search(r"\s-\s", row))
+    if bound_to_ci:
+        assert "test-storageAccount" in rows[f"{prefix}1"] and "test-computer" in rows[f"{prefix}2"]
+        assert bound == [f"{prefix}1", f"{prefix}2", f"{prefix}3", f"{prefix}5"]  # 4 bound to a CI
+    else:
+        assert bound == []  # Jira has no CMDB to bind to
     assert "every step did what it should" in text
 
 
@@ -103,6 +108,14 @@ def test_demo_runs_in_process_and_names_the_incidents() -> None:
     assert run_demo(out=out) == 0
 
     assert_demo_output(out.getvalue())
+
+
+def test_the_demo_runs_against_jira_too() -> None:
+    out = io.StringIO()
+
+    assert run_demo(out=out, itsm="jira") == 0
+
+    assert_demo_output(out.getvalue(), itsm="Jira", prefix="OPS-", bound_to_ci=False)
 
 
 def test_python_m_bridge_demo_exits_0() -> None:
