@@ -308,7 +308,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the whole job on the embedded sandbox and exit",
-                          description="Start the ServiceNow and Entra ID stand-ins and the bridge on loopback, "
+                          description="Start an ITSM stand-in, the Entra ID stand-in and the bridge on loopback, "
                           "send the bundled sample alerts, print what happened; exit 0 when all went as it should.")
     demo.add_argument("--itsm", choices=sorted(_sandbox_itsms()), default="servicenow",
                       help="which ITSM the demo runs against (its stand-in)")

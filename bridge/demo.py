@@ -32,9 +32,9 @@ class Step:
     expect_status: int
     expect_action: str | None = None
     token: Callable[[SandboxStack], str] | None = None  # default: a good v2 token
-    before: Callable[[SandboxStack], None] | None = None  # e.g. take ServiceNow down
+    before: Callable[[SandboxStack], None] | None = None  # e.g. take the ITSM down
 
-# Sent while the ServiceNow stand-in is down: recorded, answered 202, created after recovery.
+# Sent while the ITSM stand-in is down: recorded, answered 202, created after recovery.
 OUTAGE_ALERT_ID = (
     f"/subscriptions/{SANDBOX_SUBSCRIPTION}/providers/Microsoft.AlertsManagement/alerts/"
     "0d8f3c2b-5a4e-4f6d-9b7c-1e2f3a4b5c6d"
@@ -101,7 +101,7 @@ def run_demo(out: TextIO = sys.stdout, *, itsm: str = "servicenow") -> int:
                     f"{stack.itsm.display_name} stand-in {stack.itsm.url}   Entra ID stand-in {stack.entra.base_url}\n"
                 )
                 out.write(f"bridge listening on {server.url}/api/alerts (state: {stack.state_dir})\n\n")
-                results = [["#", "step", "expected", "got", "incident", "ok"]]
+                results = [["#", "step", "expected", "got", "work item", "ok"]]
                 failures = 0
                 for n, step in enumerate(_story(), 1):
                     if step.before is not None:

@@ -110,7 +110,7 @@ def update_note(alert: Alert) -> str:
     if alert.is_stateless:
         heading = "Azure Monitor sent a new notification for this alert"
         if alert.is_resolved:
-            heading += " (monitor condition Resolved; this alert type never resolves incidents by itself)"
+            heading += " (monitor condition Resolved; this alert type never resolves work items by itself)"
     else:
         heading = "Azure Monitor reports the alert fired again"
     lines = [heading + "."]
@@ -474,7 +474,7 @@ def _activity_log_details(alert: Alert) -> list[str]:
     add("Event time", ctx.get("eventTimestamp"))
     add("Correlation ID", ctx.get("correlationId"))
     add("Scope", _mapping(ctx.get("authorization")).get("scope"))
-    # `claims` is deliberately left out: it is the caller's token claims, not incident material.
+    # `claims` is deliberately left out: it is the caller's token claims, not work item material.
     lines.extend(_properties_lines("Event properties", _mapping(ctx.get("properties")), value_max=300))
     return lines
 

@@ -211,7 +211,7 @@ class Reconciler:
                 record,
                 fingerprint,
                 Action.IGNORED,
-                "no incident for this alert; the resolution is recorded and applies if its Fired arrives",
+                "no work item for this alert; the resolution is recorded and applies if its Fired arrives",
             )
         reason = record.held or record.last_error or "the ITSM did not finish in time"
         if result.busy_until is not None and result.error is None and not record.last_error:
@@ -439,7 +439,7 @@ class Reconciler:
         self._update(key, owner, created, fact=True)
 
     def _search(self, key: str, owner: str, record: Record, wrote: dict[str, str]) -> None:
-        """A Resolved with no Fired recorded: resolve an incident from before the record, if any."""
+        """A Resolved with no Fired recorded: resolve a work item from before the record, if any."""
         found = list(self.adapter.find(key))
         if found:
             self._adopt(key, owner, record, found, wrote)
@@ -647,7 +647,7 @@ def _plan(record: Record) -> str | None:
     if record.item is None:
         if record.fired_events:
             return "ensure"
-        # Only a Resolved so far: its incident may predate the record (an earlier version made it).
+        # Only a Resolved so far: its work item may predate the record (an earlier version made it).
         return "search" if record.resolved_event is not None and not record.searched else None
     if not record.item_open or record.resolution_written:
         return "ignore" if record.unwritten else None
@@ -693,10 +693,10 @@ def _ignore_rest(record: Record) -> None:
         word = "resolved"
     for event in record.unwritten:
         if event.condition == "Resolved" and not record.stateless:
-            record.mark(event.fingerprint, Action.IGNORED, f"incident already {word}")
+            record.mark(event.fingerprint, Action.IGNORED, f"work item already {word}")
         else:
             record.mark(
-                event.fingerprint, Action.IGNORED, f"incident already {word}; a Fired after the Resolved opens nothing"
+                event.fingerprint, Action.IGNORED, f"work item already {word}; a Fired after the Resolved opens nothing"
             )
 
 

@@ -2,7 +2,7 @@
 
 Severity → priority hints (impact, urgency), the title template, routing rules, fields every
 new work item gets and the resolution code. Field names in ``fields`` and in a route's ``set``
-are the ITSM's own (ServiceNow columns, Jira field ids): the bridge passes them through, and
+are the ITSM's own (its column names or field ids): the bridge passes them through, and
 the adapter refuses the ones it manages itself. Loaded and checked once, at start-up.
 """
 
@@ -71,7 +71,7 @@ class MappingRules:
     """How alerts become work items; loaded from ``MAPPING_FILE`` over the built-in defaults."""
 
     severity_matrix: Mapping[str, tuple[int, int]] = field(default_factory=lambda: dict(DEFAULT_SEVERITY_MATRIX))
-    # None: the adapter's own default (ServiceNow's close code setting, Jira's resolution).
+    # None: the adapter's own default (its configured close code or resolution).
     resolution_code: str | None = None
     title_template: str = DEFAULT_TITLE_TEMPLATE
     routing: tuple[RoutingRule, ...] = ()

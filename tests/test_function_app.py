@@ -381,7 +381,7 @@ def test_resolved_sample_without_incident_is_recorded_and_ignored_after_one_look
     assert body_of(response) == {
         "status": "processed", "action": "ignored", "alertId": payload["data"]["essentials"]["alertId"],
         "correlationId": key, "workItem": None,
-        "reason": "no incident for this alert; the resolution is recorded and applies if its Fired arrives",
+        "reason": "no work item for this alert; the resolution is recorded and applies if its Fired arrives",
     }
     assert itsm_calls(snow) == [FIND]
     record = record_of(key)
@@ -495,7 +495,7 @@ def test_resolved_rereads_then_resolves_and_a_second_resolved_makes_no_call(
     late = call(metric_again(55.0))  # a Fired after the Resolved
 
     assert (late.status_code, body_of(late)["action"]) == (200, "ignored")
-    assert body_of(late)["reason"] == "incident already resolved; a Fired after the Resolved opens nothing"
+    assert body_of(late)["reason"] == "work item already resolved; a Fired after the Resolved opens nothing"
     assert body_of(late)["workItem"]["id"] == sys_id
     assert itsm_calls(snow) == []
 
@@ -543,14 +543,14 @@ def test_an_incident_a_person_closed_is_never_touched_again(
 
     body = body_of(response)
     assert (response.status_code, body["action"]) == (200, "ignored")
-    assert body["reason"] == f"incident already {word}"
+    assert body["reason"] == f"work item already {word}"
     assert itsm_calls(snow) == [FIND]  # re-read, and left alone
     next_round(snow)
 
     fired = call(metric_again())
 
     assert body_of(fired)["action"] == "ignored"
-    assert body_of(fired)["reason"] == f"incident already {word}; a Fired after the Resolved opens nothing"
+    assert body_of(fired)["reason"] == f"work item already {word}; a Fired after the Resolved opens nothing"
     assert itsm_calls(snow) == []
 
 

@@ -502,7 +502,7 @@ def test_update_note_for_stateless_alerts() -> None:
     data = body("resource_health_fired.testaction.json")
     data["data"]["essentials"]["monitorCondition"] = "Resolved"
     resolved = parse_alert(data)
-    assert "never resolves incidents by itself" in lines(update_note(resolved))[0]
+    assert "never resolves work items by itself" in lines(update_note(resolved))[0]
     assert "Resource health: Rebooted by user; current status: Unavailable; previous status: Available; " \
         "cause: UserInitiated" in lines(update_note(resolved))
 

@@ -204,7 +204,7 @@ def test_resolved_sample_without_an_incident_is_recorded_after_one_lookup(
     body = assert_processed(bridge.post_alert(payload), "ignored")
 
     assert body["workItem"] is None
-    assert body["reason"] == "no incident for this alert; the resolution is recorded and applies if its Fired arrives"
+    assert body["reason"] == "no work item for this alert; the resolution is recorded and applies if its Fired arrives"
     assert snow.records("incident") == []
     # One lookup (an incident from an earlier version would be resolved), no write.
     assert [(r.method, r.path) for r in snow.requests if r.path == INCIDENT_PATH] == [("GET", INCIDENT_PATH)]
@@ -311,7 +311,7 @@ def test_full_lifecycle_of_one_alert(bridge: LocalBridge, snow: ServiceNowStandI
     assert len(snow.journal("incident", sys_id)) == 3
 
     late = assert_processed(bridge.post_alert(fired_late), "ignored")
-    assert late["reason"] == "incident already resolved; a Fired after the Resolved opens nothing"
+    assert late["reason"] == "work item already resolved; a Fired after the Resolved opens nothing"
     assert late["workItem"]["id"] == sys_id
     first_again = assert_processed(bridge.post_alert(fired), "ignored")
     assert first_again["reason"] == "identical alert already recorded"
@@ -347,7 +347,7 @@ def test_an_incident_a_person_closed_is_left_alone(bridge: LocalBridge, snow: Se
     resolved = bridge.post_alert(load_sample(METRIC, monitorCondition="Resolved", resolvedDateTime=RESOLVED_AT))
 
     body = assert_processed(resolved, "ignored")
-    assert body["reason"] == "incident already closed"
+    assert body["reason"] == "work item already closed"
     assert itsm_calls(snow)[seen:] == [FIND]  # re-read before writing, and nothing written
     after = only_incident(snow)
     assert (after["state"], after["close_code"], after["close_notes"]) == (
