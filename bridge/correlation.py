@@ -1,7 +1,7 @@
 """Identity of an alert: the correlation key that ties it to one work item, and the payload
 fingerprint that recognises a redelivery of the very same notification.
 
-The key goes into ITSM queries (encoded queries, JQL), so it is restricted to ``[0-9a-f-]``: it can never
+The key goes into ITSM queries, so it is restricted to ``[0-9a-f-]``: it can never
 contain ``^`` (the query separator) and stays within the 100 characters of ``correlation_id``.
 """
 

@@ -1,6 +1,6 @@
-"""``python -m bridge demo [--itsm jira]``: the whole job on the embedded sandbox, no cloud account.
+"""``python -m bridge demo [--itsm NAME]``: the whole job on the embedded sandbox, no cloud account.
 
-Starts an ITSM stand-in (ServiceNow by default, or Jira), the Entra ID stand-in and the bridge's
+Starts an ITSM stand-in (the sandbox has one per built-in adapter), the Entra ID stand-in and the bridge's
 local server (with its outbox worker and a fresh SQLite state file) on loopback, sends the bundled
 sample alerts in a short story over real HTTP with signed tokens, takes the ITSM down for one
 alert (answered 202, the work item appears once the ITSM is back), prints what happened to each
