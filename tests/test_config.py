@@ -9,6 +9,7 @@ import pytest
 
 from bridge.adapters.registry import BUILTIN, settings_of
 from bridge.config import AZURE_MONITOR_APP_ID, SETTING_NAMES, Settings
+from bridge.config import SETTINGS as SETTINGS_OF_CORE
 from bridge.errors import ConfigError
 from bridge.runtime import validate
 
@@ -290,3 +291,12 @@ def test_bad_outbox_timing_settings_name_the_setting(name: str, value: str) -> N
     with pytest.raises(ConfigError) as raised:
         Settings.from_env({**GOOD, name: value})
     assert raised.value.setting == name
+
+
+def test_the_readme_documents_every_declared_setting() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    declared = {s.name for s in SETTINGS_OF_CORE}
+    for name in BUILTIN:
+        declared |= {s.name for s in settings_of(name)}
+    missing = sorted(name for name in declared if f"`{name}`" not in readme)
+    assert missing == []
