@@ -62,7 +62,9 @@ def adapter_class(name: str) -> type[Any]:
     module_name, _, attribute = reference.partition(":")
     try:
         cls = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as exc:
+    except Exception as exc:
+        # A plugin's module may fail in any way while importing; it is a bad setting all the same.
+        logger.exception("adapter %s (%s) cannot be loaded", name, reference)
         raise ConfigError("ITSM_ADAPTER", f"adapter {name} cannot be loaded ({type(exc).__name__})") from None
     if getattr(cls, "name", None) != name.strip().lower():
         raise ConfigError("ITSM_ADAPTER", f"{reference} does not call itself {name}")
