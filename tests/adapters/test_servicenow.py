@@ -1,23 +1,32 @@
-"""ServiceNow adapter: the shared contract against a stateful fake, then ServiceNow's wire details.
+"""ServiceNow adapter: the shared contract over two fakes, then ServiceNow's wire details.
 
-The fake (:class:`FakeServiceNow`) answers through ``responses`` callbacks, so nothing leaves the
-process. It keeps incidents and CMDB records, parses encoded queries the way ServiceNow does
-(unknown clauses silently ignored, ``=`` case-insensitive), renders journal fields as display
-values, checks basic auth or OAuth bearer tokens, and lets a test script failures.
-The ``TestServiceNowWire`` cases assert exact URLs, query strings, bodies and headers.
+Two implementations of the contract's ``FakeItsm`` run the whole contract:
+
+* :class:`FakeServiceNow` answers through ``responses`` callbacks, so nothing leaves the process.
+  It keeps incidents and CMDB records, parses encoded queries the way ServiceNow does (unknown
+  clauses silently ignored, ``=`` case-insensitive), renders journal fields as display values,
+  checks basic auth or OAuth bearer tokens, and lets a test script failures.
+* :class:`StandInServiceNow` drives the sandbox's :class:`ServiceNowStandIn`, a real HTTP server on
+  loopback, through its fault injector: the same cases over real sockets, real keep-alive
+  connections, real timeouts and dropped connections.
+
+The wire classes after them assert exact URLs, query strings, bodies and headers (on the
+``responses`` fake), the failures only a mock can produce (a 100 as a final answer, a refused
+connection), and the instance behaviour only the stand-in has (its data policy, token expiry).
 """
 
 from __future__ import annotations
 
 import base64
 import email.utils
+import http.client
 import itertools
 import json
 import logging
 import re
 import uuid
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any
@@ -26,14 +35,18 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit
 import pytest
 import requests
 import responses
+from urllib3.exceptions import ProtocolError
 
 from bridge import __version__
-from bridge.adapters import ADAPTERS, build_adapter
-from bridge.adapters.base import ConfigurationItem, ItsmAdapter, Resolution, WorkItemRef
-from bridge.adapters.servicenow import ServiceNowAdapter
+from bridge.adapters import adapter_class, build_adapter
+from bridge.adapters.base import ConfigurationItem, ItsmAdapter, Resolution, WorkItemRef, WorkItemStatus
+from bridge.adapters.registry import settings_of
+from bridge.adapters.servicenow import CORRELATION_DISPLAY, KEY_PATTERN, SERVICENOW_SETTINGS, ServiceNowAdapter
 from bridge.config import Settings
-from bridge.errors import ConfigError, ItsmError, Reason
+from bridge.deadline import deadline
+from bridge.errors import ConfigError, ItsmError, Reason, classify_status
 from bridge.httpclient import error_from_exception, new_session, parse_retry_after, redact_url
+from bridge.sandbox.servicenow import ServiceNowStandIn
 
 from .contract import KEY, RESOURCE_ID, AdapterContract, FakeClock, FakeRecord, make_item
 
@@ -46,6 +59,20 @@ CLIENT_SECRET = "cs-T0p~Secret_client_value"
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 
 AUTH_MODES = ("basic", "oauth_client_credentials", "oauth_password")
+OPEN_STATES = ("1", "2", "3")
+_STATE_OF: Mapping[WorkItemStatus, str] = {
+    WorkItemStatus.OPEN: "1",
+    WorkItemStatus.RESOLVED: "6",
+    WorkItemStatus.CLOSED: "7",
+    WorkItemStatus.CANCELED: "8",
+}
+_STATUS_OF: Mapping[str, WorkItemStatus] = {
+    **dict.fromkeys(OPEN_STATES, WorkItemStatus.OPEN),
+    "6": WorkItemStatus.RESOLVED,
+    "7": WorkItemStatus.CLOSED,
+    "8": WorkItemStatus.CANCELED,
+}
+FOREIGN_DISPLAY = "Contoso Event Management"  # another integration that writes correlation_id too
 _INCIDENT_FIELDS = frozenset(
     {
         "sys_id",
@@ -70,24 +97,42 @@ _INCIDENT_FIELDS = frozenset(
     }
 )
 _CI_FIELDS = frozenset({"sys_id", "name", "object_id", "sys_class_name", "u_azure_id", "sys_created_on"})
+# A status whose answer carries no body (RFC 9110 6.4.1): a server sends none, even for a fault.
+_NO_BODY = frozenset({*range(100, 200), 204, 304})
 
 
-def make_settings(auth: str = "basic", **extra: str) -> Settings:
+def make_settings(
+    auth: str = "basic", *, instance: str = INSTANCE, drop: tuple[str, ...] = (), **extra: str
+) -> Settings:
     env = {
         "AUTH_TENANT_ID": TENANT,
         "AUTH_AUDIENCES": "api://bridge",
-        "SERVICENOW_INSTANCE_URL": INSTANCE,
+        "SERVICENOW_INSTANCE_URL": instance,
     }
     if auth in ("basic", "oauth_password"):
         env.update(SERVICENOW_USERNAME=USERNAME, SERVICENOW_PASSWORD=PASSWORD)
     if auth.startswith("oauth"):
         env.update(SERVICENOW_CLIENT_ID=CLIENT_ID, SERVICENOW_CLIENT_SECRET=CLIENT_SECRET)
     env.update(extra)
+    for name in drop:
+        env.pop(name, None)
     return Settings.from_env(env)
 
 
 def sn_error(message: str | None, detail: str | None = None) -> str:
     return json.dumps({"error": {"message": message, "detail": detail}, "status": "failure"})
+
+
+def _configured_secrets(auth: str) -> list[str]:
+    if auth == "basic":
+        return [PASSWORD, base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()]
+    if auth == "oauth_password":
+        return [PASSWORD, CLIENT_SECRET]
+    return [CLIENT_SECRET]
+
+
+class _CommitThenDrop:
+    """A scripted failure of :class:`FakeServiceNow`: handle the request, then lose the answer."""
 
 
 class FakeServiceNow:
@@ -98,7 +143,7 @@ class FakeServiceNow:
         self.clock = clock
         self.tables: dict[str, dict[str, dict[str, str]]] = {"incident": {}, "cmdb_ci": {}}
         self.journal: dict[str, list[str]] = {}
-        self.failures: deque[tuple[int, Mapping[str, str], str] | Exception] = deque()
+        self.failures: deque[tuple[int, Mapping[str, str], str] | Exception | _CommitThenDrop] = deque()
         self.token_failures: deque[tuple[int, Mapping[str, str], str] | Exception] = deque()
         self.valid_tokens: dict[str, float] = {}
         self.issued_tokens: list[str] = []
@@ -115,11 +160,17 @@ class FakeServiceNow:
 
     # ------------------------------------------------------------- FakeItsm
 
-    def seed(self, correlation_id: str, *, is_open: bool = True) -> str:
-        return self.seed_incident(correlation_id, state="1" if is_open else "7")
+    def seed(self, correlation_id: str, *, status: WorkItemStatus = WorkItemStatus.OPEN) -> str:
+        return self.seed_incident(correlation_id, state=_STATE_OF[status])
 
-    def seed_incident(self, correlation_id: str, *, state: str = "1", **fields: str) -> str:
-        return self._insert("incident", {"correlation_id": correlation_id, "state": state, **fields})
+    def seed_foreign(self, correlation_id: str) -> str:
+        return self.seed_incident(correlation_id, correlation_display=FOREIGN_DISPLAY)
+
+    def seed_incident(
+        self, correlation_id: str, *, state: str = "1", correlation_display: str = CORRELATION_DISPLAY, **fields: str
+    ) -> str:
+        values = {"correlation_id": correlation_id, "correlation_display": correlation_display, "state": state}
+        return self._insert("incident", {**values, **fields})
 
     def seed_ci(self, name: str, resource_id: str | None = None) -> str:
         fields = {"name": name, "sys_class_name": "cmdb_ci_vm_instance"}
@@ -132,7 +183,7 @@ class FakeServiceNow:
             FakeRecord(
                 id=sys_id,
                 correlation_id=row.get("correlation_id", ""),
-                is_open=row.get("state") in ("1", "2", "3"),
+                status=_STATUS_OF.get(row.get("state", ""), WorkItemStatus.OPEN),
                 notes=tuple(self.journal.get(sys_id, [])),
                 fields=dict(row),
             )
@@ -148,18 +199,22 @@ class FakeServiceNow:
         times: int = 1,
     ) -> None:
         if body is None:
-            body = sn_error(_reason(status), None) if status >= 400 else ""
+            body = "" if status in _NO_BODY else sn_error(_reason(status), None)
         for _ in range(times):
             self.failures.append((status, dict(headers or {}), body))
 
+    def drop_next(self) -> None:
+        # What requests raises when the server closes the connection after reading the request.
+        self.failures.append(_remote_disconnected())
+
+    def commit_then_drop_next(self) -> None:
+        self.failures.append(_CommitThenDrop())
+
+    def delay_next(self) -> None:
+        self.failures.append(requests.ReadTimeout("Read timed out. (read timeout=4.0)"))
+
     def clear_failures(self) -> None:
         self.failures.clear()
-
-    def drop_next(self) -> None:
-        self.failures.append(requests.ConnectionError(OSError(111, "Connection refused")))
-
-    def timeout_next(self) -> None:
-        self.failures.append(requests.ReadTimeout("Read timed out. (read timeout=4.0)"))
 
     def sloppy_search(self) -> None:
         self.sloppy = True
@@ -168,17 +223,15 @@ class FakeServiceNow:
         return sn_error(message, detail)
 
     def secrets(self) -> list[str]:
-        if self.auth == "basic":
-            return [PASSWORD, base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()]
-        if self.auth == "oauth_password":
-            return [PASSWORD, CLIENT_SECRET, *self.issued_tokens]
-        return [CLIENT_SECRET, *self.issued_tokens]
+        return [*_configured_secrets(self.auth), *self.issued_tokens]
 
-    # ------------------------------------------------------------- extra controls
+    # ------------------------------------------------------------- extra controls (wire tests)
 
-    def fail_token_next(
-        self, status: int, headers: Mapping[str, str] | None = None, body: str | None = None
-    ) -> None:
+    def refuse_next(self) -> None:
+        """The next API request finds nobody listening (a failure before anything was sent)."""
+        self.failures.append(requests.ConnectionError(OSError(111, "Connection refused")))
+
+    def fail_token_next(self, status: int, headers: Mapping[str, str] | None = None, body: str | None = None) -> None:
         if body is None:
             body = json.dumps({"error_description": "access_denied", "error": "server_error"})
         self.token_failures.append((status, dict(headers or {}), body))
@@ -223,7 +276,14 @@ class FakeServiceNow:
         if not self._authorized(str(request.headers.get("Authorization", ""))):
             return (401, {}, sn_error("User Not Authenticated", "Required to provide Auth information"))
         if self.failures:
-            return _scripted(self.failures.popleft())
+            failure = self.failures.popleft()
+            if isinstance(failure, _CommitThenDrop):
+                self._serve(request)
+                return _remote_disconnected()
+            return _scripted(failure)
+        return self._serve(request)
+
+    def _serve(self, request: requests.PreparedRequest) -> Any:
         parts = urlsplit(request.url or "")
         params = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         segments = parts.path.split("/")[4:]  # after /api/now/table/
@@ -330,6 +390,12 @@ def _reason(status: int) -> str:
         return "Error"
 
 
+def _remote_disconnected() -> requests.ConnectionError:
+    return requests.ConnectionError(
+        ProtocolError("Connection aborted.", http.client.RemoteDisconnected("Remote end closed connection"))
+    )
+
+
 def _scripted(entry: tuple[int, Mapping[str, str], str] | Exception) -> Any:
     if isinstance(entry, Exception):
         return entry
@@ -348,6 +414,183 @@ def _body_text(request: requests.PreparedRequest) -> str:
     return body.decode() if isinstance(body, bytes) else str(body)
 
 
+# ===================================================================== the stand-in as a FakeItsm
+
+_API_PATH = r"^/api/"  # the Table API; never the token endpoint
+# The stand-in adapter's read timeout, and how late a delayed answer comes: loopback answers in a
+# millisecond or two, so a quarter of a second is ample for every other call.
+STANDIN_READ_TIMEOUT = "0.25"
+_LATE_SECONDS = 3.0
+
+
+class _ClockSwitch:
+    """The stand-in's clock for the whole module, pointed at each test's ``FakeClock``."""
+
+    def __init__(self) -> None:
+        self.target: Callable[[], float] = FakeClock()
+
+    def __call__(self) -> float:
+        return self.target()
+
+
+class StandInServiceNow:
+    """The contract's ``FakeItsm`` over :class:`ServiceNowStandIn`, a real server on loopback.
+
+    Seeds are written with the stand-in's trusted ``insert`` (with rising ``sys_created_on``);
+    failures are fault-injector rules on the Table API paths; tokens are read off the wire by a
+    response hook on the adapter's session (:meth:`session`), as a client sees them.
+    """
+
+    def __init__(self, standin: ServiceNowStandIn, *, auth: str) -> None:
+        self.standin = standin
+        self.auth = auth
+        self.tokens: list[str] = []
+        self._created = itertools.count()
+
+    def session(self) -> requests.Session:
+        """A session for the adapter under test, noting every token the stand-in issues."""
+        session = new_session()
+        session.hooks["response"].append(self._note_tokens)
+        return session
+
+    def restore(self) -> None:
+        self.standin.__dict__.pop("_handle", None)
+        self.standin.faults.clear()
+
+    # ------------------------------------------------------------- FakeItsm
+
+    def seed(self, correlation_id: str, *, status: WorkItemStatus = WorkItemStatus.OPEN) -> str:
+        values = {"correlation_id": correlation_id, "state": _STATE_OF[status]}
+        if status is not WorkItemStatus.OPEN:
+            values.update(close_code="Solution provided", close_notes="Seeded")
+        return self._insert_incident(values)
+
+    def seed_foreign(self, correlation_id: str) -> str:
+        return self._insert_incident({"correlation_id": correlation_id, "correlation_display": FOREIGN_DISPLAY})
+
+    def seed_ci(self, name: str, resource_id: str | None = None) -> str:
+        values = {"name": name, "sys_class_name": "cmdb_ci_vm_instance"}
+        if resource_id is not None:
+            values["object_id"] = resource_id
+        return str(self.standin.insert("cmdb_ci", values)["sys_id"])
+
+    def records(self) -> list[FakeRecord]:
+        return [
+            FakeRecord(
+                id=row["sys_id"],
+                correlation_id=row["correlation_id"],
+                status=_STATUS_OF.get(row["state"], WorkItemStatus.OPEN),
+                notes=tuple(self.standin.journal("incident", row["sys_id"])),
+                fields=row,
+            )
+            for row in self.standin.records("incident")
+        ]
+
+    def fail_next(
+        self,
+        status: int,
+        headers: Mapping[str, str] | None = None,
+        body: str | None = None,
+        *,
+        times: int = 1,
+    ) -> None:
+        if status == 100:
+            raise ValueError("a 100 is always interim on a real connection; it cannot be an answer")
+        if body is None and status in _NO_BODY:
+            body = ""
+        self.standin.faults.status(status, path=_API_PATH, headers=dict(headers or {}), body=body, times=times)
+
+    def drop_next(self) -> None:
+        self.standin.faults.drop(path=_API_PATH, times=1)
+
+    def commit_then_drop_next(self) -> None:
+        self.standin.faults.commit_then_drop(path=_API_PATH, times=1)
+
+    def delay_next(self) -> None:
+        # Late and then dropped unhandled: the client has long given up, and nothing is written
+        # behind a later test's back.
+        self.standin.faults.latency(_LATE_SECONDS, path=_API_PATH, times=1)
+        self.standin.faults.drop(path=_API_PATH, times=1)
+
+    def clear_failures(self) -> None:
+        self.standin.faults.clear()
+
+    def sloppy_search(self) -> None:
+        standin = self.standin
+        handle = type(standin)._handle.__get__(standin)
+
+        def ignore_filters(
+            method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str], body: bytes
+        ) -> Any:
+            if method == "GET" and "sysparm_query" in query:
+                kept = [term for term in query["sysparm_query"].split("^") if term.startswith("ORDERBY")]
+                query = {**query, "sysparm_query": "^".join(kept)}
+            return handle(method, path, query, headers, body)
+
+        # The stand-in looks its handler up on the instance at each request, for this purpose.
+        standin._handle = ignore_filters  # type: ignore[method-assign]
+
+    def error_body(self, message: str, detail: str) -> str:
+        return sn_error(message, detail)
+
+    def secrets(self) -> list[str]:
+        return [*_configured_secrets(self.auth), *self.tokens]
+
+    # ------------------------------------------------------------- plumbing
+
+    def _insert_incident(self, values: Mapping[str, str]) -> str:
+        created = datetime(2025, 6, 15, 9, 0, tzinfo=UTC) + timedelta(seconds=next(self._created))
+        row = self.standin.insert(
+            "incident",
+            {
+                "correlation_display": CORRELATION_DISPLAY,
+                "short_description": "seeded",
+                "sys_created_on": created.strftime("%Y-%m-%d %H:%M:%S"),
+                **values,
+            },
+        )
+        return str(row["sys_id"])
+
+    def _note_tokens(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        # Access tokens only: those are what the adapter sends (and a server could echo). The
+        # refresh token the stand-in also issues is never used; TestOverTheStandIn checks it is
+        # never logged either.
+        if urlsplit(response.url).path != "/oauth_token.do" or not response.ok:
+            return
+        try:
+            body = response.json()
+        except ValueError:
+            return
+        token = body.get("access_token") if isinstance(body, dict) else None
+        if isinstance(token, str) and token:
+            self.tokens.append(token)
+
+
+def _start_standin() -> Iterator[tuple[ServiceNowStandIn, _ClockSwitch]]:
+    switch = _ClockSwitch()
+    with ServiceNowStandIn(
+        username=USERNAME, password=PASSWORD, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, clock=switch
+    ) as standin:
+        yield standin, switch
+
+
+@pytest.fixture(scope="module")
+def standin_server() -> Iterator[tuple[ServiceNowStandIn, _ClockSwitch]]:
+    """One stand-in for the contract cases (started once); each test resets it."""
+    yield from _start_standin()
+
+
+@pytest.fixture(scope="module")
+def quiet_standin_server() -> Iterator[tuple[ServiceNowStandIn, _ClockSwitch]]:
+    """Another for the cases that read the request log, which a late answer from a contract
+    case (``delay_next``) could otherwise still append to."""
+    yield from _start_standin()
+
+
+def standin_settings(standin: ServiceNowStandIn, auth: str = "basic", **extra: str) -> Settings:
+    return make_settings(auth, instance=standin.url, **{"ITSM_TIMEOUT_SECONDS": STANDIN_READ_TIMEOUT, **extra})
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
@@ -357,7 +600,10 @@ def clock() -> FakeClock:
 
 
 class TestServiceNowContract(AdapterContract):
-    """The shared adapter contract, for basic auth and both OAuth grants."""
+    """The shared adapter contract over ``responses``, for basic auth and both OAuth grants."""
+
+    adapter_name = "servicenow"
+    fake_kind = "responses"
 
     @pytest.fixture(params=AUTH_MODES)
     def auth_mode(self, request: pytest.FixtureRequest) -> str:
@@ -371,6 +617,35 @@ class TestServiceNowContract(AdapterContract):
     @pytest.fixture
     def adapter(self, auth_mode: str, itsm: FakeServiceNow, clock: FakeClock) -> Iterator[ServiceNowAdapter]:
         adapter = ServiceNowAdapter(make_settings(auth_mode), clock=clock)
+        yield adapter
+        adapter.close()
+
+
+@pytest.mark.integration
+class TestServiceNowStandInContract(AdapterContract):
+    """The same contract over real sockets, against the sandbox's ServiceNow stand-in."""
+
+    adapter_name = "servicenow"
+    fake_kind = "standin"
+
+    @pytest.fixture(params=AUTH_MODES)
+    def auth_mode(self, request: pytest.FixtureRequest) -> str:
+        return str(request.param)
+
+    @pytest.fixture
+    def itsm(
+        self, standin_server: tuple[ServiceNowStandIn, _ClockSwitch], auth_mode: str, clock: FakeClock
+    ) -> Iterator[StandInServiceNow]:
+        standin, switch = standin_server
+        standin.reset()
+        switch.target = clock
+        fake = StandInServiceNow(standin, auth=auth_mode)
+        yield fake
+        fake.restore()
+
+    @pytest.fixture
+    def adapter(self, auth_mode: str, itsm: StandInServiceNow, clock: FakeClock) -> Iterator[ServiceNowAdapter]:
+        adapter = ServiceNowAdapter(standin_settings(itsm.standin, auth_mode), itsm.session(), clock=clock)
         yield adapter
         adapter.close()
 
@@ -418,8 +693,8 @@ class TestFind:
         assert request.method == "GET"
         assert path_of(request) == "/api/now/table/incident"
         assert query_of(request) == {
-            "sysparm_query": [f"correlation_id={KEY}^ORDERBYsys_created_on"],
-            "sysparm_fields": ["sys_id,number,state,correlation_id,sys_created_on"],
+            "sysparm_query": [f"correlation_id={KEY}^correlation_display=Azure Monitor^ORDERBYsys_created_on"],
+            "sysparm_fields": ["sys_id,number,state,correlation_id,correlation_display,sys_created_on"],
             "sysparm_limit": ["10"],
             "sysparm_exclude_reference_link": ["true"],
         }
@@ -429,8 +704,7 @@ class TestFind:
         assert request.headers["Accept"] == "application/json"
         assert request.headers["User-Agent"] == f"azure-monitor-itsm-bridge/{__version__}"
         assert (
-            request.headers["Authorization"]
-            == "Basic " + base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
+            request.headers["Authorization"] == "Basic " + base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
         )
 
     def test_custom_table_and_timeout(self, fake: FakeServiceNow, clock: FakeClock) -> None:
@@ -459,20 +733,47 @@ class TestFind:
             number=number,
             url=f"{INSTANCE}/nav_to.do?uri=incident.do%3Fsys_id%3D{sys_id}",
         )
-        assert (found.correlation_id, found.is_open, found.state) == (KEY, True, "2")
+        assert (found.correlation_id, found.status, found.is_open, found.state) == (
+            KEY,
+            WorkItemStatus.OPEN,
+            True,
+            "2",
+        )
 
     @pytest.mark.parametrize(
-        ("state", "is_open"),
-        [("1", True), ("2", True), ("3", True), ("6", False), ("7", False), ("8", False)],
+        ("state", "status"),
+        [
+            ("1", WorkItemStatus.OPEN),
+            ("2", WorkItemStatus.OPEN),
+            ("3", WorkItemStatus.OPEN),
+            ("6", WorkItemStatus.RESOLVED),
+            ("7", WorkItemStatus.CLOSED),
+            ("8", WorkItemStatus.CANCELED),
+            # A state this bridge does not know (a custom one) is someone working on it.
+            ("42", WorkItemStatus.OPEN),
+            ("", WorkItemStatus.OPEN),
+        ],
     )
-    def test_open_states(
-        self, adapter: ServiceNowAdapter, fake: FakeServiceNow, state: str, is_open: bool
+    def test_states_map_to_neutral_statuses(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow, state: str, status: WorkItemStatus
     ) -> None:
         fake.seed_incident(KEY, state=state)
 
         (found,) = adapter.find(KEY)
 
-        assert (found.state, found.is_open) == (state, is_open)
+        assert (found.state, found.status, found.is_open) == (state, status, status is WorkItemStatus.OPEN)
+
+    def test_only_incidents_marked_azure_monitor(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
+        fake.seed_incident(KEY, correlation_display=FOREIGN_DISPLAY)
+        fake.seed_incident(KEY, correlation_display="")
+        ours = fake.seed(KEY)
+
+        assert [r.ref.id for r in adapter.find(KEY)] == [ours]
+        assert query_of(fake.api_requests[0])["sysparm_query"][0].split("^") == [
+            f"correlation_id={KEY}",
+            "correlation_display=Azure Monitor",
+            "ORDERBYsys_created_on",
+        ]
 
     @pytest.mark.parametrize(
         "key",
@@ -499,45 +800,38 @@ class TestFind:
         assert fake.api_requests == []
 
     @pytest.mark.parametrize("key", ["x" * 100, "a.b_c:d-E9", "0d3f5b8a41c64e2f9a7b5c1d2e3f4a5b"])
-    def test_accepts_keys_at_the_edges(
-        self, adapter: ServiceNowAdapter, fake: FakeServiceNow, key: str
-    ) -> None:
+    def test_accepts_keys_at_the_edges(self, adapter: ServiceNowAdapter, fake: FakeServiceNow, key: str) -> None:
         sys_id = fake.seed(key)
 
         assert [r.ref.id for r in adapter.find(key)] == [sys_id]
         assert query_of(fake.api_requests[0])["sysparm_query"] == [
-            f"correlation_id={key}^ORDERBYsys_created_on"
+            f"correlation_id={key}^correlation_display=Azure Monitor^ORDERBYsys_created_on"
         ]
 
-    def test_drops_and_logs_records_with_another_key(
+    def test_drops_and_logs_records_with_another_key_or_mark(
         self, adapter: ServiceNowAdapter, mock: responses.RequestsMock, caplog: pytest.LogCaptureFixture
     ) -> None:
+        def row(sys_id: str, number: str, correlation_id: str | None, display: str | None, day: int) -> dict[str, Any]:
+            return {
+                "sys_id": sys_id,
+                "number": number,
+                "state": "1",
+                "correlation_id": correlation_id,
+                "correlation_display": display,
+                "sys_created_on": f"2025-01-0{day} 00:00:00",
+            }
+
         mock.get(
             TABLE_URL,
             json={
                 "result": [
-                    {
-                        "sys_id": "a" * 32,
-                        "number": "INC0000001",
-                        "state": "1",
-                        "correlation_id": "other",
-                        "sys_created_on": "2025-01-01 00:00:00",
-                    },
-                    {
-                        "sys_id": "b" * 32,
-                        "number": "INC0000002",
-                        "state": "1",
-                        "correlation_id": KEY,
-                        "sys_created_on": "2025-01-02 00:00:00",
-                    },
-                    {
-                        "sys_id": "",
-                        "number": "INC0000003",
-                        "state": "1",
-                        "correlation_id": KEY,
-                        "sys_created_on": "2025-01-03 00:00:00",
-                    },
-                    {"sys_id": "c" * 32, "number": "INC0000004", "state": "1", "correlation_id": None},
+                    row("a" * 32, "INC0000001", "other", CORRELATION_DISPLAY, 1),
+                    row("b" * 32, "INC0000002", KEY, CORRELATION_DISPLAY, 2),
+                    row("", "INC0000003", KEY, CORRELATION_DISPLAY, 3),
+                    row("c" * 32, "INC0000004", None, CORRELATION_DISPLAY, 4),
+                    row("d" * 32, "INC0000005", KEY, FOREIGN_DISPLAY, 5),
+                    row("e" * 32, "INC0000006", KEY, None, 6),
+                    row("f" * 32, "INC0000007", KEY, "azure monitor", 7),
                 ]
             },
         )
@@ -546,8 +840,9 @@ class TestFind:
 
         assert [r.ref.id for r in found] == ["b" * 32]
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-        assert len(warnings) == 3
+        assert len(warnings) == 6
         assert "INC0000001" in warnings[0] and "'other'" in warnings[0]
+        assert "INC0000005" in warnings[3] and repr(FOREIGN_DISPLAY) in warnings[3]
 
     def test_orders_oldest_first_even_if_the_server_does_not(
         self, adapter: ServiceNowAdapter, mock: responses.RequestsMock
@@ -558,6 +853,7 @@ class TestFind:
                 "number": "INC2",
                 "state": "1",
                 "correlation_id": KEY,
+                "correlation_display": CORRELATION_DISPLAY,
                 "sys_created_on": "2025-01-02 00:00:00",
             },
             {
@@ -565,6 +861,7 @@ class TestFind:
                 "number": "INC1",
                 "state": "7",
                 "correlation_id": KEY,
+                "correlation_display": CORRELATION_DISPLAY,
                 "sys_created_on": "2025-01-01 00:00:00",
             },
         ]
@@ -591,10 +888,13 @@ class TestCreate:
     def test_exact_request_with_every_field(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
         item = make_item(
             configuration_item=ConfigurationItem(id="c" * 32, name="vm-web-01", matched_on="resource_id"),
-            caller_id="azure.monitor",
-            assignment_group="Cloud Operations",
-            category="software",
-            extra_fields={"u_source": "azure", "u_alert_rule": "cpu-high"},
+            fields={
+                "caller_id": "azure.monitor",
+                "assignment_group": "Cloud Operations",
+                "category": "software",
+                "u_source": "azure",
+                "u_alert_rule": "cpu-high",
+            },
         )
 
         ref = adapter.create(item)
@@ -607,11 +907,11 @@ class TestCreate:
         assert json_of(request) == {
             "correlation_id": KEY,
             "correlation_display": "Azure Monitor",
-            "short_description": item.short_description,
+            "short_description": item.title,
             "description": item.description,
             "impact": "2",
             "urgency": "2",
-            "work_notes": item.work_note,
+            "work_notes": item.note,
             "cmdb_ci": "c" * 32,
             "caller_id": "azure.monitor",
             "assignment_group": "Cloud Operations",
@@ -627,10 +927,8 @@ class TestCreate:
             url=f"{INSTANCE}/nav_to.do?uri=incident.do%3Fsys_id%3D{stored['sys_id']}",
         )
 
-    def test_minimal_item_sends_only_what_is_set(
-        self, adapter: ServiceNowAdapter, fake: FakeServiceNow
-    ) -> None:
-        adapter.create(make_item(work_note="", impact=1, urgency=3))
+    def test_minimal_item_sends_only_what_is_set(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
+        adapter.create(make_item(note="", impact=1, urgency=3, severity=None))
 
         body = json_of(fake.api_requests[0])
         assert set(body) == {
@@ -643,28 +941,93 @@ class TestCreate:
         }
         assert (body["impact"], body["urgency"]) == ("1", "3")
 
-    def test_extra_fields_cannot_override_managed_fields(
-        self, adapter: ServiceNowAdapter, fake: FakeServiceNow, caplog: pytest.LogCaptureFixture
+    def test_settings_give_defaults_the_mapping_overrides(self, fake: FakeServiceNow, clock: FakeClock) -> None:
+        adapter = ServiceNowAdapter(
+            make_settings(
+                SERVICENOW_CALLER_ID="azure.monitor",
+                SERVICENOW_ASSIGNMENT_GROUP="Default Group",
+                SERVICENOW_CATEGORY="software",
+            ),
+            clock=clock,
+        )
+
+        adapter.create(make_item(fields={"assignment_group": "Routed Group", "u_source": "azure"}))
+        adapter.create(make_item())
+
+        first, second = (json_of(r) for r in fake.api_requests)
+        assert (first["caller_id"], first["assignment_group"], first["category"], first["u_source"]) == (
+            "azure.monitor",
+            "Routed Group",
+            "software",
+            "azure",
+        )
+        assert (second["caller_id"], second["assignment_group"], second["category"]) == (
+            "azure.monitor",
+            "Default Group",
+            "software",
+        )
+        assert "u_source" not in second
+
+    def test_mapped_fields_cannot_override_managed_fields(
+        self, fake: FakeServiceNow, clock: FakeClock, caplog: pytest.LogCaptureFixture
     ) -> None:
+        adapter = ServiceNowAdapter(make_settings(SERVICENOW_ASSIGNMENT_GROUP="Default Group"), clock=clock)
         item = make_item(
-            assignment_group="Default Group",
-            extra_fields={"correlation_id": "hijack", "impact": "1", "assignment_group": "Routed Group"},
+            fields={
+                "correlation_id": "hijack",
+                "correlation_display": "hijack",
+                "impact": "1",
+                "state": "7",
+                "work_notes": "hijack",
+                "assignment_group": "Routed Group",
+            },
         )
         with caplog.at_level(logging.WARNING, logger="bridge.adapters.servicenow"):
             adapter.create(item)
 
         body = json_of(fake.api_requests[0])
-        assert (body["correlation_id"], body["impact"], body["assignment_group"]) == (
-            KEY,
-            "2",
-            "Routed Group",
+        assert (
+            body["correlation_id"],
+            body["correlation_display"],
+            body["impact"],
+            body["work_notes"],
+            body["assignment_group"],
+        ) == (KEY, "Azure Monitor", "2", item.note, "Routed Group")
+        assert "state" not in body
+        (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        for name in ("correlation_id", "correlation_display", "impact", "state", "work_notes"):
+            assert name in warning
+        assert "assignment_group" not in warning
+
+    def test_create_already_resolved_is_one_insert(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
+        item = make_item()
+
+        ref = adapter.create(item, Resolution(None, "The alert was over.", "Alert resolved [azmon:resolved]"))
+
+        (request,) = fake.api_requests
+        body = json_of(request)
+        assert (body["state"], body["close_code"], body["close_notes"]) == (
+            "6",
+            "Solution provided",
+            "The alert was over.",
         )
-        assert any("correlation_id" in r.getMessage() and "impact" in r.getMessage() for r in caplog.records)
+        assert body["work_notes"] == f"{item.note}\n\nAlert resolved [azmon:resolved]"
+        assert fake.incident(ref.id)["state"] == "6"
+
+    def test_create_already_resolved_with_a_mapped_code(self, fake: FakeServiceNow, clock: FakeClock) -> None:
+        adapter = ServiceNowAdapter(make_settings(SERVICENOW_CLOSE_CODE="Closed/Resolved by Caller"), clock=clock)
+
+        adapter.create(make_item(note=""), Resolution("Workaround provided", "over", ""))
+        adapter.create(make_item(note=""), Resolution(None, "over", "resolved [r]"))
+
+        first, second = (json_of(r) for r in fake.api_requests)
+        assert first["close_code"] == "Workaround provided"
+        assert "work_notes" not in first
+        assert second["close_code"] == "Closed/Resolved by Caller"
+        assert second["work_notes"] == "resolved [r]"
 
     @pytest.mark.parametrize("status", [200, 201])
-    def test_accepts_200_and_201(
-        self, adapter: ServiceNowAdapter, mock: responses.RequestsMock, status: int
-    ) -> None:
+    def test_accepts_200_and_201(self, adapter: ServiceNowAdapter, mock: responses.RequestsMock, status: int) -> None:
         mock.post(TABLE_URL, json={"result": {"sys_id": "d" * 32, "number": "INC0010099"}}, status=status)
 
         ref = adapter.create(make_item())
@@ -702,7 +1065,7 @@ class TestNotesAndResolve:
         assert json_of(request) == {"work_notes": "Fired again [azmon:fired:2]"}
 
     def test_has_note_request_and_answer(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
-        ref = adapter.create(make_item(work_note="first [m-1]"))
+        ref = adapter.create(make_item(note="first [m-1]"))
         adapter.add_note(ref, "second [m-2]")
         fake.api_requests.clear()
 
@@ -739,9 +1102,7 @@ class TestNotesAndResolve:
 
         adapter.resolve(
             WorkItemRef("servicenow", sys_id, "INC0010001"),
-            Resolution(
-                close_code="Solution provided", close_notes="Alert resolved.", work_note="Resolved [r]"
-            ),
+            Resolution(code="Solution provided", summary="Alert resolved.", note="Resolved [r]"),
         )
 
         (request,) = fake.api_requests
@@ -760,9 +1121,31 @@ class TestNotesAndResolve:
             "Alert resolved.",
         )
 
-    def test_missing_record_is_a_permanent_404(
-        self, adapter: ServiceNowAdapter, fake: FakeServiceNow
+    @pytest.mark.parametrize(
+        ("setting", "code", "sent"),
+        [
+            (None, None, "Solution provided"),
+            ("Closed/Resolved by Caller", None, "Closed/Resolved by Caller"),
+            ("Closed/Resolved by Caller", "Workaround provided", "Workaround provided"),
+        ],
+    )
+    def test_resolve_code_default_and_no_note(
+        self, fake: FakeServiceNow, clock: FakeClock, setting: str | None, code: str | None, sent: str
     ) -> None:
+        extra = {"SERVICENOW_CLOSE_CODE": setting} if setting else {}
+        adapter = ServiceNowAdapter(make_settings(**extra), clock=clock)
+        sys_id = fake.seed(KEY)
+
+        adapter.resolve(WorkItemRef("servicenow", sys_id), Resolution(code, "Alert resolved.", ""))
+
+        assert json_of(fake.api_requests[0]) == {
+            "state": "6",
+            "close_code": sent,
+            "close_notes": "Alert resolved.",
+        }
+        assert fake.journal.get(sys_id) is None
+
+    def test_missing_record_is_a_permanent_404(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
         with pytest.raises(ItsmError) as caught:
             adapter.add_note(WorkItemRef("servicenow", "f" * 32), "note")
 
@@ -787,13 +1170,13 @@ class TestNotesAndResolve:
             adapter.add_note(ref, "note")
         with pytest.raises(ValueError):
             adapter.resolve(ref, Resolution("c", "n", "w"))
+        with pytest.raises(ValueError):
+            adapter.has_note(ref, "m")
         assert fake.api_requests == []
 
 
 class TestConfigurationItems:
-    def test_exact_requests_resource_id_then_name(
-        self, adapter: ServiceNowAdapter, fake: FakeServiceNow
-    ) -> None:
+    def test_exact_requests_resource_id_then_name(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
         assert adapter.find_configuration_item([RESOURCE_ID, "/subscriptions/x/other"], ["vm-web-01"]) is None
 
         assert [path_of(r) for r in fake.api_requests] == ["/api/now/table/cmdb_ci"] * 3
@@ -890,7 +1273,10 @@ class TestErrors:
                 "ServiceNow 500: Line one line two (at com.glide.Foo at Bar)",
             ),
             (502, "<html><body>Bad gateway</body></html>", "text/html", "ServiceNow 502: Bad Gateway"),
-            (429, '{"error": "rate limited"}', "application/json", "ServiceNow 429: Too Many Requests"),
+            # A bare string error is read the OAuth way (the token endpoint's shape).
+            (429, '{"error": "rate limited"}', "application/json", "ServiceNow 429: rate limited"),
+            (429, '{"error": {"detail": 7}}', "application/json", "ServiceNow 429: 7"),
+            (503, '{"error": {}}', "application/json", "ServiceNow 503: Service Unavailable"),
             (404, "", "text/plain", "ServiceNow 404: Not Found"),
         ],
     )
@@ -911,9 +1297,63 @@ class TestErrors:
         assert str(caught.value) == expected
         assert caught.value.status == status
 
-    def test_long_error_text_is_truncated(
-        self, adapter: ServiceNowAdapter, mock: responses.RequestsMock
+    @pytest.mark.parametrize(
+        ("status", "message", "detail", "reason"),
+        [
+            # A data policy or business rule refuses this change: permanent, dead-lettered.
+            (403, "Operation Failed", "Data Policy Exception: Impact is mandatory", Reason.CLIENT_ERROR),
+            (
+                403,
+                "Data Policy Exception: The following fields are mandatory: Resolution code",
+                None,
+                Reason.CLIENT_ERROR,
+            ),
+            (
+                403,
+                "Operation Failed",
+                "Operation against table 'incident' aborted by Business Rule 'Lock'",
+                Reason.CLIENT_ERROR,
+            ),
+            (403, None, "operation against file 'incident' was ABORTED by a before rule", Reason.CLIENT_ERROR),
+            (403, "Rejected by BUSINESS RULE 'no resolve on weekends'", None, Reason.CLIENT_ERROR),
+            # An ACL (or anything else) refuses the bridge itself: hold the work until it is fixed.
+            (403, "Operation Failed", "ACL Exception Update Failed due to security constraints", Reason.AUTH_ERROR),
+            (403, "User Not Authorized", "Not permitted to access table incident", Reason.AUTH_ERROR),
+            (403, "Forbidden", None, Reason.AUTH_ERROR),
+            (403, "Operation against nothing", None, Reason.AUTH_ERROR),
+            # Only a 403 is refined: a 401 mentioning a data policy is still the credential.
+            (401, "User Not Authenticated", "Data Policy Exception", Reason.AUTH_ERROR),
+            (400, "Data Policy Exception", None, Reason.CLIENT_ERROR),
+        ],
+    )
+    def test_403_data_policy_or_business_rule_versus_acl(
+        self,
+        adapter: ServiceNowAdapter,
+        fake: FakeServiceNow,
+        status: int,
+        message: str | None,
+        detail: str | None,
+        reason: Reason,
     ) -> None:
+        fake.fail_next(status, body=sn_error(message, detail))
+
+        with pytest.raises(ItsmError) as caught:
+            adapter.resolve(WorkItemRef("servicenow", "a" * 32), Resolution(None, "done", "note"))
+
+        assert (caught.value.status, caught.value.reason, caught.value.retryable) == (status, reason, False)
+        assert caught.value.credential_refused is (reason is Reason.AUTH_ERROR)
+        assert str(caught.value).startswith(f"ServiceNow {status}: ")
+
+    def test_100_as_a_final_answer(self, adapter: ServiceNowAdapter, mock: responses.RequestsMock) -> None:
+        # Only a mock can give this (on a real connection a 100 is interim); it is a failure all the same.
+        mock.get(TABLE_URL, status=100, body="")
+
+        with pytest.raises(ItsmError) as caught:
+            adapter.find(KEY)
+
+        assert (caught.value.retryable, caught.value.reason, caught.value.status) == (*classify_status(100), 100)
+
+    def test_long_error_text_is_truncated(self, adapter: ServiceNowAdapter, mock: responses.RequestsMock) -> None:
         mock.get(TABLE_URL, body=sn_error("x" * 5000, None), status=400, content_type="application/json")
 
         with pytest.raises(ItsmError) as caught:
@@ -957,17 +1397,65 @@ class TestErrors:
         )
         assert str(caught.value) == "ServiceNow 429: Rate limit exceeded (Too many requests)"
 
-    def test_transport_error_message(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
+    def test_refused_connection_message(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
+        fake.refuse_next()
+
+        with pytest.raises(ItsmError) as caught:
+            adapter.create(make_item())
+
+        message = str(caught.value)
+        assert message == f"ServiceNow POST {TABLE_URL}: connection failed (ConnectionError: Connection refused)"
+        assert caught.value.__suppress_context__
+        # Nothing was sent: the create cannot have happened, so it may be sent again at once.
+        assert (caught.value.retryable, caught.value.maybe_applied) == (True, False)
+
+    def test_dropped_connection_message(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
         fake.drop_next()
 
         with pytest.raises(ItsmError) as caught:
             adapter.find(KEY)
 
-        message = str(caught.value)
-        assert (
-            message == f"ServiceNow GET {TABLE_URL}: connection failed (ConnectionError: Connection refused)"
+        assert str(caught.value) == f"ServiceNow GET {TABLE_URL}: connection failed (ConnectionError)"
+        assert caught.value.maybe_applied
+
+    @pytest.mark.parametrize(
+        ("exc", "reason", "maybe_applied"),
+        [
+            (requests.ConnectTimeout("connect timed out"), Reason.TIMEOUT, False),
+            (requests.ReadTimeout("read timed out"), Reason.TIMEOUT, True),
+            (requests.exceptions.ChunkedEncodingError("broken"), Reason.NETWORK, True),
+            (requests.exceptions.SSLError("bad certificate"), Reason.NETWORK, True),
+        ],
+    )
+    def test_client_library_exceptions(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow, exc: Exception, reason: Reason, maybe_applied: bool
+    ) -> None:
+        fake.failures.append(exc)
+
+        with pytest.raises(ItsmError) as caught:
+            adapter.create(make_item())
+
+        assert (caught.value.retryable, caught.value.reason, caught.value.maybe_applied) == (
+            True,
+            reason,
+            maybe_applied,
         )
-        assert caught.value.__suppress_context__
+        assert fake.records() == []
+
+    def test_a_spent_deadline_makes_no_call(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
+        with deadline(0.0), pytest.raises(ItsmError) as caught:
+            adapter.find(KEY)
+
+        assert (caught.value.retryable, caught.value.reason) == (True, Reason.TIMEOUT)
+        assert fake.api_requests == []
+
+    def test_timeouts_are_cut_to_the_deadline(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
+        with deadline(1.5):
+            adapter.find(KEY)
+
+        (timeout,) = {r.req_kwargs["timeout"] for r in fake.api_requests}  # type: ignore[attr-defined]
+        assert timeout[0] <= 1.5 and timeout[1] <= 1.5
+        assert timeout[1] > 1.0
 
 
 class TestOAuth:
@@ -982,9 +1470,7 @@ class TestOAuth:
         yield adapter
         adapter.close()
 
-    def test_client_credentials_token_request(
-        self, oauth_adapter: ServiceNowAdapter, oauth: FakeServiceNow
-    ) -> None:
+    def test_client_credentials_token_request(self, oauth_adapter: ServiceNowAdapter, oauth: FakeServiceNow) -> None:
         oauth_adapter.find(KEY)
 
         assert oauth.token_forms == [
@@ -1064,9 +1550,7 @@ class TestOAuth:
             f"Bearer {oauth.issued_tokens[1]}",
         ]
 
-    def test_401_twice_gives_up_after_one_repeat(
-        self, oauth_adapter: ServiceNowAdapter, oauth: FakeServiceNow
-    ) -> None:
+    def test_401_twice_gives_up_after_one_repeat(self, oauth_adapter: ServiceNowAdapter, oauth: FakeServiceNow) -> None:
         oauth.fail_next(401, times=5)
 
         with pytest.raises(ItsmError) as caught:
@@ -1190,22 +1674,118 @@ class TestOAuth:
         assert str(caught.value) == "ServiceNow 400: Bad header Bearer *** (secret=***)"
 
 
+class TestCheck:
+    def test_one_cheap_authenticated_read(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
+        fake.seed(KEY)
+
+        assert adapter.check() is None
+
+        (request,) = fake.api_requests
+        assert (request.method, path_of(request)) == ("GET", "/api/now/table/incident")
+        assert query_of(request) == {"sysparm_limit": ["1"], "sysparm_fields": ["sys_id"]}
+        assert request.headers["Authorization"].startswith("Basic ")
+
+    def test_wrong_password_fails_the_check(self, fake: FakeServiceNow, clock: FakeClock) -> None:
+        adapter = ServiceNowAdapter(make_settings(SERVICENOW_PASSWORD="wrong-password"), clock=clock)
+
+        with pytest.raises(ItsmError) as caught:
+            adapter.check()
+
+        assert (caught.value.status, caught.value.reason, caught.value.retryable) == (401, Reason.AUTH_ERROR, False)
+        assert "wrong-password" not in str(caught.value)
+
+    def test_oauth_check_obtains_a_token(self, clock: FakeClock) -> None:
+        with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
+            fake = FakeServiceNow(rsps, auth="oauth_client_credentials", clock=clock)
+            ServiceNowAdapter(make_settings("oauth_client_credentials"), clock=clock).check()
+
+        assert len(fake.token_forms) == 1
+        (request,) = fake.api_requests
+        assert request.headers["Authorization"] == f"Bearer {fake.issued_tokens[0]}"
+
+
 class TestConstruction:
-    def test_requires_an_instance(self) -> None:
-        settings = make_settings(ITSM_ADAPTER="other")
-        settings = Settings(**{**settings.__dict__, "servicenow_instance_url": None})
-        with pytest.raises(ConfigError) as caught:
-            ServiceNowAdapter(settings)
-        assert caught.value.setting == "SERVICENOW_INSTANCE_URL"
+    def test_describes_itself(self) -> None:
+        assert ServiceNowAdapter.name == "servicenow"
+        assert ServiceNowAdapter.display_name == "ServiceNow"
+        assert ServiceNowAdapter.settings is SERVICENOW_SETTINGS
+        assert ServiceNowAdapter.title_limit == 160
+        assert ServiceNowAdapter.description_limit >= 4000
+        assert {"correlation_id", "correlation_display", "short_description", "work_notes", "state"} <= (
+            ServiceNowAdapter.managed_fields
+        )
+        assert {"caller_id", "assignment_group", "category"}.isdisjoint(ServiceNowAdapter.managed_fields)
 
-    def test_requires_credentials(self) -> None:
-        settings = make_settings()
-        settings = Settings(**{**settings.__dict__, "servicenow_username": None, "servicenow_password": None})
-        with pytest.raises(ConfigError) as caught:
-            ServiceNowAdapter(settings)
-        assert caught.value.setting == "SERVICENOW_USERNAME"
+    def test_declares_its_settings(self) -> None:
+        by_name = {s.name: s for s in SERVICENOW_SETTINGS}
+        assert list(by_name) == [
+            "SERVICENOW_INSTANCE_URL",
+            "SERVICENOW_USERNAME",
+            "SERVICENOW_PASSWORD",
+            "SERVICENOW_CLIENT_ID",
+            "SERVICENOW_CLIENT_SECRET",
+            "SERVICENOW_TABLE",
+            "SERVICENOW_CALLER_ID",
+            "SERVICENOW_ASSIGNMENT_GROUP",
+            "SERVICENOW_CATEGORY",
+            "SERVICENOW_CLOSE_CODE",
+            "CMDB_TABLE",
+            "CMDB_RESOURCE_ID_FIELD",
+            "CMDB_NAME_FIELD",
+        ]
+        assert {n for n, s in by_name.items() if s.secret} == {"SERVICENOW_PASSWORD", "SERVICENOW_CLIENT_SECRET"}
+        assert {n for n, s in by_name.items() if s.required} == {"SERVICENOW_INSTANCE_URL"}
+        assert (by_name["SERVICENOW_TABLE"].default, by_name["SERVICENOW_CLOSE_CODE"].default) == (
+            "incident",
+            "Solution provided",
+        )
+        assert [by_name[n].default for n in ("CMDB_TABLE", "CMDB_RESOURCE_ID_FIELD", "CMDB_NAME_FIELD")] == [
+            "cmdb_ci",
+            "object_id",
+            "name",
+        ]
 
-    def test_uses_the_given_session_and_closes_it(self, fake: FakeServiceNow) -> None:
+    def test_settings_are_read_from_the_environment(self) -> None:
+        settings = make_settings(SERVICENOW_TABLE="  u_alert_incident  ")
+        assert not hasattr(settings, "servicenow_instance_url")
+        assert settings.value("SERVICENOW_TABLE") == "u_alert_incident"
+
+    @pytest.mark.parametrize(
+        ("drop", "extra", "setting"),
+        [
+            (("SERVICENOW_INSTANCE_URL",), {}, "SERVICENOW_INSTANCE_URL"),
+            ((), {"SERVICENOW_INSTANCE_URL": "   "}, "SERVICENOW_INSTANCE_URL"),
+            ((), {"SERVICENOW_INSTANCE_URL": "http://contoso.service-now.com"}, "SERVICENOW_INSTANCE_URL"),
+            ((), {"SERVICENOW_INSTANCE_URL": "contoso.service-now.com"}, "SERVICENOW_INSTANCE_URL"),
+            (("SERVICENOW_USERNAME", "SERVICENOW_PASSWORD"), {}, "SERVICENOW_USERNAME"),
+            (("SERVICENOW_PASSWORD",), {}, "SERVICENOW_PASSWORD"),
+            (("SERVICENOW_USERNAME",), {}, "SERVICENOW_USERNAME"),
+            ((), {"SERVICENOW_CLIENT_ID": CLIENT_ID}, "SERVICENOW_CLIENT_SECRET"),
+            ((), {"SERVICENOW_CLIENT_SECRET": CLIENT_SECRET}, "SERVICENOW_CLIENT_ID"),
+        ],
+    )
+    def test_config_errors_name_the_setting(self, drop: tuple[str, ...], extra: dict[str, str], setting: str) -> None:
+        settings = make_settings(drop=drop, **extra)
+
+        with pytest.raises(ConfigError) as caught:
+            ServiceNowAdapter.from_settings(settings)
+
+        assert caught.value.setting == setting
+        for secret in (PASSWORD, CLIENT_SECRET):
+            assert secret not in str(caught.value)
+
+    @pytest.mark.parametrize(
+        "url", ["http://127.0.0.1:8080", "http://localhost:8080/", "https://contoso.service-now.com/"]
+    )
+    def test_accepted_instance_urls(self, url: str) -> None:
+        assert isinstance(ServiceNowAdapter.from_settings(make_settings(instance=url)), ServiceNowAdapter)
+
+    def test_oauth_alone_needs_no_user(self) -> None:
+        settings = make_settings("oauth_client_credentials")
+        assert settings.value("SERVICENOW_USERNAME") is None
+        assert isinstance(ServiceNowAdapter.from_settings(settings), ServiceNowAdapter)
+
+    def test_from_settings_uses_the_given_session_and_closes_it(self, fake: FakeServiceNow) -> None:
         closed: list[bool] = []
 
         class Session(requests.Session):
@@ -1215,25 +1795,33 @@ class TestConstruction:
 
         session = Session()
         session.headers["X-Test"] = "given-session"
-        adapter = ServiceNowAdapter(make_settings(), session)
+        adapter = ServiceNowAdapter.from_settings(make_settings(), session)
+        assert isinstance(adapter, ServiceNowAdapter)
         adapter.find(KEY)
         adapter.close()
 
         assert fake.api_requests[0].headers["X-Test"] == "given-session"
         assert closed == [True]
 
+    def test_from_settings_without_a_session_makes_one(self, fake: FakeServiceNow) -> None:
+        adapter = ServiceNowAdapter.from_settings(make_settings())
+        adapter.find(KEY)
+        adapter.close()
+
+        assert fake.api_requests[0].headers["User-Agent"] == f"azure-monitor-itsm-bridge/{__version__}"
+
     def test_trailing_slash_in_instance_url(self, fake: FakeServiceNow) -> None:
-        adapter = ServiceNowAdapter(make_settings(SERVICENOW_INSTANCE_URL=INSTANCE + "/"))
+        adapter = ServiceNowAdapter(make_settings(instance=INSTANCE + "/"))
         ref = adapter.create(make_item())
         assert ref.url is not None and ref.url.startswith(f"{INSTANCE}/nav_to.do?")
         assert (fake.api_requests[0].url or "").startswith(f"{INSTANCE}/api/now/table/incident?")
 
 
 class TestRegistry:
-    def test_registry_names_match_classes(self) -> None:
-        assert dict(ADAPTERS) == {"servicenow": ServiceNowAdapter}
-        for name, cls in ADAPTERS.items():
-            assert cls.name == name
+    def test_registered_under_its_name(self) -> None:
+        assert adapter_class("servicenow") is ServiceNowAdapter
+        assert adapter_class(" ServiceNow ") is ServiceNowAdapter
+        assert settings_of("servicenow") == SERVICENOW_SETTINGS
 
     def test_build_adapter(self, fake: FakeServiceNow) -> None:
         session = new_session()
@@ -1244,11 +1832,194 @@ class TestRegistry:
         assert len(fake.api_requests) == 1
         adapter.close()
 
+    def test_build_adapter_is_the_default(self, fake: FakeServiceNow) -> None:
+        settings = make_settings()
+        assert settings.itsm_adapter == "servicenow"
+        assert isinstance(build_adapter(settings), ServiceNowAdapter)
+
     def test_unknown_adapter(self) -> None:
         with pytest.raises(ConfigError) as caught:
             build_adapter(make_settings(ITSM_ADAPTER="remedy"))
         assert caught.value.setting == "ITSM_ADAPTER"
         assert "servicenow" in str(caught.value)
+        assert "remedy" not in str(caught.value)
+
+
+# ===================================================================== the stand-in's own behaviour
+
+
+@pytest.fixture
+def standin(
+    quiet_standin_server: tuple[ServiceNowStandIn, _ClockSwitch], clock: FakeClock
+) -> Iterator[ServiceNowStandIn]:
+    server, switch = quiet_standin_server
+    server.reset()
+    switch.target = clock
+    yield server
+    server.__dict__.pop("_handle", None)
+    server.faults.clear()
+
+
+@pytest.mark.integration
+class TestOverTheStandIn:
+    """What only a faithful instance shows: its data policy, token expiry, stored values."""
+
+    def test_data_policy_refusal_is_permanent_not_the_credential(self, standin: ServiceNowStandIn) -> None:
+        adapter = ServiceNowAdapter(standin_settings(standin))
+        ref = adapter.create(make_item())
+
+        with pytest.raises(ItsmError) as caught:
+            adapter.resolve(ref, Resolution(None, "", "Resolved [azmon:resolved]"))  # no close_notes
+
+        assert (caught.value.status, caught.value.reason, caught.value.retryable) == (403, Reason.CLIENT_ERROR, False)
+        assert not caught.value.credential_refused
+        assert str(caught.value).startswith("ServiceNow 403: Data Policy Exception")
+        ((stored,),) = [standin.records("incident")]
+        assert stored["state"] == "1"
+
+    def test_data_policy_refuses_a_resolved_create_without_notes(self, standin: ServiceNowStandIn) -> None:
+        adapter = ServiceNowAdapter(standin_settings(standin))
+
+        with pytest.raises(ItsmError) as caught:
+            adapter.create(make_item(), Resolution(None, "", "over"))
+
+        assert (caught.value.status, caught.value.reason) == (403, Reason.CLIENT_ERROR)
+        assert standin.records("incident") == []
+
+    def test_acl_403_is_the_credential(self, standin: ServiceNowStandIn) -> None:
+        adapter = ServiceNowAdapter(standin_settings(standin))
+        standin.faults.status(
+            403,
+            path=_API_PATH,
+            times=1,
+            body={
+                "error": {"message": "Operation Failed", "detail": "ACL Exception Insert Failed"},
+                "status": "failure",
+            },
+        )
+
+        with pytest.raises(ItsmError) as caught:
+            adapter.create(make_item())
+
+        assert (caught.value.reason, caught.value.credential_refused) == (Reason.AUTH_ERROR, True)
+
+    def test_foreign_incident_with_the_same_key_is_not_returned(self, standin: ServiceNowStandIn) -> None:
+        standin.insert("incident", {"correlation_id": KEY, "correlation_display": FOREIGN_DISPLAY})
+        adapter = ServiceNowAdapter(standin_settings(standin))
+
+        assert adapter.find(KEY) == []
+        ref = adapter.create(make_item())
+        assert [r.ref.id for r in adapter.find(KEY)] == [ref.id]
+
+        searches = [r for r in standin.requests if r.method == "GET"]
+        assert searches[-1].query["sysparm_query"] == (
+            f"correlation_id={KEY}^correlation_display=Azure Monitor^ORDERBYsys_created_on"
+        )
+
+    def test_created_incident_as_the_instance_stores_it(self, standin: ServiceNowStandIn) -> None:
+        ci = standin.insert("cmdb_ci", {"name": "vm-web-01", "object_id": RESOURCE_ID})["sys_id"]
+        adapter = ServiceNowAdapter(standin_settings(standin, SERVICENOW_CATEGORY="software"))
+        found_ci = adapter.find_configuration_item([RESOURCE_ID.upper()], [])
+        assert found_ci == ConfigurationItem(id=ci, name="vm-web-01", matched_on="resource_id")
+        item = make_item(title="t" * 200, configuration_item=found_ci, impact=1, urgency=2)
+
+        ref = adapter.create(item)
+
+        ((stored,),) = [standin.records("incident")]
+        assert (ref.id, ref.number) == (stored["sys_id"], stored["number"])
+        assert ref.url == f"{standin.url}/nav_to.do?uri=incident.do%3Fsys_id%3D{ref.id}"
+        assert (stored["correlation_id"], stored["correlation_display"]) == (KEY, "Azure Monitor")
+        assert (stored["impact"], stored["urgency"], stored["priority"]) == ("1", "2", "2")
+        assert (stored["cmdb_ci"], stored["category"], stored["state"]) == (ci, "software", "1")
+        assert stored["short_description"] == "t" * 160  # the instance cuts it; the core cuts it first
+        assert standin.journal("incident", ref.id) == [item.note]
+
+    def test_resolved_create_and_resolve_as_stored(self, standin: ServiceNowStandIn) -> None:
+        adapter = ServiceNowAdapter(standin_settings(standin, SERVICENOW_CLOSE_CODE="Closed/Resolved by Caller"))
+        item = make_item()
+
+        early = adapter.create(item, Resolution(None, "over before it arrived", "Resolved [r1]"))
+        late = adapter.create(make_item())
+        adapter.resolve(late, Resolution("Workaround provided", "fixed", "Resolved [r2]"))
+
+        rows = {r["sys_id"]: r for r in standin.records("incident")}
+        assert (rows[early.id]["state"], rows[early.id]["close_code"], rows[early.id]["close_notes"]) == (
+            "6",
+            "Closed/Resolved by Caller",
+            "over before it arrived",
+        )
+        assert standin.journal("incident", early.id) == [f"{item.note}\n\nResolved [r1]"]
+        assert (rows[late.id]["state"], rows[late.id]["close_code"]) == ("6", "Workaround provided")
+        assert standin.journal("incident", late.id) == [item.note, "Resolved [r2]"]
+        assert [r.status for r in adapter.find(KEY)] == [WorkItemStatus.RESOLVED] * 2
+
+    @pytest.mark.parametrize("auth", ["oauth_client_credentials", "oauth_password"])
+    def test_expired_token_is_renewed_once(self, standin: ServiceNowStandIn, clock: FakeClock, auth: str) -> None:
+        adapter = ServiceNowAdapter(standin_settings(standin, auth), clock=clock)
+        adapter.find(KEY)
+        standin.expire_tokens()
+
+        adapter.find(KEY)
+
+        log = [(r.method, r.path, r.status, r.auth) for r in standin.requests]
+        assert log == [
+            ("POST", "/oauth_token.do", 200, None),
+            ("GET", "/api/now/table/incident", 200, "bearer"),
+            ("GET", "/api/now/table/incident", 401, "bearer"),
+            ("POST", "/oauth_token.do", 200, None),
+            ("GET", "/api/now/table/incident", 200, "bearer"),
+        ]
+
+    def test_token_is_renewed_before_it_expires(self, standin: ServiceNowStandIn, clock: FakeClock) -> None:
+        adapter = ServiceNowAdapter(standin_settings(standin, "oauth_client_credentials"), clock=clock)
+        adapter.find(KEY)
+        clock.advance(1800 - 59)  # the stand-in's tokens live 1800 s; the adapter keeps a 60 s margin
+
+        adapter.find(KEY)
+
+        assert [r.status for r in standin.requests] == [200, 200, 200, 200]
+        assert [r.path for r in standin.requests].count("/oauth_token.do") == 2
+
+    def test_wrong_client_secret_is_permanent(self, standin: ServiceNowStandIn) -> None:
+        adapter = ServiceNowAdapter(
+            standin_settings(standin, "oauth_client_credentials", SERVICENOW_CLIENT_SECRET="wrong-secret")
+        )
+
+        with pytest.raises(ItsmError) as caught:
+            adapter.check()
+
+        assert (caught.value.reason, caught.value.retryable, caught.value.status) == (Reason.AUTH_ERROR, False, 401)
+        assert str(caught.value) == "ServiceNow OAuth 401: server_error (access_denied)"
+        assert [r.path for r in standin.requests] == ["/oauth_token.do"]
+
+    def test_build_adapter_and_check_over_the_wire(self, standin: ServiceNowStandIn) -> None:
+        adapter = build_adapter(standin_settings(standin), new_session())
+
+        adapter.check()
+        adapter.close()
+
+        (request,) = standin.requests
+        assert (request.method, request.path, request.status, request.auth) == (
+            "GET",
+            "/api/now/table/incident",
+            200,
+            "basic",
+        )
+        assert request.query == {"sysparm_limit": "1", "sysparm_fields": "sys_id"}
+
+    def test_lost_create_is_found_by_the_next_find(self, standin: ServiceNowStandIn) -> None:
+        adapter = ServiceNowAdapter(standin_settings(standin))
+        standin.faults.commit_then_drop(method="POST", times=1)
+
+        with pytest.raises(ItsmError) as caught:
+            adapter.create(make_item())
+
+        assert (
+            str(caught.value)
+            == f"ServiceNow POST {standin.url}/api/now/table/incident: connection failed (ConnectionError)"
+        )
+        (found,) = adapter.find(KEY)
+        assert found.ref.number == standin.records("incident")[0]["number"]
 
 
 class TestHttpHygiene:
@@ -1306,9 +2077,7 @@ class TestHttpHygiene:
         assert parse_retry_after(value, now=lambda: now) == expected
 
     def test_http_date_matches_formatdate(self) -> None:
-        assert (
-            parse_retry_after(email.utils.formatdate(1_000_060, usegmt=True), now=lambda: 1_000_000) == 60.0
-        )
+        assert parse_retry_after(email.utils.formatdate(1_000_060, usegmt=True), now=lambda: 1_000_000) == 60.0
 
     @pytest.mark.parametrize(
         ("exc", "reason", "phrase"),
@@ -1336,15 +2105,11 @@ class TestHttpHygiene:
         assert str(error) == f"ServiceNow GET https://h.example/api?token=REDACTED&x=1: {phrase}"
 
     def test_error_from_exception_ignores_the_exception_text(self) -> None:
-        exc = requests.ConnectionError(
-            "HTTPSConnectionPool(host='u:p4ss@h'): Max retries exceeded with url: /?pw=p4ss"
-        )
+        exc = requests.ConnectionError("HTTPSConnectionPool(host='u:p4ss@h'): Max retries exceeded with url: /?pw=p4ss")
         assert "p4ss" not in str(error_from_exception(exc, system="X"))
         assert str(error_from_exception(exc, system="X")) == "X: connection failed (ConnectionError)"
 
 
 def test_a_key_with_a_trailing_newline_is_refused() -> None:
-    from bridge.adapters.servicenow import KEY_PATTERN
-
     assert KEY_PATTERN.match("6e8b7a64-1111-2222-3333-444444444444")
     assert not KEY_PATTERN.match("6e8b7a64-1111-2222-3333-444444444444\n")
