@@ -4,8 +4,9 @@ It serves the Table API (``/api/now/table`` and ``/api/now/v2/table``) and the O
 endpoint (``/oauth_token.do``) from an in-memory store, with the instance behaviour a client
 has to cope with: values as strings, generated numbers and sys_ids, the incident priority
 matrix, journal fields, silent truncation, silently ignored unknown fields, the resolve data
-policy, reference links, display values, and ServiceNow's error bodies. A fault injector adds
-latency, error statuses, dropped connections and lost responses for tests and benchmarks.
+policy, reference links, display values, and ServiceNow's error bodies. The fault injector, the
+request log and the loopback server come from :mod:`bridge.sandbox.common` (re-exported here):
+faults add latency, error statuses, dropped connections and lost responses for tests and benchmarks.
 
 Run it alone with ``python -m bridge.sandbox.servicenow --port 8080``.
 """
@@ -16,27 +17,34 @@ import argparse
 import base64
 import binascii
 import functools
-import http
 import json
 import logging
-import random
 import re
 import secrets
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, quote
 
+from bridge.sandbox.common import (
+    FAULT_KINDS,
+    FaultInjector,
+    FaultRule,
+    LoopbackStandIn,
+    RequestRecord,
+    Response,
+    json_or_none,
+    status_phrase,
+)
 from bridge.sandbox.snow_query import EncodedQuery, parse_query
 
 __all__ = [
+    "FAULT_KINDS",
     "INCIDENT_STATES",
     "PRIORITY_MATRIX",
     "TABLES",
@@ -53,7 +61,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 10000  # an instance's default page size for the Table API
 REFRESH_TOKEN_LIFETIME_SECONDS = 100 * 24 * 3600  # ServiceNow's default refresh token lifespan
-FAULT_KINDS = ("latency", "status", "drop", "commit_then_drop")
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,7 +254,7 @@ def _is_a(tables: Mapping[str, TableSchema], table: str, ancestor: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# Errors, responses, request log
+# Errors
 
 
 class _ApiError(Exception):
@@ -267,207 +274,14 @@ def _error_body(message: str, detail: str | None) -> dict[str, Any]:
     return {"error": {"message": message, "detail": detail}, "status": "failure"}
 
 
-@dataclass(frozen=True)
-class _Response:
-    status: int
-    body: bytes = b""
-    headers: tuple[tuple[str, str], ...] = ()
-
-    @classmethod
-    def of_json(cls, status: int, payload: Any, headers: Mapping[str, str] | None = None) -> _Response:
-        extra = tuple((headers or {}).items())
-        content = (("Content-Type", "application/json;charset=UTF-8"),)
-        return cls(status, json.dumps(payload).encode("utf-8"), content + extra)
-
-    @classmethod
-    def from_error(cls, error: _ApiError) -> _Response:
-        return cls.of_json(error.status, _error_body(error.message, error.detail), error.headers)
+def _error_response(error: _ApiError) -> Response:
+    return Response.of_json(error.status, _error_body(error.message, error.detail), error.headers)
 
 
-@dataclass(frozen=True)
-class RequestRecord:
-    """One request the stand-in saw. Never holds credentials, tokens or the OAuth form body.
-
-    ``status`` is None when the connection was dropped without an answer; ``auth`` is the
-    scheme presented (``"basic"``, ``"bearer"`` or None), valid or not; ``body`` is the JSON
-    body of a Table API request (None otherwise); ``fault`` names the fault applied, if any.
-    """
-
-    method: str
-    path: str
-    query: Mapping[str, str]
-    status: int | None
-    auth: str | None
-    body: Any = None
-    fault: str | None = None
-
-
-# --------------------------------------------------------------------------------------------
-# Fault injection
-
-
-@dataclass(frozen=True)
-class FaultRule:
-    """One fault: what to do (``kind``) to which requests (``method``, ``path`` regex)."""
-
-    kind: str
-    method: str | None = None
-    path: str | None = None
-    times: int | None = None
-    seconds: float = 0.0
-    status: int | None = None
-    retry_after: float | None = None
-    body: Mapping[str, Any] | str | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
-    probability: float = 1.0
-
-    def applies_to(self, method: str, path: str) -> bool:
-        if self.method is not None and self.method.upper() != method.upper():
-            return False
-        return self.path is None or re.search(self.path, path) is not None
-
-
-@dataclass(frozen=True)
-class _FaultPlan:
-    latency: float = 0.0
-    action: FaultRule | None = None
-
-
-class FaultInjector:
-    """Thread-safe fault rules, consulted for every request before it is handled.
-
-    ``add(kind, *, method=None, path=None, times=None, seconds=0.0, status=None,
-    retry_after=None, body=None, headers=None) -> FaultRule`` adds a rule. ``method`` matches
-    the HTTP method (any when None); ``path`` is a regex searched in the URL path (any when
-    None); ``times`` is how many matching requests it applies to (always when None);
-    ``probability`` is the chance it applies to each matching request (drawn from a generator
-    seeded with ``FaultInjector(seed=...)``, so a chaos run can be repeated). Kinds:
-
-    * ``"latency"``: sleep ``seconds`` before handling; combines with any other fault.
-    * ``"status"``: answer ``status`` without handling the request, with ``Retry-After:
-      retry_after`` when given and ``body`` (a JSON object or text; default ServiceNow's error
-      body) plus ``headers``.
-    * ``"drop"``: close the connection without answering; nothing is handled.
-    * ``"commit_then_drop"``: handle the request (a write is committed), then close the
-      connection without sending the response.
-
-    Of the non-latency rules, the oldest matching one wins; only the rules applied use up a
-    ``times``. Shorthands: ``latency(seconds, ...)``, ``status(status, ...)``, ``drop(...)``,
-    ``commit_then_drop(...)``. ``fired(rule)`` counts how often a rule was applied;
-    ``clear()`` removes every rule.
-    """
-
-    def __init__(self, seed: int | None = None) -> None:
-        self._random = random.Random(seed)  # noqa: S311 - fault dice, not secrets
-        self._lock = threading.Lock()
-        self._rules: list[FaultRule] = []
-        self._remaining: dict[int, int | None] = {}
-        self._fired: dict[int, int] = {}
-
-    def add(
-        self,
-        kind: str,
-        *,
-        method: str | None = None,
-        path: str | None = None,
-        times: int | None = None,
-        seconds: float = 0.0,
-        status: int | None = None,
-        retry_after: float | None = None,
-        body: Mapping[str, Any] | str | None = None,
-        headers: Mapping[str, str] | None = None,
-        probability: float = 1.0,
-    ) -> FaultRule:
-        if not 0.0 <= probability <= 1.0:
-            raise ValueError("probability must be between 0 and 1")
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind {kind!r}; expected one of {', '.join(FAULT_KINDS)}")
-        if kind == "status" and (status is None or not 100 <= status <= 599):
-            raise ValueError("a 'status' fault needs an HTTP status between 100 and 599")
-        if times is not None and times < 1:
-            raise ValueError("times must be at least 1, or None for always")
-        if path is not None:
-            re.compile(path)  # fail here, not inside a request thread
-        rule = FaultRule(
-            kind, method, path, times, seconds, status, retry_after, body, dict(headers or {}), probability
-        )
-        with self._lock:
-            self._rules.append(rule)
-            self._remaining[id(rule)] = times
-            self._fired[id(rule)] = 0
-        return rule
-
-    def latency(self, seconds: float, **match: Any) -> FaultRule:
-        return self.add("latency", seconds=seconds, **match)
-
-    def status(self, status: int, **options: Any) -> FaultRule:
-        return self.add("status", status=status, **options)
-
-    def drop(self, **match: Any) -> FaultRule:
-        return self.add("drop", **match)
-
-    def commit_then_drop(self, **match: Any) -> FaultRule:
-        return self.add("commit_then_drop", **match)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._rules.clear()
-            self._remaining.clear()
-            self._fired.clear()
-
-    @property
-    def rules(self) -> list[FaultRule]:
-        """The rules still able to fire, oldest first."""
-        with self._lock:
-            return [rule for rule in self._rules if self._remaining[id(rule)] != 0]
-
-    def fired(self, rule: FaultRule) -> int:
-        with self._lock:
-            return self._fired.get(id(rule), 0)
-
-    def take(self, method: str, path: str) -> _FaultPlan:
-        """Pick the faults for one request and use up their ``times``."""
-        latency = 0.0
-        action: FaultRule | None = None
-        with self._lock:
-            for rule in self._rules:
-                if self._remaining[id(rule)] == 0 or not rule.applies_to(method, path):
-                    continue
-                if rule.probability < 1.0 and self._random.random() >= rule.probability:
-                    continue
-                if rule.kind == "latency":
-                    latency += rule.seconds
-                elif action is None:
-                    action = rule
-                else:
-                    continue
-                remaining = self._remaining[id(rule)]
-                self._remaining[id(rule)] = None if remaining is None else remaining - 1
-                self._fired[id(rule)] += 1
-        return _FaultPlan(latency, action)
-
-
-def _fault_response(rule: FaultRule) -> _Response:
-    status = rule.status or 503
-    headers = dict(rule.headers)
-    if rule.retry_after is not None:
-        seconds = rule.retry_after
-        headers["Retry-After"] = str(int(seconds)) if float(seconds).is_integer() else str(seconds)
-    if isinstance(rule.body, str):
-        content = (("Content-Type", "text/plain;charset=UTF-8"),)
-        return _Response(status, rule.body.encode("utf-8"), content + tuple(headers.items()))
-    if rule.body is not None:
-        return _Response.of_json(status, dict(rule.body), headers)
-    phrase = _phrase(status)
+def _fault_error_body(status: int) -> dict[str, Any]:
+    """ServiceNow's error body for an injected status fault."""
     detail = "Rate limit exceeded" if status == 429 else f"Injected fault: HTTP {status}"
-    return _Response.of_json(status, _error_body(phrase, detail), headers)
-
-
-def _phrase(status: int) -> str:
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return f"HTTP {status}"
+    return _error_body(status_phrase(status), detail)
 
 
 # --------------------------------------------------------------------------------------------
@@ -846,11 +660,6 @@ _TABLE_PATH_RE = re.compile(r"/api/now(?:/v[12])?/table/(?P<table>[^/]+)(?:/(?P<
 _NOT_AUTHENTICATED = ("User Not Authenticated", "Required to provide Auth information")
 
 
-def _auth_scheme(header: str | None) -> str | None:
-    scheme = (header or "").partition(" ")[0].lower()
-    return scheme if scheme in ("basic", "bearer") else None
-
-
 def _decode_basic(header: str) -> tuple[str, str] | None:
     scheme, _, encoded = header.partition(" ")
     if scheme.lower() != "basic":
@@ -867,142 +676,18 @@ def _same(given: str, expected: str) -> bool:
     return secrets.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # bursts of concurrent clients must not overflow the listen backlog
-
-    def __init__(self, address: tuple[str, int], standin: ServiceNowStandIn) -> None:
-        self.standin = standin
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if isinstance(request, socket.socket):
-            with self._connections_lock:
-                self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        """Unblock handler threads idling on keep-alive connections so stop() is prompt."""
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as an instance offers
-    timeout = 30  # idle keep-alive connections are closed after this
-    # Headers and body leave in one segment: without this, Nagle's algorithm and the client's
-    # delayed ACK add ~40 ms to every response.
-    wbufsize = -1
-    disable_nagle_algorithm = True
-    server: _Server
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_GET
-
-    def version_string(self) -> str:
-        return "ServiceNow"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("%s " + format, self.address_string(), *args)
-
-    def _serve(self) -> None:
-        standin = self.server.standin
-        parts = urlsplit(self.path)
-        path = parts.path
-        query = {key: values[0] for key, values in parse_qs(parts.query, keep_blank_values=True).items()}
-        body = self._read_body()
-        auth = _auth_scheme(self.headers.get("Authorization"))
-        logged_body = _json_or_none(body) if path.startswith("/api/") else None
-
-        def record(status: int | None, fault: str | None) -> None:
-            standin._log(RequestRecord(self.command, path, query, status, auth, logged_body, fault))
-
-        plan = standin.faults.take(self.command, path)
-        if plan.latency > 0:
-            time.sleep(plan.latency)
-        action = plan.action
-        # Each request is logged before the client can see its outcome, so a test that has its
-        # response (or its ConnectionError) always finds it in the log.
-        if action is not None and action.kind == "drop":
-            record(None, "drop")
-            self._drop()
-            return
-        if action is not None and action.kind == "status":
-            response = _fault_response(action)
-        else:
-            headers = {name.lower(): value for name, value in self.headers.items()}
-            try:
-                response = standin._handle(self.command, path, query, headers, body)
-            except Exception:
-                # A stand-in bug must look like an instance's 500, not a dropped connection.
-                logger.exception("ServiceNow stand-in failed on %s %s", self.command, path)
-                response = _Response.of_json(500, _error_body("Internal Server Error", None))
-        if action is not None and action.kind == "commit_then_drop":
-            record(None, "commit_then_drop")
-            self._drop()
-            return
-        record(response.status, action.kind if action is not None else None)
-        self._send(response)
-
-    def _read_body(self) -> bytes:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = 0
-        return self.rfile.read(length) if length > 0 else b""
-
-    def _drop(self) -> None:
-        self.close_connection = True
-        try:
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def _send(self, response: _Response) -> None:
-        self.send_response(response.status)
-        for name, value in response.headers:
-            self.send_header(name, value)
-        if response.status != 204:
-            self.send_header("Content-Length", str(len(response.body)))
-        self.end_headers()
-        if self.command != "HEAD" and response.status != 204:
-            self.wfile.write(response.body)
-
-
-def _json_or_none(body: bytes) -> Any:
-    if not body:
-        return None
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
-
-
 # --------------------------------------------------------------------------------------------
 # The stand-in
 
 
-class ServiceNowStandIn:
+class ServiceNowStandIn(LoopbackStandIn):
     """A ServiceNow instance on loopback for tests, benchmarks, the demo and ``serve --sandbox``.
 
     ``ServiceNowStandIn(host="127.0.0.1", port=0, username=..., password=..., client_id=...,
     client_secret=..., token_lifetime_seconds=1800, seed={"cmdb_ci": [...]}, clock=time.time)``;
     port 0 picks a free port. ``start()`` returns self; ``stop()`` shuts down promptly; it is a
-    context manager too. ``url`` is the base URL (``http://127.0.0.1:54321``).
+    context manager too. ``url`` is the base URL (``http://127.0.0.1:54321``). The lifecycle,
+    the fault injector and the request log come from :class:`~bridge.sandbox.common.LoopbackStandIn`.
 
     Inspect and seed: ``records(table)`` (copies, insertion order, subclass rows included),
     ``journal(table, sys_id, field="work_notes")`` (entry texts, oldest first),
@@ -1023,6 +708,9 @@ class ServiceNowStandIn:
     sys_user and sys_user_group; see :data:`TABLES`.
     """
 
+    display_name = "ServiceNow"
+    server_header = "ServiceNow"
+
     def __init__(
         self,
         *,
@@ -1036,70 +724,18 @@ class ServiceNowStandIn:
         seed: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._host = host
-        self._port = port
+        super().__init__(host, port)
         self._username = username
         self._password = password
         self._client_id = client_id
         self._client_secret = client_secret
         self._store = _Store(clock)
         self._tokens = _TokenStore(clock, token_lifetime_seconds)
-        self.faults = FaultInjector()
-        self._log_lock = threading.Lock()
-        self._requests: list[RequestRecord] = []
         self._seed: dict[str, list[dict[str, Any]]] = {}
         for table, rows in (seed or {}).items():
             self._require_table(table)
             self._seed[table] = [dict(row) for row in rows]
         self._apply_seed()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
-
-    # -- lifecycle -----------------------------------------------------------------------
-
-    def start(self) -> ServiceNowStandIn:
-        if self._server is not None:
-            raise RuntimeError("the ServiceNow stand-in is already running")
-        server = _Server((self._host, self._port), self)
-        # A short poll interval keeps stop() prompt.
-        thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="servicenow-standin",
-            daemon=True,
-        )
-        thread.start()
-        self._server, self._thread = server, thread
-        # A stop() then start() comes back on the same port: an outage, not a move.
-        self._port = server.server_address[1]
-        logger.debug("ServiceNow stand-in listening on %s", self.url)
-        return self
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
-        self._server = self._thread = None
-
-    def __enter__(self) -> ServiceNowStandIn:
-        return self.start() if self._server is None else self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("the ServiceNow stand-in is not running; call start() first")
-        host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
 
     # -- inspection and seeding ----------------------------------------------------------
 
@@ -1117,17 +753,11 @@ class ServiceNowStandIn:
         self._require_table(table)
         return dict(self._store.insert(table, values, self._username, trusted=True))
 
-    @property
-    def requests(self) -> list[RequestRecord]:
-        with self._log_lock:
-            return list(self._requests)
-
     def reset(self) -> None:
         self._store.clear()
         self._apply_seed()
         self.faults.clear()
-        with self._log_lock:
-            self._requests.clear()
+        self._clear_requests()
 
     def expire_tokens(self) -> None:
         """Expire every access token now (refresh tokens stay valid), for refresh-on-401 tests."""
@@ -1143,16 +773,21 @@ class ServiceNowStandIn:
             known = ", ".join(self._store.table_names())
             raise ValueError(f"unknown table {table!r}; the stand-in knows {known}")
 
-    def _log(self, record: RequestRecord) -> None:
-        logger.debug("%s %s -> %s", record.method, record.path, record.status)
-        with self._log_lock:
-            self._requests.append(record)
-
     # -- request handling ----------------------------------------------------------------
+
+    def _loggable_body(self, path: str, body: bytes) -> Any:
+        # Only Table API bodies: the OAuth form carries secrets.
+        return json_or_none(body) if path.startswith("/api/") else None
+
+    def _fault_body(self, status: int) -> Any:
+        return _fault_error_body(status)
+
+    def _internal_error(self) -> Response:
+        return Response.of_json(500, _error_body("Internal Server Error", None))
 
     def _handle(
         self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str], body: bytes
-    ) -> _Response:
+    ) -> Response:
         """Answer one request; ``headers`` has lower-case names."""
         try:
             if path == "/oauth_token.do":
@@ -1173,7 +808,7 @@ class ServiceNowStandIn:
                 raise _ApiError(404, f"Invalid table {table}", None)
             return self._table(method, table, sys_id, query, body, user)
         except _ApiError as error:
-            return _Response.from_error(error)
+            return _error_response(error)
 
     def _authenticate(self, headers: Mapping[str, str]) -> str | None:
         header = headers.get("authorization") or ""
@@ -1187,7 +822,7 @@ class ServiceNowStandIn:
 
     def _table(
         self, method: str, table: str, sys_id: str | None, query: Mapping[str, str], body: bytes, user: str
-    ) -> _Response:
+    ) -> Response:
         render = self._renderer(table, query)
         if sys_id is None:
             if method == "GET":
@@ -1195,25 +830,25 @@ class ServiceNowStandIn:
             if method == "POST":
                 row = self._store.insert(table, _json_object(body), user, trusted=False)
                 location = f"{self.url}/api/now/table/{table}/{row['sys_id']}"
-                return _Response.of_json(201, {"result": render(row)}, {"Location": location})
+                return Response.of_json(201, {"result": render(row)}, {"Location": location})
             raise _method_not_allowed(method, "GET, POST")
         if method == "GET":
             found = self._store.get(table, sys_id)
             if found is None:
                 raise _not_found()
-            return _Response.of_json(200, {"result": render(found)})
+            return Response.of_json(200, {"result": render(found)})
         if method in ("PUT", "PATCH"):
             # PUT is a partial update on an instance too: fields not sent keep their values.
             row = self._store.update(table, sys_id, _json_object(body), user)
-            return _Response.of_json(200, {"result": render(row)})
+            return Response.of_json(200, {"result": render(row)})
         if method == "DELETE":
             self._store.delete(table, sys_id)
-            return _Response(204)
+            return Response(204)
         raise _method_not_allowed(method, "GET, PUT, PATCH, DELETE")
 
     def _list(
         self, table: str, query: Mapping[str, str], render: Callable[[dict[str, str]], Any]
-    ) -> _Response:
+    ) -> Response:
         encoded = parse_query(
             query.get("sysparm_query", ""), lambda name: self._store.field_spec(table, name) is not None
         )
@@ -1227,7 +862,7 @@ class ServiceNowStandIn:
         links = self._links(table, query, len(rows), limit, offset)
         if links:
             headers["Link"] = links
-        return _Response.of_json(200, {"result": [render(row) for row in page]}, headers)
+        return Response.of_json(200, {"result": [render(row) for row in page]}, headers)
 
     def _links(self, table: str, query: Mapping[str, str], total: int, limit: int, offset: int) -> str:
         if limit <= 0:
@@ -1280,7 +915,7 @@ class ServiceNowStandIn:
 
         return render
 
-    def _oauth(self, headers: Mapping[str, str], body: bytes) -> _Response:
+    def _oauth(self, headers: Mapping[str, str], body: bytes) -> Response:
         form = {key: values[0] for key, values in parse_qs(body.decode("utf-8", "replace")).items()}
         client_id, client_secret = form.get("client_id", ""), form.get("client_secret", "")
         basic = _decode_basic(headers.get("authorization") or "")
@@ -1288,10 +923,10 @@ class ServiceNowStandIn:
             client_id, client_secret = basic
         grant = form.get("grant_type", "")
         if grant not in ("client_credentials", "password", "refresh_token"):
-            return _Response.of_json(
+            return Response.of_json(
                 400, {"error": "unsupported_grant_type", "error_description": "unsupported grant_type"}
             )
-        denied = _Response.of_json(401, {"error_description": "access_denied", "error": "server_error"})
+        denied = Response.of_json(401, {"error_description": "access_denied", "error": "server_error"})
         if not (_same(client_id, self._client_id) and _same(client_secret, self._client_secret)):
             return denied
         refresh: str | None = None
@@ -1307,7 +942,7 @@ class ServiceNowStandIn:
             user = self._tokens.user_for_refresh(refresh)
         if user is None:
             return denied
-        return _Response.of_json(200, self._tokens.issue(user, refresh), {"Cache-Control": "no-store"})
+        return Response.of_json(200, self._tokens.issue(user, refresh), {"Cache-Control": "no-store"})
 
 
 def _method_not_allowed(method: str, allowed: str) -> _ApiError:
@@ -1367,12 +1002,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         stopping.set()
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    # The sandbox credentials are printed on purpose: they are the stand-in's own, for local use.
-    print(f"ServiceNow stand-in: {standin.url}")
-    print(f"  basic auth:   {args.username} / {args.password}")
-    print(f"  OAuth client: {args.client_id} / {args.client_secret}  (POST {standin.url}/oauth_token.do)")
-    print("Press Ctrl-C to stop.", flush=True)
     try:
+        # Printed inside the try: a Ctrl-C that comes while these lines go out still stops cleanly.
+        # The sandbox credentials are printed on purpose: they are the stand-in's own, for local use.
+        print(f"ServiceNow stand-in: {standin.url}")
+        print(f"  basic auth:   {args.username} / {args.password}")
+        print(f"  OAuth client: {args.client_id} / {args.client_secret}  (POST {standin.url}/oauth_token.do)")
+        print("Press Ctrl-C to stop.", flush=True)
         while not stopping.wait(0.5):
             pass
     except KeyboardInterrupt:
