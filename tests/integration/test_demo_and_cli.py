@@ -475,6 +475,37 @@ def test_serve_sandbox_then_send_then_sigint(served: tuple[subprocess.Popen[str]
         http.get(f"{url}/api/health", timeout=2)
 
 
+def test_serve_sandbox_with_jira_creates_issues() -> None:
+    process = subprocess.Popen(  # noqa: S603 - our own interpreter and module, fixed arguments
+        bridge_command("serve", "--sandbox", "--itsm", "jira", "--port", "0"),
+        cwd=REPO,
+        env=child_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    reader = LineReader(process.stdout)
+    try:
+        url = reader.until(r"^bridge \S+ serving (http://127\.0\.0\.1:\d+)/api/alerts and ")[1]
+        reader.until(r"^\s+Jira stand-in:\s+http://127\.0\.0\.1:\d+ \(email bridge@example.com")
+        entra = reader.until(r"^\s+Entra ID stand-in:\s+(http://127\.0\.0\.1:\d+)$")[1]
+        reader.until(r"^Ctrl-C to stop$")
+        with client_session() as http:
+            health = http.get(f"{url}/api/health", timeout=CLIENT_TIMEOUT_SECONDS).json()
+        assert health["adapter"] == "jira" and health["status"] == "ok"
+        metric = SAMPLES_DIR / "metric_static_fired.testaction.json"
+        sent = run_bridge("send", str(metric), "--url", f"{url}/api/alerts", "--sandbox-entra", entra)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        answer = json.loads(sent.stdout.split(": 200 ", 1)[1])
+        assert answer["action"] == "created" and answer["workItem"]["number"] == "OPS-1"
+        assert answer["workItem"]["system"] == "jira" and answer["workItem"]["url"].endswith("/browse/OPS-1")
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 0
+        process.stdout.close()
+
+
 def test_send_without_a_token_choice_fails_and_names_the_options() -> None:
     metric = SAMPLES_DIR / "metric_static_fired.testaction.json"
 
