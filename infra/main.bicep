@@ -1,10 +1,13 @@
-// Azure Monitor -> ServiceNow bridge: everything `azd up` (or `az deployment sub create`) provisions.
+// Azure Monitor -> ITSM bridge: everything `azd up` (or `az deployment sub create`) provisions.
+// The ITSM is itsmAdapter's: ServiceNow (default), Jira Service Management, or a plugin adapter whose
+// package is in requirements.txt (its settings then go in bridgeSettings).
 //
 // Subscription scope: creates the resource group, then deploys into it
 //   identity     user-assigned managed identity the Function app runs as
 //   storage      identity-only storage: host state, deployment package, the bridge's state table and outbox queues
 //   monitoring   Log Analytics + Application Insights (local auth off, Entra ingestion)
-//   keyvault     RBAC-mode vault with the ServiceNow password / OAuth client secret
+//   keyvault     RBAC-mode vault with the ITSM secrets that were given (ServiceNow password / OAuth
+//                client secret, Jira API token / personal access token)
 //   entra        Entra ID application the secure webhook authenticates to, its app role and the
 //                assignment of that role to Azure Monitor's action-group service principal
 //   api          Flex Consumption plan + Function app + its app settings
@@ -25,13 +28,21 @@ param environmentName string
 @metadata({ azd: { type: 'location' } })
 param location string
 
-@description('Object id of the person or pipeline running the deployment (azd: AZURE_PRINCIPAL_ID). Gets "Key Vault Secrets Officer" so it can rotate the ServiceNow secrets. Empty: no such assignment.')
+@description('Object id of the person or pipeline running the deployment (azd: AZURE_PRINCIPAL_ID). Gets "Key Vault Secrets Officer" so it can rotate the ITSM secrets. Empty: no such assignment.')
 param principalId string = ''
 
-// ---------- ServiceNow ----------
+// ---------- ITSM ----------
 
-@description('ServiceNow instance, e.g. https://contoso.service-now.com (SERVICENOW_INSTANCE_URL).')
-param servicenowInstanceUrl string
+// No @allowed: a plugin adapter (an installed package's `bridge.adapters` entry point) is deployed
+// by its name, with its settings in bridgeSettings.
+@minLength(1)
+@description('ITSM adapter (ITSM_ADAPTER): servicenow, jira, or a plugin\'s name (its package in requirements.txt, its non-secret settings in bridgeSettings).')
+param itsmAdapter string = 'servicenow'
+
+// ---------- ServiceNow (itsmAdapter servicenow) ----------
+
+@description('ServiceNow instance, e.g. https://contoso.service-now.com (SERVICENOW_INSTANCE_URL). Required when itsmAdapter is servicenow. Empty: setting omitted.')
+param servicenowInstanceUrl string = ''
 
 @description('Basic auth user, or the user of the OAuth password grant. Empty when not used.')
 param servicenowUsername string = ''
@@ -49,6 +60,33 @@ param servicenowClientId string = ''
 @description('OAuth client secret, stored in Key Vault. Empty: no client secret and no SERVICENOW_CLIENT_SECRET setting.')
 param servicenowClientSecret string = ''
 
+// ---------- Jira Service Management (itsmAdapter jira) ----------
+
+@description('Jira site, e.g. https://contoso.atlassian.net (Cloud) or https://jira.contoso.com (JIRA_BASE_URL). Required when itsmAdapter is jira. Empty: setting omitted.')
+param jiraBaseUrl string = ''
+
+@allowed([
+  'cloud'
+  'datacenter'
+])
+@description('JIRA_DEPLOYMENT, set when itsmAdapter is jira: cloud (email + API token) or datacenter (personal access token).')
+param jiraDeployment string = 'cloud'
+
+@description('Cloud: the Atlassian account email the API token belongs to (JIRA_EMAIL). Empty: setting omitted.')
+param jiraEmail string = ''
+
+@description('Project key new issues go to, e.g. OPS (JIRA_PROJECT). Required when itsmAdapter is jira. Empty: setting omitted.')
+param jiraProject string = ''
+
+// Secure like the ServiceNow ones: empty means "not used" (Cloud uses the API token, Data Center the PAT).
+@secure()
+@description('Cloud: API token, stored in Key Vault. Empty: no API token secret and no JIRA_API_TOKEN setting.')
+param jiraApiToken string = ''
+
+@secure()
+@description('Data Center: personal access token, stored in Key Vault. Empty: no PAT secret and no JIRA_PAT setting.')
+param jiraPat string = ''
+
 // ---------- bridge behaviour ----------
 
 @description('Comma list of subscription ids whose alerts are accepted (ALLOWED_SUBSCRIPTION_IDS). Empty: only this deployment\'s subscription. "*": any subscription.')
@@ -57,7 +95,7 @@ param allowedSubscriptionIds string = ''
 @description('Extra caller app ids accepted besides Azure Monitor (comma list), e.g. a test client for `python -m bridge send`. Leave empty in production.')
 param additionalAllowedAppIds string = ''
 
-@description('Further non-secret bridge settings (names from bridge.config.SETTINGS), e.g. {"SERVICENOW_ASSIGNMENT_GROUP": "Cloud Ops"}. They cannot override the settings this template derives.')
+@description('Further non-secret bridge settings (names from bridge.config.SETTINGS or the adapter\'s declarations), e.g. {"SERVICENOW_ASSIGNMENT_GROUP": "Cloud Ops"} or {"JIRA_ISSUE_TYPE": "Task"}. They cannot override the settings this template derives.')
 param bridgeSettings object = {}
 
 @description('Storage table for the bridge\'s delivery state (STATE_TABLE_NAME).')
@@ -111,7 +149,8 @@ var deploymentContainerName = 'app-package-${take(toLower(appName), 32)}-${take(
 var appUniqueName = !empty(entraAppUniqueName) ? entraAppUniqueName : 'itsm-bridge-${environmentName}-${resourceToken}'
 
 var extraAppIds = empty(additionalAllowedAppIds) ? [] : split(replace(additionalAllowedAppIds, ' ', ''), ',')
-var subscriptionsSetting = empty(allowedSubscriptionIds) ? subscription().subscriptionId : (allowedSubscriptionIds == '*' ? '' : allowedSubscriptionIds)
+// The comparison is parenthesized because pycep-parser (tests/infra) would otherwise misread the precedence.
+var subscriptionsSetting = empty(allowedSubscriptionIds) ? subscription().subscriptionId : ((allowedSubscriptionIds == '*') ? '' : allowedSubscriptionIds)
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: rgName
@@ -162,6 +201,8 @@ module keyvault 'app/keyvault.bicep' = {
     tags: tags
     servicenowPassword: servicenowPassword
     servicenowClientSecret: servicenowClientSecret
+    jiraApiToken: jiraApiToken
+    jiraPat: jiraPat
   }
 }
 
@@ -200,11 +241,18 @@ module api 'app/api.bicep' = {
     authAllowedAppIds: concat([azureMonitorAppId], extraAppIds)
     authRequiredRole: webhookRoleValue
     allowedSubscriptionIds: subscriptionsSetting
+    itsmAdapter: itsmAdapter
     servicenowInstanceUrl: servicenowInstanceUrl
     servicenowUsername: servicenowUsername
     servicenowClientId: servicenowClientId
     servicenowPasswordSecretUri: empty(servicenowPassword) ? '' : keyvault.outputs.basicAuthCredentialUri
     servicenowClientSecretSecretUri: empty(servicenowClientSecret) ? '' : keyvault.outputs.oauthCredentialUri
+    jiraBaseUrl: jiraBaseUrl
+    jiraDeployment: jiraDeployment
+    jiraEmail: jiraEmail
+    jiraProject: jiraProject
+    jiraApiTokenSecretUri: empty(jiraApiToken) ? '' : keyvault.outputs.jiraApiTokenCredentialUri
+    jiraPatSecretUri: empty(jiraPat) ? '' : keyvault.outputs.jiraPatCredentialUri
     stateTableName: stateTableName
     outboxQueueName: outboxQueueName
     bridgeSettings: bridgeSettings

@@ -1,8 +1,8 @@
 // The Function app: Flex Consumption (FC1, Linux, Python 3.11), HTTPS only, TLS 1.2, FTP and basic
 // publishing credentials off, running as the user-assigned identity for everything (host storage,
 // deployment package, Application Insights ingestion, Key Vault references). Its app settings are the
-// bridge's settings (bridge.config.SETTINGS) plus the documented platform settings; tests/infra
-// checks that the two lists cannot drift apart.
+// bridge's settings (bridge.config.SETTINGS and the built-in adapters' declarations: ServiceNow, Jira)
+// plus the documented platform settings; tests/infra checks that the lists cannot drift apart.
 param name string
 param planName string
 param location string
@@ -31,6 +31,10 @@ param authRequiredRole string
 @description('ALLOWED_SUBSCRIPTION_IDS; empty: setting omitted (alerts from any subscription).')
 param allowedSubscriptionIds string
 
+@description('ITSM_ADAPTER: servicenow, jira, or a plugin adapter\'s name.')
+param itsmAdapter string
+
+@description('Empty: setting omitted.')
 param servicenowInstanceUrl string
 @description('Empty: setting omitted.')
 param servicenowUsername string
@@ -40,6 +44,23 @@ param servicenowClientId string
 param servicenowPasswordSecretUri string
 @description('Versionless Key Vault secret URI of the OAuth client secret; empty: SERVICENOW_CLIENT_SECRET omitted.')
 param servicenowClientSecretSecretUri string
+
+@description('Empty: setting omitted.')
+param jiraBaseUrl string
+@allowed([
+  'cloud'
+  'datacenter'
+])
+@description('JIRA_DEPLOYMENT; set only when itsmAdapter is jira.')
+param jiraDeployment string
+@description('Empty: setting omitted.')
+param jiraEmail string
+@description('Empty: setting omitted.')
+param jiraProject string
+@description('Versionless Key Vault secret URI of the Jira Cloud API token; empty: JIRA_API_TOKEN omitted.')
+param jiraApiTokenSecretUri string
+@description('Versionless Key Vault secret URI of the Jira Data Center PAT; empty: JIRA_PAT omitted.')
+param jiraPatSecretUri string
 
 param stateTableName string
 param outboxQueueName string
@@ -158,7 +179,7 @@ var bridgeBaseSettings = {
   AUTH_AUDIENCES: join(authAudiences, ',')
   AUTH_ALLOWED_APP_IDS: join(authAllowedAppIds, ',')
   AUTH_REQUIRED_ROLE: authRequiredRole
-  SERVICENOW_INSTANCE_URL: servicenowInstanceUrl
+  ITSM_ADAPTER: itsmAdapter
   // State records in the Table and the outbox on the Queue (the queue trigger reads
   // %OUTBOX_QUEUE_NAME%), both through the identity-based AzureWebJobsStorage connection.
   STATE_STORE: 'azure'
@@ -166,14 +187,24 @@ var bridgeBaseSettings = {
   OUTBOX_QUEUE_NAME: outboxQueueName
 }
 
-// Bridge settings that exist only when their value does (basic-only or OAuth-only credentials, any
-// subscription). Secrets are Key Vault references resolved with keyVaultReferenceIdentity.
+// Bridge settings that exist only when their value does: each ITSM's settings (so either can be
+// deployed), basic-only or OAuth-only and Jira Cloud or Data Center credentials, any subscription.
+// Secrets are Key Vault references resolved with keyVaultReferenceIdentity. JIRA_DEPLOYMENT goes with
+// itsmAdapter jira (the comparison is parenthesized: pycep-parser, in tests/infra and checkov, would
+// otherwise misread the precedence).
 var bridgeOptionalSettings = union(
   empty(allowedSubscriptionIds) ? {} : { ALLOWED_SUBSCRIPTION_IDS: allowedSubscriptionIds },
+  empty(servicenowInstanceUrl) ? {} : { SERVICENOW_INSTANCE_URL: servicenowInstanceUrl },
   empty(servicenowUsername) ? {} : { SERVICENOW_USERNAME: servicenowUsername },
   empty(servicenowPasswordSecretUri) ? {} : { SERVICENOW_PASSWORD: '@Microsoft.KeyVault(SecretUri=${servicenowPasswordSecretUri})' },
   empty(servicenowClientId) ? {} : { SERVICENOW_CLIENT_ID: servicenowClientId },
-  empty(servicenowClientSecretSecretUri) ? {} : { SERVICENOW_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${servicenowClientSecretSecretUri})' }
+  empty(servicenowClientSecretSecretUri) ? {} : { SERVICENOW_CLIENT_SECRET: '@Microsoft.KeyVault(SecretUri=${servicenowClientSecretSecretUri})' },
+  empty(jiraBaseUrl) ? {} : { JIRA_BASE_URL: jiraBaseUrl },
+  (itsmAdapter =~ 'jira') ? { JIRA_DEPLOYMENT: jiraDeployment } : {},
+  empty(jiraEmail) ? {} : { JIRA_EMAIL: jiraEmail },
+  empty(jiraApiTokenSecretUri) ? {} : { JIRA_API_TOKEN: '@Microsoft.KeyVault(SecretUri=${jiraApiTokenSecretUri})' },
+  empty(jiraPatSecretUri) ? {} : { JIRA_PAT: '@Microsoft.KeyVault(SecretUri=${jiraPatSecretUri})' },
+  empty(jiraProject) ? {} : { JIRA_PROJECT: jiraProject }
 )
 
 resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {

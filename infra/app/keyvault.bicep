@@ -1,7 +1,9 @@
-// Key Vault holding the ServiceNow credentials. RBAC authorization (no access policies), soft delete and
-// purge protection. A secret whose parameter is empty is not created, so basic-only and OAuth-only
-// deployments both work. Outputs carry secret URIs only (deterministic, versionless so the app always
-// reads the latest version), never a value.
+// Key Vault holding the ITSM credentials: ServiceNow password / OAuth client secret, Jira API token
+// (Cloud) / personal access token (Data Center). RBAC authorization (no access policies), soft delete
+// and purge protection. A secret whose parameter is empty is not created, so basic-only, OAuth-only,
+// Jira Cloud and Jira Data Center deployments all work (and a deployment stores only its own ITSM's).
+// Outputs carry secret URIs only (deterministic, versionless so the app always reads the latest
+// version), never a value.
 @minLength(3)
 @maxLength(24)
 param name string
@@ -16,6 +18,14 @@ param servicenowPassword string
 @description('ServiceNow OAuth client secret; empty: not stored.')
 param servicenowClientSecret string
 
+@secure()
+@description('Jira Cloud API token; empty: not stored.')
+param jiraApiToken string
+
+@secure()
+@description('Jira Data Center personal access token; empty: not stored.')
+param jiraPat string
+
 @minValue(7)
 @maxValue(90)
 @description('Soft-delete retention. Purge protection keeps a deleted vault (and its name) for this many days.')
@@ -23,6 +33,8 @@ param softDeleteRetentionInDays int = 7
 
 var passwordSecretName = 'servicenow-password'
 var clientSecretSecretName = 'servicenow-client-secret'
+var jiraApiTokenSecretName = 'jira-api-token'
+var jiraPatSecretName = 'jira-pat'
 
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' = {
   // checkov:skip=CKV_AZURE_109: Firewall default Allow: Key Vault references of a Flex app without VNet integration use the public endpoint; access is RBAC-only.
@@ -75,9 +87,35 @@ resource clientSecretSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if 
   }
 }
 
+resource jiraApiTokenSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(jiraApiToken)) {
+  // checkov:skip=CKV_AZURE_41: The token's lifetime is owned by Atlassian (its expiry is set there); an expiry here would silently break delivery. Rotation: infra/README.md.
+  // checkov:skip=CKV_AZURE_114: contentType is set below; checkov 3.x misreads properties of conditional (if ...) resources.
+  parent: vault
+  name: jiraApiTokenSecretName
+  tags: tags
+  properties: {
+    value: jiraApiToken
+    contentType: 'text/plain'
+  }
+}
+
+resource jiraPatSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(jiraPat)) {
+  // checkov:skip=CKV_AZURE_41: The token's lifetime is owned by Jira Data Center (its expiry is set there); an expiry here would silently break delivery. Rotation: infra/README.md.
+  // checkov:skip=CKV_AZURE_114: contentType is set below; checkov 3.x misreads properties of conditional (if ...) resources.
+  parent: vault
+  name: jiraPatSecretName
+  tags: tags
+  properties: {
+    value: jiraPat
+    contentType: 'text/plain'
+  }
+}
+
 output id string = vault.id
 output name string = vault.name
 output vaultUri string = vault.properties.vaultUri
 // URIs without a version: Key Vault references then follow rotations (picked up within a day or on restart).
 output basicAuthCredentialUri string = '${vault.properties.vaultUri}secrets/${passwordSecretName}'
 output oauthCredentialUri string = '${vault.properties.vaultUri}secrets/${clientSecretSecretName}'
+output jiraApiTokenCredentialUri string = '${vault.properties.vaultUri}secrets/${jiraApiTokenSecretName}'
+output jiraPatCredentialUri string = '${vault.properties.vaultUri}secrets/${jiraPatSecretName}'

@@ -4,8 +4,11 @@ Every ``.bicep`` file is parsed with pycep-parser (>= 0.7, which understands ``e
 parsed templates are checked for what the deployment promises: the secure webhook's Entra ID fields,
 HTTPS/TLS 1.2, identity-only access (no shared keys, no local auth, no FTP/basic publishing), Key Vault
 references for every secret setting, no secret in any default or output, least-privilege role
-assignments with deterministic names, and app settings that match ``bridge.config.SETTINGS`` exactly,
-so a new bridge setting or a typo in the templates fails here instead of in Azure.
+assignments with deterministic names, and app settings that match the settings declarations exactly
+(``bridge.config.SETTINGS`` and each built-in adapter's), so a new bridge setting or a typo in the
+templates fails here instead of in Azure. A small evaluator (``deployed_settings``) then plays a whole
+deployment through the templates, so the app settings a ServiceNow, Jira Cloud, Jira Data Center or
+plugin deployment gets are checked as Azure would compute them.
 
 pycep-parser's JSON shape, in short: identifiers and string literals are both plain strings;
 interpolated strings keep their ``${...}``; expressions are ``{"function": {"type", "parameters"}}``
@@ -19,7 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -28,12 +31,16 @@ import pytest
 import yaml
 from pycep import BicepParser
 
-from bridge.adapters.registry import settings_of
+from bridge.adapters.jira import CLOUD, DATACENTER
+from bridge.adapters.registry import BUILTIN, settings_of
 from bridge.config import AZURE_MONITOR_APP_ID
 from bridge.config import SETTINGS as CORE_SETTINGS
 
-# The templates deploy the ServiceNow adapter: the core's settings and the ones it declares.
-SETTINGS = (*CORE_SETTINGS, *settings_of("servicenow"))
+# The templates deploy either built-in adapter (itsmAdapter): the core's settings and the ones each
+# adapter declares. A plugin adapter's settings go through the free-form bridgeSettings parameter.
+ADAPTERS = ("servicenow", "jira")
+ADAPTER_SETTINGS = {name: settings_of(name) for name in ADAPTERS}
+SETTINGS = (*CORE_SETTINGS, *(s for name in ADAPTERS for s in ADAPTER_SETTINGS[name]))
 SETTING_NAMES = frozenset(s.name for s in SETTINGS)
 SECRET_SETTING_NAMES = frozenset(s.name for s in SETTINGS if s.secret)
 
@@ -63,29 +70,36 @@ ALWAYS_PROVIDED = frozenset(
         "AUTH_AUDIENCES",
         "AUTH_ALLOWED_APP_IDS",
         "AUTH_REQUIRED_ROLE",
-        "SERVICENOW_INSTANCE_URL",
+        "ITSM_ADAPTER",
         "STATE_STORE",
         "STATE_TABLE_NAME",
         "OUTBOX_QUEUE_NAME",
     }
 )
-# Bridge settings provided only when their parameter is non-empty (basic-only / OAuth-only, any subscription).
+# Bridge settings provided only when their parameter is non-empty (each ITSM's own, basic-only /
+# OAuth-only, Jira Cloud / Data Center, any subscription); JIRA_DEPLOYMENT only when itsmAdapter is jira.
 PROVIDED_WHEN_SET = frozenset(
     {
         "ALLOWED_SUBSCRIPTION_IDS",
+        "SERVICENOW_INSTANCE_URL",
         "SERVICENOW_USERNAME",
         "SERVICENOW_PASSWORD",
         "SERVICENOW_CLIENT_ID",
         "SERVICENOW_CLIENT_SECRET",
+        "JIRA_BASE_URL",
+        "JIRA_DEPLOYMENT",
+        "JIRA_EMAIL",
+        "JIRA_API_TOKEN",
+        "JIRA_PAT",
+        "JIRA_PROJECT",
     }
 )
 # Bridge settings the templates deliberately leave to the bridge's default (or to the `bridgeSettings`
-# parameter). Adding a setting to bridge.config.SETTINGS fails test_every_bridge_setting_is_accounted_for
-# until it is put in one of these three sets.
+# parameter). Adding a setting to bridge.config.SETTINGS or to a built-in adapter's declarations fails
+# test_every_bridge_setting_is_accounted_for until it is put in one of these three sets.
 LEFT_TO_DEFAULT = frozenset(
     {
         "AUTH_OPENID_CONFIG_URL",
-        "ITSM_ADAPTER",
         "ITSM_TIMEOUT_SECONDS",
         "ITSM_RETRY_ATTEMPTS",
         "ITSM_RETRY_BUDGET_SECONDS",
@@ -106,12 +120,42 @@ LEFT_TO_DEFAULT = frozenset(
         "CMDB_NAME_FIELD",
         "CMDB_CACHE_SECONDS",
         "MAPPING_FILE",
+        "JIRA_ISSUE_TYPE",
+        "JIRA_CORRELATION_FIELD",
+        "JIRA_LABEL_PREFIX",
+        "JIRA_PRIORITY_MAP",
+        "JIRA_RESOLVE_TRANSITION",
+        "JIRA_RESOLUTION",
+        "JIRA_INTERNAL_COMMENTS",
     }
 )
 # Secret setting -> the main.bicep @secure() parameter that carries its value.
 SECRET_PARAMS = {
     "SERVICENOW_PASSWORD": "servicenowPassword",
     "SERVICENOW_CLIENT_SECRET": "servicenowClientSecret",
+    "JIRA_API_TOKEN": "jiraApiToken",
+    "JIRA_PAT": "jiraPat",
+}
+# Bridge setting -> the main.bicep parameter (and azd variable of the same name as the setting) it
+# comes from, for the settings an operator gives directly.
+PARAMS = {
+    "ITSM_ADAPTER": "itsmAdapter",
+    "ALLOWED_SUBSCRIPTION_IDS": "allowedSubscriptionIds",
+    "SERVICENOW_INSTANCE_URL": "servicenowInstanceUrl",
+    "SERVICENOW_USERNAME": "servicenowUsername",
+    "SERVICENOW_CLIENT_ID": "servicenowClientId",
+    "JIRA_BASE_URL": "jiraBaseUrl",
+    "JIRA_DEPLOYMENT": "jiraDeployment",
+    "JIRA_EMAIL": "jiraEmail",
+    "JIRA_PROJECT": "jiraProject",
+    **SECRET_PARAMS,
+}
+# Key Vault secret (keyvault.bicep) behind each secret setting.
+VAULT_SECRETS = {
+    "SERVICENOW_PASSWORD": "servicenow-password",
+    "SERVICENOW_CLIENT_SECRET": "servicenow-client-secret",
+    "JIRA_API_TOKEN": "jira-api-token",
+    "JIRA_PAT": "jira-pat",
 }
 
 ROLE_IDS = {
@@ -330,6 +374,192 @@ def app_settings() -> AppSettings:
 def main_module(name: str) -> dict[str, Any]:
     module: dict[str, Any] = template("main.bicep")["modules"][name]
     return module
+
+
+def _description(param: dict[str, Any]) -> str:
+    return " ".join(str(d["argument"]) for d in param["decorators"] if d["type"] == "description")
+
+
+# ---------- playing a deployment through the templates ----------
+
+
+@dataclass(frozen=True)
+class DeployTime:
+    """A value only Azure knows (a resource property, tenant(), uniqueString(), ...); never empty."""
+
+    expression: str
+
+    def __str__(self) -> str:
+        return f"<{self.expression}>"
+
+
+class Scope(Mapping[str, Any]):
+    """One template's parameters and variables as one deployment sees them, computed when read.
+
+    ``given`` holds thunks: a module's parameters are main.bicep expressions, evaluated only when
+    the module reads them.
+    """
+
+    def __init__(self, path: Path, given: Mapping[str, Callable[[], Any]]) -> None:
+        self.path = path
+        self.tpl = _parse(path)
+        self.params: dict[str, Any] = self.tpl.get("parameters") or {}
+        self.variables: dict[str, Any] = self.tpl.get("variables") or {}
+        unknown = set(given) - set(self.params)
+        assert not unknown, f"{path.name} declares no parameter {sorted(unknown)}"
+        self.given = given
+        self._values: dict[str, Any] = {}
+        self._modules: dict[str, Scope] = {}
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._values:
+            if name in self.given:
+                value = self.given[name]()
+                for decorator in self.params[name]["decorators"]:
+                    # ARM refuses a value outside @allowed before anything is deployed.
+                    if decorator["type"] == "allowed" and value not in decorator["argument"]:
+                        raise ValueError(f"{self.path.name}: {name}={value!r} is not allowed")
+            elif name in self.params:
+                default = self.params[name]["default"]
+                assert default is not None, f"{self.path.name}: parameter {name} needs a value"
+                value = evaluate(default, self)
+            elif name in self.variables:
+                value = evaluate(self.variables[name]["value"], self)
+            else:
+                raise KeyError(name)
+            self._values[name] = value
+        return self._values[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.given or name in self.params or name in self.variables
+
+    def __iter__(self) -> Iterator[str]:
+        return iter({**self.params, **self.variables})
+
+    def __len__(self) -> int:
+        return len({**self.params, **self.variables})
+
+    def module(self, name: str) -> Scope:
+        if name not in self._modules:
+            module = self.tpl["modules"][name]
+            path = self.path.parent / module["detail"]["path"]
+            thunks = {
+                param: functools.partial(evaluate, node, self) for param, node in module["config"]["params"].items()
+            }
+            self._modules[name] = Scope(path, thunks)
+        return self._modules[name]
+
+
+def _contains_deploy_time(value: Any) -> bool:
+    if isinstance(value, DeployTime):
+        return True
+    if isinstance(value, list):
+        return any(_contains_deploy_time(v) for v in value)
+    if isinstance(value, dict):
+        return any(_contains_deploy_time(v) for v in value.values())
+    return False
+
+
+def _interpolate(expression: str, scope: Scope) -> str:
+    expression = expression.strip()
+    if expression not in scope:
+        return f"<{expression}>"  # a resource property or function: Azure fills it in
+    value = scope[expression]
+    return value if isinstance(value, str) else str(value) if isinstance(value, DeployTime) else json.dumps(value)
+
+
+def _call(function: str, args: list[Any]) -> Any:
+    if function == "union" and all(isinstance(a, dict) for a in args):
+        merged: dict[str, Any] = {}
+        for arg in args:
+            merged.update(arg)  # later arguments win, as in Bicep
+        return merged
+    if function == "concat" and all(isinstance(a, list) for a in args):
+        return [item for arg in args for item in arg]
+    if function == "empty":
+        [value] = args
+        return False if isinstance(value, DeployTime) else value is None or len(value) == 0
+    if any(_contains_deploy_time(a) for a in args):
+        return DeployTime(f"{function}()")
+    if function == "join":
+        items, delimiter = args
+        return str(delimiter).join(items)
+    if function == "to_lower":
+        return str(args[0]).lower()
+    return DeployTime(f"{function}()")
+
+
+def _operate(node: dict[str, Any], scope: Scope) -> Any:
+    kind, operands = node["operator"]["type"], node["operator"]["operands"]
+    if kind == "conditional":
+        condition = evaluate(operands["condition"], scope)
+        assert isinstance(condition, bool), f"condition not known before the deployment: {operands['condition']!r}"
+        return evaluate(operands["true_value"] if condition else operands["false_value"], scope)
+    if kind == "property_accessor":
+        try:
+            path = accessor_path(node)
+        except AssertionError:
+            return DeployTime(kind)
+        module, _, output = path.partition(".outputs.")
+        if output and "modules" in scope.tpl and module in scope.tpl["modules"]:
+            inner = scope.module(module)
+            return evaluate(inner.tpl["outputs"][output]["value"], inner)
+        return DeployTime(path)
+    values = [evaluate(v, scope) for v in operands.values()]
+    if any(isinstance(v, DeployTime) for v in values):
+        return DeployTime(kind)
+    if kind == "not":
+        return not values[0]
+    if kind in ("equals", "not_equals"):
+        return (values[0] == values[1]) == (kind == "equals")
+    if kind in ("equals_case_insensitive", "not_equals_case_insensitive"):
+        same = str(values[0]).lower() == str(values[1]).lower()
+        return same == (kind == "equals_case_insensitive")
+    return DeployTime(kind)
+
+
+def evaluate(node: Any, scope: Scope) -> Any:
+    """The value of a pycep expression in one deployment (what Bicep would compute, as far as the
+    tests need it: string interpolation, union/concat/empty/join/toLower, conditionals, comparisons,
+    module outputs). Anything only Azure knows is a :class:`DeployTime`."""
+    if isinstance(node, str):
+        if node in scope:
+            return scope[node]
+        return _INTERPOLATION.sub(lambda m: _interpolate(m.group(1), scope), node)
+    if isinstance(node, list):
+        return [evaluate(item, scope) for item in node]
+    if isinstance(node, dict):
+        if isinstance(node.get("function"), dict) and "type" in node["function"]:
+            args = [evaluate(a, scope) for a in (node["function"].get("parameters") or {}).values()]
+            return _call(node["function"]["type"], args)
+        if isinstance(node.get("operator"), dict) and "operands" in node["operator"]:
+            return _operate(node, scope)
+        return {key.strip("'"): evaluate(value, scope) for key, value in node.items()}
+    return node  # numbers, booleans, null
+
+
+def deployment(**params: Any) -> Scope:
+    """main.bicep with these parameter values (environmentName and location filled in)."""
+    given = {"environmentName": "itsm-test", "location": "westeurope", **params}
+    return Scope(INFRA / "main.bicep", {name: functools.partial(lambda v: v, value) for name, value in given.items()})
+
+
+def deployed_settings(**params: Any) -> dict[str, Any]:
+    """The Function app's app settings a deployment with these main.bicep parameters gets."""
+    api = deployment(**params).module("api")
+    config = the_resource(api.tpl, "Microsoft.Web/sites/config")
+    settings: dict[str, Any] = evaluate(config.body["properties"], api)
+    return settings
+
+
+def deployed_secrets(**params: Any) -> dict[str, Any]:
+    """Key Vault secret name -> value, for the secrets a deployment with these parameters creates."""
+    vault = deployment(**params).module("keyvault")
+    created = {}
+    for secret in resources_of_type(vault.tpl, "Microsoft.KeyVault/vaults/secrets"):
+        if secret.condition is None or evaluate(secret.condition, vault) is True:
+            created[evaluate(secret.body["name"], vault)] = evaluate(secret.body["properties"]["value"], vault)
+    return created
 
 
 # ---------- every template parses ----------
@@ -702,10 +932,29 @@ def test_every_app_setting_is_a_bridge_or_platform_setting() -> None:
 
 def test_required_bridge_settings_are_always_provided() -> None:
     settings = app_settings().settings
-    required = {s.name for s in SETTINGS if s.required}
+    required = {s.name for s in CORE_SETTINGS if s.required}
     assert required <= ALWAYS_PROVIDED
     for name in ALWAYS_PROVIDED | PLATFORM_SETTINGS:
         assert name in settings and not settings[name].conditional, name
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_an_adapters_required_settings_come_from_parameters_documented_as_required(adapter: str) -> None:
+    # Required only when that adapter is the one deployed: provided when set, from a parameter whose
+    # description says so (the bridge's health route reports one that is missing).
+    main_params = template("main.bicep")["parameters"]
+    for spec in ADAPTER_SETTINGS[adapter]:
+        if not spec.required:
+            continue
+        assert spec.name in PROVIDED_WHEN_SET, spec.name
+        param = main_params[PARAMS[spec.name]]
+        assert param["default"] == "", spec.name
+        assert f"Required when itsmAdapter is {adapter}." in _description(param), spec.name
+
+
+def test_the_templates_deploy_every_built_in_adapter() -> None:
+    # A new built-in adapter fails here until the templates (and these tests) learn its settings.
+    assert set(ADAPTERS) == set(BUILTIN)
 
 
 def test_optional_bridge_settings_are_provided_when_set() -> None:
@@ -756,6 +1005,223 @@ def test_allowed_subscriptions_default_to_the_deployment_subscription() -> None:
     }
     assert accessor_path(value["true_value"]) == "subscription().subscriptionId"
     assert main_module("api")["config"]["params"]["allowedSubscriptionIds"] == "subscriptionsSetting"
+
+
+def _comparisons(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, list):
+        for item in node:
+            yield from _comparisons(item)
+    elif isinstance(node, dict):
+        operator = node.get("operator")
+        if isinstance(operator, dict) and str(operator.get("type", "")).startswith(("equals", "not_equals")):
+            yield operator
+        for value in node.values():
+            yield from _comparisons(value)
+
+
+@pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: str(p.relative_to(INFRA)))
+def test_comparisons_in_conditions_are_parenthesized(path: Path) -> None:
+    # pycep-parser reads `a == 'x' ? b : c` as `a == ('x' ? b : c)`; Bicep does not. Parenthesized,
+    # both agree, and the checks above (and deployed_settings) see what Azure evaluates.
+    for comparison in _comparisons(_parse(path)):
+        operand = comparison["operands"]["operand_2"]
+        assert not (isinstance(operand, dict) and operand.get("operator", {}).get("type") == "conditional"), (
+            f"{path.name}: parenthesize the comparison before '?'"
+        )
+
+
+# ---------- the ITSM: ServiceNow, Jira or a plugin adapter ----------
+
+SN_URL = "https://contoso.service-now.com"
+JIRA_URL = "https://contoso.atlassian.net"
+# Bridge settings every deployment gets, whichever the ITSM.
+COMMON = frozenset(
+    {
+        "AUTH_TENANT_ID",
+        "AUTH_AUDIENCES",
+        "AUTH_ALLOWED_APP_IDS",
+        "AUTH_REQUIRED_ROLE",
+        "ALLOWED_SUBSCRIPTION_IDS",
+        "ITSM_ADAPTER",
+        "STATE_STORE",
+        "STATE_TABLE_NAME",
+        "OUTBOX_QUEUE_NAME",
+    }
+)
+# A parameter value for each setting an operator gives directly (secrets are fake, of course).
+SAMPLE_VALUES = {
+    "servicenowInstanceUrl": SN_URL,
+    "servicenowUsername": "azure.monitor.bridge",
+    "servicenowPassword": "sn-password-123",
+    "servicenowClientId": "sn-client-id",
+    "servicenowClientSecret": "sn-client-secret-456",
+    "jiraBaseUrl": JIRA_URL,
+    "jiraEmail": "bridge@contoso.com",
+    "jiraProject": "OPS",
+    "jiraApiToken": "jira-api-token-789",
+    "jiraPat": "jira-pat-012",
+}
+# name -> (main.bicep parameters, ITSM settings beyond COMMON, Key Vault secrets created)
+DEPLOYMENTS: dict[str, tuple[dict[str, Any], set[str], set[str]]] = {
+    "servicenow-basic": (
+        {"servicenowInstanceUrl": SN_URL, "servicenowUsername": "u", "servicenowPassword": "sn-password-123"},
+        {"SERVICENOW_INSTANCE_URL", "SERVICENOW_USERNAME", "SERVICENOW_PASSWORD"},
+        {"servicenow-password"},
+    ),
+    "servicenow-oauth": (
+        {
+            "itsmAdapter": "servicenow",
+            "servicenowInstanceUrl": SN_URL,
+            "servicenowClientId": "c",
+            "servicenowClientSecret": "sn-client-secret-456",
+        },
+        {"SERVICENOW_INSTANCE_URL", "SERVICENOW_CLIENT_ID", "SERVICENOW_CLIENT_SECRET"},
+        {"servicenow-client-secret"},
+    ),
+    "jira-cloud": (
+        {
+            "itsmAdapter": "jira",
+            "jiraBaseUrl": JIRA_URL,
+            "jiraProject": "OPS",
+            "jiraEmail": "bridge@contoso.com",
+            "jiraApiToken": "jira-api-token-789",
+        },
+        {"JIRA_BASE_URL", "JIRA_DEPLOYMENT", "JIRA_PROJECT", "JIRA_EMAIL", "JIRA_API_TOKEN"},
+        {"jira-api-token"},
+    ),
+    "jira-datacenter": (
+        {
+            "itsmAdapter": "jira",
+            "jiraDeployment": "datacenter",
+            "jiraBaseUrl": "https://jira.contoso.com",
+            "jiraProject": "OPS",
+            "jiraPat": "jira-pat-012",
+        },
+        {"JIRA_BASE_URL", "JIRA_DEPLOYMENT", "JIRA_PROJECT", "JIRA_PAT"},
+        {"jira-pat"},
+    ),
+    "plugin": (
+        {"itsmAdapter": "remedy", "bridgeSettings": {"REMEDY_URL": "https://remedy.contoso.com"}},
+        {"REMEDY_URL"},
+        set(),
+    ),
+}
+
+
+def _vault_reference(secret_name: str) -> str:
+    # Versionless: the app follows rotations (keyvault.bicep's vaultUri output ends in "/").
+    return f"@Microsoft.KeyVault(SecretUri=<vault.properties.vaultUri>secrets/{secret_name})"
+
+
+@pytest.mark.parametrize("name", DEPLOYMENTS)
+def test_each_kind_of_deployment_gets_exactly_its_settings_and_secrets(name: str) -> None:
+    params, itsm_settings, secrets = DEPLOYMENTS[name]
+    settings = deployed_settings(**params)
+    assert set(settings) - PLATFORM_SETTINGS == COMMON | itsm_settings
+    assert set(settings) >= PLATFORM_SETTINGS
+    assert settings["ITSM_ADAPTER"] == params.get("itsmAdapter", "servicenow")
+    adapter = settings["ITSM_ADAPTER"]
+    if adapter in ADAPTER_SETTINGS:
+        required = {s.name for s in ADAPTER_SETTINGS[adapter] if s.required}
+        assert required <= set(settings), f"{name} misses {sorted(required - set(settings))}"
+    created = deployed_secrets(**params)
+    assert set(created) == secrets
+    for setting, secret_name in VAULT_SECRETS.items():
+        if setting in settings:
+            assert settings[setting] == _vault_reference(secret_name)
+            assert created[secret_name] == params[SECRET_PARAMS[setting]]
+    # A secret's value reaches Key Vault and nothing else.
+    rendered = json.dumps(settings, default=str)
+    for secret_param in SECRET_PARAMS.values():
+        if params.get(secret_param):
+            assert params[secret_param] not in rendered
+
+
+def test_a_servicenow_deployment_keeps_its_settings() -> None:
+    """The default adapter, deployed as before itsmAdapter existed: the same settings, plus
+    ITSM_ADAPTER=servicenow (the bridge's default anyway), and nothing of Jira's."""
+    settings = deployed_settings(servicenowInstanceUrl=SN_URL, servicenowUsername="u", servicenowPassword="p")
+    assert settings["ITSM_ADAPTER"] == "servicenow"
+    assert settings["SERVICENOW_INSTANCE_URL"] == SN_URL
+    assert settings["SERVICENOW_USERNAME"] == "u"
+    assert settings["AUTH_ALLOWED_APP_IDS"] == AZURE_MONITOR_APP_ID
+    assert settings["AUTH_REQUIRED_ROLE"] == "ActionGroupsSecureWebhook"
+    assert settings["ALLOWED_SUBSCRIPTION_IDS"] == DeployTime("subscription().subscriptionId")
+    assert (settings["STATE_STORE"], settings["STATE_TABLE_NAME"], settings["OUTBOX_QUEUE_NAME"]) == (
+        "azure",
+        "alertstate",
+        "outbox",
+    )
+    assert not [name for name in settings if name.startswith("JIRA_")]
+
+
+def test_itsm_adapter_comes_from_the_itsm_adapter_parameter() -> None:
+    param = template("main.bicep")["parameters"]["itsmAdapter"]
+    core = next(s for s in CORE_SETTINGS if s.name == "ITSM_ADAPTER")
+    assert param["default"] == core.default == "servicenow"
+    # No @allowed: a plugin adapter is deployed by its name.
+    assert not [d for d in param["decorators"] if d["type"] == "allowed"]
+    assert all(word in _description(param) for word in ("servicenow", "jira", "plugin"))
+    assert main_module("api")["config"]["params"]["itsmAdapter"] == "itsmAdapter"
+    entry = app_settings().settings["ITSM_ADAPTER"]
+    assert entry.value == "itsmAdapter" and not entry.conditional
+    for adapter in ("servicenow", "jira", "remedy"):
+        assert deployed_settings(itsmAdapter=adapter)["ITSM_ADAPTER"] == adapter
+    # Derived settings win over bridgeSettings, ITSM_ADAPTER included.
+    overridden = deployed_settings(itsmAdapter="jira", bridgeSettings={"ITSM_ADAPTER": "servicenow"})
+    assert overridden["ITSM_ADAPTER"] == "jira"
+
+
+ITSM_WHEN_SET = sorted(
+    name for name in PROVIDED_WHEN_SET if name.startswith(("SERVICENOW_", "JIRA_")) and name != "JIRA_DEPLOYMENT"
+)
+
+
+@pytest.mark.parametrize("setting", ITSM_WHEN_SET)
+def test_itsm_settings_appear_only_when_their_parameters_are_set(setting: str) -> None:
+    """A Jira deployment's settings (and a ServiceNow one's) exist only when their parameter is set."""
+    adapter = "jira" if setting.startswith("JIRA_") else "servicenow"
+    param = PARAMS[setting]
+    everything = {p: v for p, v in SAMPLE_VALUES.items() if p.startswith(adapter)}
+    without = {p: v for p, v in everything.items() if p != param}
+    assert setting in deployed_settings(itsmAdapter=adapter, **everything)
+    assert setting not in deployed_settings(itsmAdapter=adapter, **without)
+    # Nothing of it in a deployment that leaves every ITSM parameter at its default.
+    assert setting not in deployed_settings(itsmAdapter=adapter)
+    value = deployed_settings(itsmAdapter=adapter, **everything)[setting]
+    expected = _vault_reference(VAULT_SECRETS[setting]) if setting in VAULT_SECRETS else SAMPLE_VALUES[param]
+    assert value == expected
+
+
+def test_jira_deployment_is_set_only_for_the_jira_adapter() -> None:
+    param = template("main.bicep")["parameters"]["jiraDeployment"]
+    spec = next(s for s in ADAPTER_SETTINGS["jira"] if s.name == "JIRA_DEPLOYMENT")
+    assert param["default"] == spec.default == CLOUD
+    [allowed] = [d["argument"] for d in param["decorators"] if d["type"] == "allowed"]
+    assert sorted(allowed) == sorted([CLOUD, DATACENTER])
+    assert deployed_settings(itsmAdapter="jira")["JIRA_DEPLOYMENT"] == CLOUD
+    assert deployed_settings(itsmAdapter="Jira", jiraDeployment=DATACENTER)["JIRA_DEPLOYMENT"] == DATACENTER
+    assert "JIRA_DEPLOYMENT" not in deployed_settings()
+    assert "JIRA_DEPLOYMENT" not in deployed_settings(itsmAdapter="remedy", jiraDeployment=DATACENTER)
+    with pytest.raises(ValueError, match="not allowed"):
+        deployed_settings(itsmAdapter="jira", jiraDeployment="server")
+
+
+def test_a_plugin_adapter_takes_its_settings_from_bridge_settings() -> None:
+    settings = deployed_settings(
+        itsmAdapter="remedy",
+        bridgeSettings={"REMEDY_URL": "https://remedy.contoso.com", "AUTH_REQUIRED_ROLE": "Other"},
+    )
+    assert settings["ITSM_ADAPTER"] == "remedy"
+    assert settings["REMEDY_URL"] == "https://remedy.contoso.com"
+    assert settings["AUTH_REQUIRED_ROLE"] == "ActionGroupsSecureWebhook"
+    assert not [name for name in settings if name.startswith(("SERVICENOW_", "JIRA_"))]
+
+
+def test_allowed_subscriptions_in_a_deployment() -> None:
+    assert deployed_settings()["ALLOWED_SUBSCRIPTION_IDS"] == DeployTime("subscription().subscriptionId")
+    assert deployed_settings(allowedSubscriptionIds="a,b")["ALLOWED_SUBSCRIPTION_IDS"] == "a,b"
+    assert "ALLOWED_SUBSCRIPTION_IDS" not in deployed_settings(allowedSubscriptionIds="*")
 
 
 # ---------- role assignments ----------
@@ -870,6 +1336,19 @@ def test_parameters_file_uses_azd_substitutions_for_declared_parameters() -> Non
     assert mapped["location"]["value"] == "${AZURE_LOCATION}"
     for secret in SECRET_PARAMS.values():
         assert "=" not in mapped[secret]["value"], f"{secret} must not have a default in main.parameters.json"
+
+
+@pytest.mark.parametrize("setting", sorted(PARAMS))
+def test_azd_variables_are_named_like_the_settings_they_become(setting: str) -> None:
+    # `azd env set JIRA_BASE_URL ...` (or ITSM_ADAPTER, SERVICENOW_PASSWORD, ...) sets the parameter
+    # behind the setting of that name; a default there is the bridge's own.
+    mapped = json.loads((INFRA / "main.parameters.json").read_text())["parameters"]
+    value = mapped[PARAMS[setting]]["value"]
+    name, _, default = value[2:-1].partition("=")
+    assert name == setting
+    if default:
+        spec = next(s for s in SETTINGS if s.name == setting)
+        assert default == spec.default == template("main.bicep")["parameters"][PARAMS[setting]]["default"]
 
 
 # ---------- azd project and package ----------
