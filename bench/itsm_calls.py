@@ -21,23 +21,11 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bridge.runtime import build_runtime
-from bridge.sandbox.stack import SANDBOX_SUBSCRIPTION, SandboxStack, load_sample
+from bridge.sandbox.stack import SandboxStack
+from bridge.sandbox.stack import metric_alert as metric
 from bridge.server import BridgeServer
 
 OUTAGE_ALERTS = 100
-
-
-def metric(guid: str, condition: str = "Fired", value: float | None = None) -> dict[str, Any]:
-    extra = {"resolvedDateTime": "2025-04-15T18:32:12.8510000Z"} if condition == "Resolved" else {}
-    payload = load_sample(
-        "metric_static_fired.testaction.json",
-        alertId=f"/subscriptions/{SANDBOX_SUBSCRIPTION}/providers/Microsoft.AlertsManagement/alerts/{guid}",
-        monitorCondition=condition,
-        **extra,
-    )
-    if value is not None:
-        payload["data"]["alertContext"]["condition"]["allOf"][0]["metricValue"] = value
-    return payload
 
 
 def main() -> None:

@@ -28,6 +28,7 @@ __all__ = [
     "ItsmSandbox",
     "SandboxItem",
     "SandboxStack",
+    "metric_alert",
     "sample_cmdb",
 ]
 
@@ -99,24 +100,30 @@ class ItsmSandbox(Protocol):
     def credentials(self) -> str: ...
 
 
-class _ServiceNowSandbox:
-    name = "servicenow"
-    display_name = "ServiceNow"
-    binds_configuration_items = True
-    _STATUS = {"1": "open", "2": "open", "3": "open", "6": "resolved", "7": "closed", "8": "canceled"}
+class _StandInSandbox:
+    """What every ITSM sandbox does the same way: run its stand-in."""
 
-    def __init__(self, port: int) -> None:
-        self.standin = ServiceNowStandIn(port=port, seed={"cmdb_ci": sample_cmdb()})
+    standin: Any
 
     @property
     def url(self) -> str:
-        return self.standin.url
+        return str(self.standin.url)
 
     def start(self) -> Any:
         return self.standin.start()
 
     def stop(self) -> None:
         self.standin.stop()
+
+
+class _ServiceNowSandbox(_StandInSandbox):
+    name = "servicenow"
+    display_name = "ServiceNow"
+    binds_configuration_items = True
+    _STATUS = {"1": "open", "2": "open", "3": "open", "6": "resolved", "7": "closed", "8": "canceled"}
+
+    def __init__(self, port: int) -> None:
+        self.standin: ServiceNowStandIn = ServiceNowStandIn(port=port, seed={"cmdb_ci": sample_cmdb()})
 
     def bridge_env(self) -> dict[str, str]:
         return {
@@ -148,24 +155,14 @@ class _ServiceNowSandbox:
         return found
 
 
-class _JiraSandbox:
+class _JiraSandbox(_StandInSandbox):
     name = "jira"
     display_name = "Jira"
     binds_configuration_items = False  # no CMDB in Jira here
     _PREFIX = "azmon-"
 
     def __init__(self, port: int) -> None:
-        self.standin = JiraStandIn(port=port)
-
-    @property
-    def url(self) -> str:
-        return self.standin.url
-
-    def start(self) -> Any:
-        return self.standin.start()
-
-    def stop(self) -> None:
-        self.standin.stop()
+        self.standin: JiraStandIn = JiraStandIn(port=port)
 
     def bridge_env(self) -> dict[str, str]:
         return {
@@ -301,6 +298,21 @@ def load_sample(name: str, **essentials: Any) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((SAMPLES_DIR / name).read_text(encoding="utf-8"))
     data["data"]["essentials"].update(essentials)
     return data
+
+
+def metric_alert(guid: str, condition: str = "Fired", value: float | None = None) -> dict[str, Any]:
+    """The bundled metric alert as its own alert instance (alertId ending in ``guid``): Fired, or
+    Resolved, optionally with another metric value (a new payload of the same instance)."""
+    extra: dict[str, Any] = {"resolvedDateTime": "2025-04-15T18:32:12.8510000Z"} if condition == "Resolved" else {}
+    payload = load_sample(
+        "metric_static_fired.testaction.json",
+        alertId=f"/subscriptions/{SANDBOX_SUBSCRIPTION}/providers/Microsoft.AlertsManagement/alerts/{guid}",
+        monitorCondition=condition,
+        **extra,
+    )
+    if value is not None:
+        payload["data"]["alertContext"]["condition"]["allOf"][0]["metricValue"] = value
+    return payload
 
 
 def sample_names() -> list[str]:

@@ -17,10 +17,11 @@ from azure.storage.queue import QueueClient
 
 from bridge import runtime
 from bridge.sandbox.stack import SandboxStack
+from bridge.sandbox.stack import metric_alert as metric
 from tests.azurite import Azurite
 
 from .cluster import Cluster, running
-from .test_durability import creates, metric
+from .test_durability import creates
 
 pytestmark = pytest.mark.integration
 

@@ -18,26 +18,14 @@ from typing import Any
 import pytest
 import requests
 
-from bridge.sandbox.stack import SANDBOX_SUBSCRIPTION, SandboxStack, load_sample
+from bridge.sandbox.stack import SandboxStack
+from bridge.sandbox.stack import metric_alert as metric
 
 from .cluster import REPO, Cluster, running
 
 pytestmark = pytest.mark.integration
 
 INCIDENTS = "/api/now/table/incident"
-
-
-def metric(guid: str, condition: str = "Fired", value: float | None = None) -> dict[str, Any]:
-    extra: dict[str, Any] = {"resolvedDateTime": "2025-04-15T18:32:12.8510000Z"} if condition == "Resolved" else {}
-    payload = load_sample(
-        "metric_static_fired.testaction.json",
-        alertId=f"/subscriptions/{SANDBOX_SUBSCRIPTION}/providers/Microsoft.AlertsManagement/alerts/{guid}",
-        monitorCondition=condition,
-        **extra,
-    )
-    if value is not None:
-        payload["data"]["alertContext"]["condition"]["allOf"][0]["metricValue"] = value
-    return payload
 
 
 @pytest.fixture
