@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 from bridge.deadline import deadline, remaining
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.kit import FakeClock
 
 
 def test_no_deadline_outside_a_block() -> None:
@@ -18,7 +11,7 @@ def test_no_deadline_outside_a_block() -> None:
 
 
 def test_remaining_counts_down_and_goes_negative() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     with deadline(8, clock):
         assert remaining() == 8
         clock.now += 3
@@ -29,7 +22,7 @@ def test_remaining_counts_down_and_goes_negative() -> None:
 
 
 def test_a_nested_deadline_can_shorten_but_never_extend() -> None:
-    clock = Clock()
+    clock = FakeClock(100.0)
     with deadline(8, clock):
         with deadline(2, clock):
             assert remaining() == 2

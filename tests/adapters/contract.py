@@ -32,6 +32,7 @@ from bridge.adapters.base import ItsmAdapter, Resolution, WorkItem, WorkItemRef,
 from bridge.adapters.registry import adapter_class
 from bridge.config import Setting
 from bridge.errors import ItsmError, Reason, classify_status
+from tests.kit import FakeClock
 
 __all__ = [
     "FAKE_KINDS",
@@ -65,19 +66,6 @@ NON_2XX_STATUSES: tuple[int, ...] = (101, 102, 103, 300, 301, 302, 303, 304, 307
 # A sample across the classes, used where every operation is exercised.
 SAMPLE_STATUSES: tuple[int, ...] = (302, 400, 401, 403, 404, 408, 409, 422, 429, 500, 502, 503, 504)
 OPERATIONS = ("find", "create", "add_note", "has_note", "resolve", "find_configuration_item", "check")
-
-
-class FakeClock:
-    """Wall-clock stand-in (seconds since the epoch) that moves only when told to."""
-
-    def __init__(self, start: float = 1_750_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import requests
 
 from bridge.sandbox import common, servicenow
 from bridge.sandbox.jira import JiraStandIn, JqlAnd, JqlClause, JqlError, JqlOr, JqlValue, parse_jql
+from tests.kit import FakeClock
 
 pytestmark = pytest.mark.integration
 
@@ -36,17 +37,6 @@ SEARCH_REMOVED = (
     "A full migration guideline is available at https://developer.atlassian.com/changelog/#CHANGE-2046"
 )
 TOO_LONG = "The entered text is too long. It exceeds the allowed limit of 32,767 characters."
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def doc(*paragraphs: str) -> dict[str, Any]:
@@ -119,7 +109,7 @@ class Api:
 
 @pytest.fixture(scope="module")
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture(scope="module")
