@@ -21,7 +21,7 @@ from typing import Any
 import requests
 
 from bridge.config import Settings
-from bridge.sandbox.stack import SandboxStack
+from bridge.sandbox.stack import SandboxItem, SandboxStack
 from bridge.state import StateStore, build_store
 
 from .test_demo_and_cli import LineReader
@@ -102,7 +102,13 @@ class Cluster:
 
     @property
     def snow(self) -> Any:
+        """The ServiceNow stand-in (a cluster over ServiceNow)."""
         return self.stack.servicenow
+
+    @property
+    def standin(self) -> Any:
+        """The ITSM stand-in, whichever ITSM: faults, stop/start, requests."""
+        return self.stack.itsm.standin
 
     def stop(self) -> None:
         for instance in self.instances:
@@ -162,6 +168,13 @@ class Cluster:
                 return time.monotonic() - started
             time.sleep(0.2)
         raise AssertionError(f"{self.pending()} record(s) still pending after {timeout:.0f} s")
+
+    def items_by_key(self) -> dict[str, list[SandboxItem]]:
+        """The ITSM's work items by correlation key, in neutral terms (whichever ITSM)."""
+        found: dict[str, list[SandboxItem]] = {}
+        for item in self.stack.itsm.items():
+            found.setdefault(item.correlation_id, []).append(item)
+        return found
 
     def incidents_by_key(self) -> dict[str, list[dict[str, Any]]]:
         found: dict[str, list[dict[str, Any]]] = {}

@@ -32,7 +32,8 @@ SEED = 20261202
 LIFECYCLES = 200
 SENDERS = 8
 OUTAGE_SECONDS = 6.0
-INCIDENTS = r"^/api/now/table/incident"
+# The ITSM calls that are faulted: every work-item call (not OAuth, not the CMDB).
+WORK_ITEM_PATHS = {"servicenow": r"^/api/now/table/incident", "jira": r"^/rest/api/3/(issue|search)"}
 
 
 @dataclass
@@ -76,9 +77,9 @@ def plan(rng: random.Random) -> list[Lifecycle]:
     return lifecycles
 
 
-@pytest.fixture
-def stack() -> Iterator[SandboxStack]:
-    with SandboxStack() as sandbox:
+@pytest.fixture(params=["servicenow", "jira"])
+def stack(request: pytest.FixtureRequest) -> Iterator[SandboxStack]:
+    with SandboxStack(itsm=request.param) as sandbox:
         yield sandbox
 
 
@@ -88,7 +89,8 @@ def cluster(stack: SandboxStack, tmp_path: Path) -> Iterator[Cluster]:
 
 
 def inject_faults(cluster: Cluster) -> dict[str, Any]:
-    cluster.snow.faults = faults = FaultInjector(seed=SEED)  # the same dice every run
+    cluster.standin.faults = faults = FaultInjector(seed=SEED)  # the same dice every run
+    INCIDENTS = WORK_ITEM_PATHS[cluster.stack.itsm.name]
     return {
         "429": faults.status(429, retry_after=1, path=INCIDENTS, probability=0.04),
         "500": faults.status(500, path=INCIDENTS, probability=0.03),
@@ -135,10 +137,10 @@ def test_chaos_loses_nothing_and_duplicates_nothing(cluster: Cluster) -> None:
     def chaos() -> None:
         while progress["done"] < LIFECYCLES * 0.3:
             time.sleep(0.05)
-        cluster.snow.stop()
-        chaos_log.append(f"ServiceNow down for {OUTAGE_SECONDS:.0f} s")
+        cluster.standin.stop()
+        chaos_log.append(f"{cluster.stack.itsm.display_name} down for {OUTAGE_SECONDS:.0f} s")
         time.sleep(OUTAGE_SECONDS)
-        cluster.snow.start()
+        cluster.standin.start()
         while progress["done"] < LIFECYCLES * 0.6:
             time.sleep(0.05)
         cluster.instances[0].kill()
@@ -153,24 +155,23 @@ def test_chaos_loses_nothing_and_duplicates_nothing(cluster: Cluster) -> None:
         list(pool.map(run, lifecycles, [rng.getrandbits(32) for _ in lifecycles]))
     agent.join()
     sending = time.monotonic() - started
-    fault_counts = {name: cluster.snow.faults.fired(rule) for name, rule in rules.items()}
-    cluster.snow.faults.clear()
+    fault_counts = {name: cluster.standin.faults.fired(rule) for name, rule in rules.items()}
+    cluster.standin.faults.clear()
     drain = cluster.wait_drained(60)
 
     refused = [a for life in lifecycles for a in life.answers if a.status is None or a.status >= 300]
-    incidents = cluster.incidents_by_key()
+    incidents = cluster.items_by_key()
     lost = [life.guid for life in lifecycles if not incidents.get(life.guid)]
     duplicated = [life.guid for life in lifecycles if len(incidents.get(life.guid, [])) > 1]
     wrong = [
         life.guid
         for life in lifecycles
-        if incidents.get(life.guid) and incidents[life.guid][0]["state"] != ("6" if life.resolves else "1")
+        if incidents.get(life.guid) and incidents[life.guid][0].status != ("resolved" if life.resolves else "open")
     ]
     repeated_notes = []
     for life in lifecycles:
         for incident in incidents.get(life.guid, []):
-            journal = cluster.snow.journal("incident", incident["sys_id"])
-            if any(n > 1 for n in marker_counts(journal).values()):
+            if any(n > 1 for n in marker_counts(list(incident.notes)).values()):
                 repeated_notes.append(life.guid)
     statuses: dict[str, int] = {}
     for life in lifecycles:
@@ -178,7 +179,7 @@ def test_chaos_loses_nothing_and_duplicates_nothing(cluster: Cluster) -> None:
             statuses[str(answer.status)] = statuses.get(str(answer.status), 0) + 1
 
     print(
-        f"\nchaos: {LIFECYCLES} lifecycles, {sum(len(life.events) for life in lifecycles)} events, "
+        f"\nchaos ({cluster.stack.itsm.display_name}): {LIFECYCLES} lifecycles, {sum(len(life.events) for life in lifecycles)} events, "
         f"{deliveries} deliveries (answers {statuses}); faults {fault_counts}; {', '.join(chaos_log)}; "
         f"sending {sending:.1f} s, drained {drain:.1f} s after the last delivery; "
         f"lost {len(lost)}, duplicates {len(duplicated)}, wrong states {len(wrong)}, "
