@@ -179,7 +179,8 @@ def test_chaos_loses_nothing_and_duplicates_nothing(cluster: Cluster) -> None:
             statuses[str(answer.status)] = statuses.get(str(answer.status), 0) + 1
 
     print(
-        f"\nchaos ({cluster.stack.itsm.display_name}): {LIFECYCLES} lifecycles, {sum(len(life.events) for life in lifecycles)} events, "
+        f"\nchaos ({cluster.stack.itsm.display_name}): {LIFECYCLES} lifecycles, "
+        f"{sum(len(life.events) for life in lifecycles)} events, "
         f"{deliveries} deliveries (answers {statuses}); faults {fault_counts}; {', '.join(chaos_log)}; "
         f"sending {sending:.1f} s, drained {drain:.1f} s after the last delivery; "
         f"lost {len(lost)}, duplicates {len(duplicated)}, wrong states {len(wrong)}, "
