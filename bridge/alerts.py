@@ -14,9 +14,10 @@ import enum
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
+from itertools import accumulate
 from types import MappingProxyType
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -24,13 +25,16 @@ from urllib.parse import quote
 from .errors import PayloadError
 
 __all__ = [
+    "MAX_DEPTH",
     "SCHEMA_ID",
     "Alert",
     "AlertKind",
     "Condition",
     "display_text",
+    "nesting_depth",
     "parse_alert",
     "parse_timestamp",
+    "safe_portal_link",
     "thaw",
 ]
 
@@ -39,8 +43,27 @@ logger = logging.getLogger(__name__)
 SCHEMA_ID = "azureMonitorCommonAlertSchema"
 
 # What the portal's own "copy link" produces for an alert instance; used when the payload
-# carries no investigationLink (that field is still a limited preview).
+# carries no investigationLink (that field is still a limited preview), or one that is not a link
+# to the Azure portal.
 _PORTAL_ALERT_URL = "https://portal.azure.com/#view/Microsoft_Azure_Monitoring_Alerts/AlertDetails.ReactView/alertId~/"
+# The one nesting limit: a body (or a mapping handed over) nested deeper than this many arrays and
+# objects is refused at parse time, so every later step (freeze, thaw, canonical JSON, mapping)
+# stays far from the interpreter's recursion limit. Real alerts nest about 8 levels.
+MAX_DEPTH = 400
+# An investigationLink is kept only when it is an https link to the Azure portal: no credentials,
+# no port, nothing but URL characters (RFC 3986), and of a length a link has.
+_PORTAL_LINK = re.compile(
+    r"https://(?:[a-z0-9-]+\.)*portal\.azure\.com(?:[/?#][A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*)?\Z",
+    re.IGNORECASE,
+)
+_PORTAL_LINK_MAX_CHARS = 4_096
+# For the depth scan: escape pairs (a backslash and the character it escapes) go first, then
+# strings, closed or running to the end of the text. Single-character classes, no groups repeated:
+# each pass is linear whatever the text.
+_JSON_ESCAPE = re.compile(r"\\.", re.DOTALL)
+_JSON_STRING = re.compile(r'"[^"]*"?')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_BRACKET_STEP = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
 
 
 class AlertKind(enum.StrEnum):
@@ -154,18 +177,53 @@ class Alert:
 
     @property
     def portal_link(self) -> str:
-        link = self.essentials.get("investigationLink")
-        if isinstance(link, str) and link.strip():
-            return link.strip()
-        return _PORTAL_ALERT_URL + quote(self.alert_id, safe="")
+        """The payload's ``investigationLink`` when it links to the Azure portal, else the
+        bridge's own link to the alert (built from ``alertId``): never another site's link."""
+        link = safe_portal_link(self.essentials.get("investigationLink"))
+        return link if link is not None else _PORTAL_ALERT_URL + quote(self.alert_id, safe="")
+
+
+def safe_portal_link(value: Any) -> str | None:
+    """``value`` stripped when it is an ``https://portal.azure.com`` (or ``*.portal.azure.com``)
+    link made of URL characters only; None otherwise (``javascript:``, ``data:``, other hosts,
+    credentials, ports, backslashes, spaces, control characters)."""
+    if not isinstance(value, str):
+        return None
+    link = value.strip()
+    if len(link) > _PORTAL_LINK_MAX_CHARS or not _PORTAL_LINK.match(link):
+        return None
+    return link
 
 
 def parse_alert(body: bytes | str | Mapping[str, Any]) -> Alert:
-    """Parse one common-schema alert; raise :class:`PayloadError` naming the bad field."""
+    """Parse one common-schema alert; raise :class:`PayloadError` naming the bad field.
+
+    A body nested deeper than :data:`MAX_DEPTH` arrays and objects is refused before it is
+    decoded (and a mapping handed over, before it is copied).
+    """
     try:
         return _parse(body)
     except RecursionError:
-        raise PayloadError("body is nested too deeply", field="body") from None
+        # Not reached with the depth limit in place; kept so no input can ever turn into a 503.
+        raise PayloadError(_TOO_DEEP, field="body") from None
+
+
+def nesting_depth(text: str, limit: int = MAX_DEPTH) -> int:
+    """How deeply the JSON ``text`` nests arrays and objects (0 for a scalar), in linear time.
+
+    Brackets inside strings do not count. When the text holds no more than ``limit`` opening
+    brackets in all, its depth cannot exceed ``limit`` and that count is returned instead of
+    the exact depth (enough to compare with the limit, and free for every real alert). Text that
+    is not JSON gets a number too, never an error: the decoder refuses it afterwards.
+    """
+    openers = text.count("[") + text.count("{")
+    if openers <= limit:
+        return openers
+    skeleton = _NOT_BRACKET.sub("", _JSON_STRING.sub("", _JSON_ESCAPE.sub("", text)))
+    if limit > 0 and re.search(r"[\[{]{" + str(limit + 1) + "}", skeleton):
+        # More than ``limit`` brackets opened in a row (the usual bomb): no need to count further.
+        return limit + 1
+    return max(accumulate(map(_BRACKET_STEP.__getitem__, skeleton.encode("ascii"))), default=0)
 
 
 def parse_timestamp(value: str, field_name: str) -> datetime:
@@ -191,18 +249,22 @@ def parse_timestamp(value: str, field_name: str) -> datetime:
 
 
 def thaw(value: Any) -> Any:
-    """A JSON-serialisable copy of a frozen view (mappings to dicts, tuples to lists)."""
-    if isinstance(value, Mapping):
-        return {key: thaw(item) for key, item in value.items()}
-    if isinstance(value, tuple | list):
-        return [thaw(item) for item in value]
-    return value
+    """A JSON-serialisable copy of a frozen view (mappings to dicts, tuples to lists).
+
+    Iterative: any depth, no recursion.
+    """
+    return _rebuild(value, dict, list, keys_as_text=False)
+
+
+_TOO_DEEP = f"body is nested too deeply: more than {MAX_DEPTH} levels of arrays and objects (the limit)"
 
 
 def _parse(body: bytes | str | Mapping[str, Any]) -> Alert:
-    document = _load(body)
-    if not isinstance(document, Mapping):
+    loaded = _load(body)
+    if not isinstance(loaded, Mapping):
         _fail("body", "must be a JSON object")
+    # Frozen once, whole (the depth is checked on the way), and read from the frozen views only.
+    document: Mapping[str, Any] = _freeze(loaded)
     schema_id = document.get("schemaId")
     if schema_id != SCHEMA_ID:
         if schema_id is None:
@@ -216,7 +278,7 @@ def _parse(body: bytes | str | Mapping[str, Any]) -> Alert:
         _fail("data.essentials", "is missing" if essentials is None else "must be an object")
     context = data.get("alertContext")
     if context is None:
-        context = {}
+        context = _EMPTY
     elif not isinstance(context, Mapping):
         _fail("data.alertContext", "must be an object")
     custom = data.get("customProperties")
@@ -231,8 +293,6 @@ def _parse(body: bytes | str | Mapping[str, Any]) -> Alert:
     if not alert_id.strip():
         _fail("data.essentials.alertId", "must not be empty")
 
-    frozen_essentials = _freeze(essentials)
-    frozen_context = _freeze(context)
     monitoring_service = _optional_text(essentials, "monitoringService")
     kind = _kind(monitoring_service, context)
     return Alert(
@@ -249,12 +309,12 @@ def _parse(body: bytes | str | Mapping[str, Any]) -> Alert:
         fired_at=_optional_time(essentials, "firedDateTime"),
         resolved_at=_optional_time(essentials, "resolvedDateTime"),
         description=_optional_text(essentials, "description"),
-        essentials=frozen_essentials,
-        context=frozen_context,
-        custom_properties=_freeze(custom) if custom is not None else None,
-        payload=_freeze(document),
+        essentials=essentials,
+        context=context,
+        custom_properties=custom,
+        payload=document,
         kind=kind,
-        conditions=_conditions(kind, frozen_context),
+        conditions=_conditions(kind, context),
     )
 
 
@@ -275,6 +335,9 @@ def _load(body: bytes | str | Mapping[str, Any]) -> Any:
         raise PayloadError("body must be bytes, text or an object", field="body")
     if not text.strip():
         _fail("body", "is empty")
+    if nesting_depth(text) > MAX_DEPTH:
+        # Refused before decoding: the decoder (and every later walk) never sees such a body.
+        raise PayloadError(_TOO_DEEP, field="body")
     try:
         data = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
@@ -298,12 +361,76 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not a JSON value")
 
 
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_SCALARS = (str, int, float, type(None))
+
+
 def _freeze(value: Any) -> Any:
+    """A deep read-only copy (mappings to read-only views with text keys, lists to tuples);
+    refuses, with :class:`PayloadError`, a value nested deeper than :data:`MAX_DEPTH`."""
+    return _rebuild(value, MappingProxyType, tuple, keys_as_text=True, limit=MAX_DEPTH)
+
+
+def _rebuild(
+    value: Any,
+    make_mapping: Callable[[dict[Any, Any]], Any],
+    make_sequence: Callable[[list[Any]], Any],
+    *,
+    keys_as_text: bool,
+    limit: int | None = None,
+) -> Any:
+    """``value`` copied with every mapping and list/tuple rebuilt by ``make_*``, without recursion.
+
+    An explicit stack of (items, copy, is_mapping) frames replaces the call stack, so the depth
+    costs memory, not interpreter frames; ``limit``, when given, bounds it.
+    """
+    if isinstance(value, _SCALARS):
+        return value
     if isinstance(value, Mapping):
-        return MappingProxyType({str(key): _freeze(item) for key, item in value.items()})
-    if isinstance(value, list | tuple):
-        return tuple(_freeze(item) for item in value)
-    return value
+        stack: list[tuple[Any, Any, bool]] = [(iter(value.items()), {}, True)]
+    elif isinstance(value, list | tuple):
+        stack = [(iter(value), [], False)]
+    else:
+        return value
+    keys: list[Any] = []  # the key under which each open frame goes into its parent mapping
+    while True:
+        items, copy, is_mapping = stack[-1]
+        for entry in items:
+            if is_mapping:
+                key, item = entry
+                if keys_as_text:
+                    key = str(key)
+            else:
+                key, item = None, entry
+            if isinstance(item, _SCALARS):
+                pass
+            elif isinstance(item, Mapping):
+                if limit is not None and len(stack) >= limit:
+                    raise PayloadError(_TOO_DEEP, field="body")
+                keys.append(key)
+                stack.append((iter(item.items()), {}, True))
+                break
+            elif isinstance(item, list | tuple):
+                if limit is not None and len(stack) >= limit:
+                    raise PayloadError(_TOO_DEEP, field="body")
+                keys.append(key)
+                stack.append((iter(item), [], False))
+                break
+            if is_mapping:
+                copy[key] = item
+            else:
+                copy.append(item)
+        else:
+            stack.pop()
+            done = make_mapping(copy) if is_mapping else make_sequence(copy)
+            if not stack:
+                return done
+            key = keys.pop()
+            _, parent, parent_is_mapping = stack[-1]
+            if parent_is_mapping:
+                parent[key] = done
+            else:
+                parent.append(done)
 
 
 def _fail(field_name: str, problem: str) -> NoReturn:
@@ -311,7 +438,7 @@ def _fail(field_name: str, problem: str) -> NoReturn:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    text = repr(thaw(value))
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -4,14 +4,21 @@ Resource ids are tried first (an ITSM's Azure discovery stores them on cloud CIs
 names in ``configurationItems``. Results, found or not, are cached for a while: alerts come in
 bursts for the same resources, and a missing CI must not cost every alert a round of lookups.
 A CMDB failure never fails the alert: it binds nothing and says so in the description.
+
+Only values of a safe shape are ever looked up: resource ids that are Azure resource ids
+(``/subscriptions/<guid>[/resourceGroups/<name>][/providers/<namespace>/<type>/<name>...]``) and
+names of letters, digits and ``_.-()@#`` and inner spaces, each of bounded length. Anything else
+(``javascript:...``, query syntax, control characters) is skipped. However many targets an alert
+lists, at most ``_MAX_SCANNED`` of each list are looked at, and deduplicating them is linear.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .adapters.base import ConfigurationItem, ItsmAdapter
@@ -26,11 +33,28 @@ logger = logging.getLogger(__name__)
 # Enough for every real alert (one target, a handful of CIs) while bounding the lookups one
 # pathological alert can cause.
 _MAX_LOOKUPS_EACH = 3
+# Entries of alertTargetIDs / configurationItems looked at: one pathological alert costs no more.
+_MAX_SCANNED = 50
 _MAX_CACHE_ENTRIES = 2048
 # The binding's share of the alert's time: a slow CMDB costs an alert at most this much.
 DEFAULT_LOOKUP_SECONDS = 2.0
 # A failed lookup is remembered briefly, so a struggling CMDB does not slow every alert.
 _FAILURE_TTL_SECONDS = 60.0
+
+
+# An Azure resource id: a subscription, optionally a resource group, optionally a provider's
+# resource (with any child resources). Names: what Azure allows in resource group and resource
+# names, minus anything but ASCII. Case-insensitive, like Azure resource ids.
+_SEGMENT = r"[A-Za-z0-9_.()\-]{1,260}"
+_RESOURCE_ID = re.compile(
+    r"/subscriptions/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    rf"(?:/resourceGroups/{_SEGMENT})?"
+    rf"(?:/providers/[A-Za-z0-9.]{{1,100}}/[A-Za-z0-9]{{1,100}}/{_SEGMENT}(?:/[A-Za-z0-9]{{1,100}}/{_SEGMENT}){{0,8}})?\Z",
+    re.IGNORECASE,
+)
+_RESOURCE_ID_MAX_CHARS = 1_024
+# A CI name: starts and ends with a letter, digit or one of "_()"; spaces only inside.
+_NAME = re.compile(r"[A-Za-z0-9_()](?:[A-Za-z0-9_.()@# \-]{0,253}[A-Za-z0-9_.()])?\Z")
 
 
 @dataclass(frozen=True)
@@ -99,15 +123,40 @@ class CmdbBinder:
             del self._cache[next(iter(self._cache))]
 
 
+def is_resource_id(value: str) -> bool:
+    """``value`` is an Azure resource id of the strict shape the CMDB is asked about."""
+    return len(value) <= _RESOURCE_ID_MAX_CHARS and _RESOURCE_ID.match(value) is not None
+
+
+def is_ci_name(value: str) -> bool:
+    """``value`` is a configuration item name of the safe shape the CMDB is asked about."""
+    return len(value) <= 255 and _NAME.match(value) is not None
+
+
 def _candidates(alert: Alert) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Resource ids (targets, and CIs that are ids) and plain names, deduplicated, in order."""
-    ids: list[str] = []
-    names: list[str] = []
-    for target in alert.target_ids:
-        if target.lower() not in (i.lower() for i in ids):
-            ids.append(target)
-    for item in alert.configuration_items:
-        bucket = ids if item.startswith("/subscriptions/") else names
-        if item.lower() not in (b.lower() for b in bucket):
-            bucket.append(item)
-    return tuple(ids[:_MAX_LOOKUPS_EACH]), tuple(names[:_MAX_LOOKUPS_EACH])
+    """Resource ids (targets, and CIs that are ids) and plain names, deduplicated, in order.
+
+    At most ``_MAX_SCANNED`` entries of each list are looked at and each costs one set lookup:
+    the work is bounded whatever the alert lists. Values of another shape are skipped.
+    """
+    ids: dict[str, str] = {}  # lower-cased -> as sent, first spelling wins
+    names: dict[str, str] = {}
+    _collect(alert.target_ids[:_MAX_SCANNED], ids, names, targets=True)
+    _collect(alert.configuration_items[:_MAX_SCANNED], ids, names, targets=False)
+    return tuple(ids.values()), tuple(names.values())
+
+
+def _collect(values: Iterable[str], ids: dict[str, str], names: dict[str, str], *, targets: bool) -> None:
+    for value in values:
+        if len(ids) >= _MAX_LOOKUPS_EACH and (targets or len(names) >= _MAX_LOOKUPS_EACH):
+            return
+        # Targets are resource ids; a configuration item is one when it looks like one.
+        if targets or value.startswith("/subscriptions/"):
+            bucket, fits = ids, is_resource_id(value)
+        else:
+            bucket, fits = names, is_ci_name(value)
+        if not fits:
+            logger.debug("not looking up a CMDB value of an unexpected shape (%d characters)", len(value))
+            continue
+        if len(bucket) < _MAX_LOOKUPS_EACH:
+            bucket.setdefault(value.lower(), value)

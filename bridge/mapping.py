@@ -6,22 +6,31 @@ the mapping file and routing); :func:`update_note` is the note for a repeated Fi
 :func:`resolution` says how to resolve when the alert resolves. Every note carries
 :func:`~bridge.correlation.note_marker` of the payload, so a redelivery of the same notification
 is recognised and skipped. Limits are the adapter's: callers pass them in.
+
+Everything here is linear in the payload, and most of it is bounded: at most ``_MAX_ITEMS``
+entries of any one list or object and ``_TEXT_MAX_CHARS`` characters of any one text are looked
+at, whatever the payload holds. Every text written is made safe to show (:func:`_safe`): the
+``[code]`` markup of journal fields is neutralised and ``javascript:``/``vbscript:``/``data:`` links
+are dropped; the portal link is only ever a link to the Azure portal (see ``Alert.portal_link``).
 """
 
 from __future__ import annotations
 
+import heapq
 import html
 import json
 import logging
 import re
 import string
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
+from itertools import islice
+from operator import itemgetter
 from types import MappingProxyType
 from typing import Any
 
 from .adapters.base import ConfigurationItem, Resolution, WorkItem
-from .alerts import Alert, AlertKind, Condition, display_text, thaw
+from .alerts import Alert, AlertKind, Condition, display_text, nesting_depth, thaw
 from .correlation import correlation_key, fingerprint, note_marker
 from .rules import DEFAULT_TITLE_TEMPLATE, TEMPLATE_NAMES, MappingRules, RoutingRule
 
@@ -43,13 +52,45 @@ DEFAULT_TITLE_LIMIT = 160
 DEFAULT_DESCRIPTION_LIMIT = 32_000
 _LINE_MAX_CHARS = 4_000
 _TRUNCATED_LINE = "[description shortened; the full alert is in Azure Monitor, see the portal link]"
+_TRUNCATED_NOTE = "[note shortened; the full alert is in Azure Monitor, see the portal link]"
+# Bounds on the work one payload can cause: entries of any one list or object shown (targets,
+# CIs, properties, labels, conditions, dimensions, links...), characters of any one text looked
+# at (a line shows 4,000 at most anyway), of a service health communication before its tags are
+# stripped, and of impactedServices sent as a JSON string before it is decoded (and its depth).
+_MAX_ITEMS = 200
+_TEXT_MAX_CHARS = 16_000
+_MARKUP_MAX_CHARS = 64_000
+_JSON_TEXT_MAX_CHARS = 64_000
+_JSON_TEXT_MAX_DEPTH = 16
 # Routing keys that set the priority hints rather than a field.
 _PRIORITY_KEYS = ("impact", "urgency")
 
 _SUBSCRIPTION = re.compile(r"^/subscriptions/([^/]+)", re.IGNORECASE)
 _RESOURCE_GROUP = re.compile(r"/resourcegroups/([^/]+)", re.IGNORECASE)
-_TAG = re.compile(r"<[^>]*>")
+# A tag never contains "<": so a run of "<" without ">" costs one pass, not one pass per "<".
+_TAG = re.compile(r"<[^<>]*>")
 _SPACES = re.compile(r"\s+")
+# Journal markup (an ITSM's work notes): [code]...[/code] renders its content as HTML. Every
+# spelling of the tag (any case, spaces anywhere inside the brackets) gets parentheses instead.
+# Possessive quantifiers between fixed characters: linear, whatever the text.
+_CODE_TAG = re.compile(r"\[\s*+(?:/\s*+)?c\s*+o\s*+d\s*+e\s*+\]", re.IGNORECASE)
+
+
+def _spread(word: str) -> str:
+    # URL parsers drop tabs and line breaks anywhere in a URL: "java\tscript:" is "javascript:".
+    return r"[\t\n\r]*".join(word)
+
+
+# Script and data URLs, in any case, wherever they start (after a quote, a control character or
+# inside a word alike); a data URL when it looks like one ("data:text/html,...", "data:,...").
+_UNSAFE_URL = re.compile(
+    rf"(?:{_spread('javascript')}|{_spread('vbscript')}|{_spread('livescript')})[\t\n\r]*:\S*"
+    rf"|{_spread('data')}[\t\n\r]*:(?:[\w.+-]+/[\w.+-]+|[;,])\S*",
+    re.IGNORECASE,
+)
+_UNSAFE_URL_REPLACEMENT = "(unsafe link removed)"
+# Control characters but tab and line breaks: nothing a person reads, and they hide the above.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]+")
 
 
 # --------------------------------------------------------------------------- public API
@@ -96,7 +137,7 @@ def build_work_item(
         correlation_id=correlation_key(alert.alert_id),
         title=render_title(rules.title_template, alert, title_limit),
         description=_description(alert, ci, ci_note, description_limit),
-        note="\n".join(note_lines),
+        note="\n".join(_line(line) for line in note_lines),
         severity=alert.severity,
         impact=impact,
         urgency=urgency,
@@ -126,9 +167,13 @@ def update_note(alert: Alert) -> str:
         )
     )
     lines.extend(_summary(alert))
-    lines.append(f"Portal: {alert.portal_link}")
-    lines.append(f"[{note_marker(fingerprint(alert))}]")
-    return "\n".join(_cap(line) for line in lines)
+    body = [_line(line) for line in lines]
+    tail = [_line(f"Portal: {alert.portal_link}"), f"[{note_marker(fingerprint(alert))}]"]
+    # The marker is what recognises a redelivery: it always ends the note, however long the rest.
+    budget = DEFAULT_DESCRIPTION_LIMIT - sum(len(line) + 1 for line in tail)
+    if sum(len(line) + 1 for line in body) > budget:
+        body = [_fit(body, budget, _TRUNCATED_NOTE)]
+    return "\n".join([*body, *tail])
 
 
 def resolution(alert: Alert, rules: MappingRules) -> Resolution:
@@ -136,16 +181,21 @@ def resolution(alert: Alert, rules: MappingRules) -> Resolution:
     when = _iso(alert.resolved_at) if alert.resolved_at else "an unreported time"
     rule = _quoted(_rule_name(alert))
     target = _target(alert)
-    summary = (
-        f"Resolved automatically: Azure Monitor reported alert rule {rule} on {target} "
-        f"as resolved at {when}.\nAlert ID: {alert.alert_id}"
+    summary = "\n".join(
+        _line(line)
+        for line in (
+            f"Resolved automatically: Azure Monitor reported alert rule {rule} on {_clean(target)} "
+            f"as resolved at {when}.",
+            f"Alert ID: {alert.alert_id}",
+        )
     )
     how = f" ({_quoted(rules.resolution_code)})" if rules.resolution_code else ""
-    note = (
-        f"Azure Monitor reported the alert as resolved at {when}; the bridge resolved this "
-        f"work item{how}.\n"
-        f"Portal: {alert.portal_link}\n"
-        f"[{note_marker(fingerprint(alert))}]"
+    note = "\n".join(
+        (
+            f"Azure Monitor reported the alert as resolved at {when}; the bridge resolved this work item{how}.",
+            _line(f"Portal: {alert.portal_link}"),
+            f"[{note_marker(fingerprint(alert))}]",
+        )
     )
     return Resolution(code=rules.resolution_code, summary=summary, note=note)
 
@@ -179,7 +229,7 @@ def render_title(template: str, alert: Alert, limit: int = DEFAULT_TITLE_LIMIT) 
     positional fields render as nothing, so a mistyped template never stops an alert; a
     template that cannot be parsed at all falls back to the built-in default.
     """
-    values = template_values(alert)
+    values = {name: value[:_TEXT_MAX_CHARS] for name, value in template_values(alert).items()}
     rendered = _render(template, values)
     if rendered is None:
         logger.warning("title_template cannot be parsed; using the default template")
@@ -187,7 +237,7 @@ def render_title(template: str, alert: Alert, limit: int = DEFAULT_TITLE_LIMIT) 
     text = _SPACES.sub(" ", rendered).strip()
     if not text:
         text = _SPACES.sub(" ", f"Azure Monitor alert {values['alertRule']}").strip()
-    return _truncate(text, limit)
+    return _truncate(_safe(text), limit)
 
 
 # --------------------------------------------------------------------------- templates
@@ -238,14 +288,20 @@ def _truncate(text: str, limit: int) -> str:
 
 
 def _first_route(alert: Alert, routing: Iterable[RoutingRule]) -> RoutingRule | None:
+    essentials: dict[str, Any] | None = None
     for rule in routing:
-        if all(_matches(alert, key, expected) for key, expected in rule.match.items()):
+        if essentials is None:
+            # Each essentials name once, case-folded (the first spelling wins), for every rule.
+            essentials = {}
+            for name, raw in alert.essentials.items():
+                essentials.setdefault(name.casefold(), raw)
+        if all(_matches(alert, essentials, key, expected) for key, expected in rule.match.items()):
             return rule
     return None
 
 
-def _matches(alert: Alert, key: str, expected: str) -> bool:
-    values = _routing_values(alert, key)
+def _matches(alert: Alert, essentials: Mapping[str, Any], key: str, expected: str) -> bool:
+    values = _routing_values(alert, essentials, key)
     wanted = expected.strip().casefold()
     if not values:
         # An absent or null field matches only an empty expectation (e.g. budget severity).
@@ -253,7 +309,7 @@ def _matches(alert: Alert, key: str, expected: str) -> bool:
     return any(value.strip().casefold() == wanted for value in values)
 
 
-def _routing_values(alert: Alert, key: str) -> list[str]:
+def _routing_values(alert: Alert, essentials: Mapping[str, Any], key: str) -> list[str]:
     folded = key.casefold()
     derived: Mapping[str, Callable[[Alert], str]] = {
         "resourcegroup": _resource_group,
@@ -266,14 +322,14 @@ def _routing_values(alert: Alert, key: str) -> list[str]:
     if folded in derived:
         value = derived[folded](alert)
         return [value] if value else []
-    for name, raw in alert.essentials.items():
-        if name.casefold() == folded:
-            if raw is None:
-                return []
-            if isinstance(raw, tuple):
-                return [text for item in raw if (text := _text(item))]
-            text = _text(raw)
-            return [text] if text else []
+    if folded in essentials:
+        raw = essentials[folded]
+        if raw is None:
+            return []
+        if isinstance(raw, tuple):
+            return [text for item in raw[:_MAX_ITEMS] if (text := _text(item))]
+        text = _text(raw)
+        return [text] if text else []
     if folded in ("resourcegroupname", "targetresourcegroup"):
         group = _resource_group(alert)
         return [group] if group else []
@@ -310,8 +366,8 @@ def _target(alert: Alert) -> str:
 
 
 def _resource_group(alert: Alert) -> str:
-    for resource_id in alert.target_ids:
-        match = _RESOURCE_GROUP.search(resource_id)
+    for resource_id in alert.target_ids[:_MAX_ITEMS]:
+        match = _RESOURCE_GROUP.search(resource_id[:_TEXT_MAX_CHARS])
         if match:
             return match.group(1)
     for key in ("targetResourceGroup", "resourceGroupName"):
@@ -322,8 +378,8 @@ def _resource_group(alert: Alert) -> str:
 
 
 def _subscription(alert: Alert) -> str:
-    for resource_id in (*alert.target_ids, alert.alert_id):
-        match = _SUBSCRIPTION.match(resource_id)
+    for resource_id in (*alert.target_ids[:_MAX_ITEMS], alert.alert_id):
+        match = _SUBSCRIPTION.match(resource_id[:_TEXT_MAX_CHARS])
         if match:
             return match.group(1)
     return ""
@@ -335,7 +391,7 @@ def _resource_type(alert: Alert) -> str:
         if isinstance(value, str) and value:
             return value
     if alert.target_ids:
-        _, sep, tail = alert.target_ids[0].rpartition("/providers/")
+        _, sep, tail = alert.target_ids[0][:_TEXT_MAX_CHARS].rpartition("/providers/")
         parts = tail.strip("/").split("/")
         if sep and len(parts) >= 2:
             # namespace/type[/name/subtype/name...] -> namespace/type[/subtype...]
@@ -375,8 +431,8 @@ def _description(alert: Alert, ci: ConfigurationItem | None, ci_note: str | None
     lines.append("")
     if alert.target_ids:
         lines.append("Targets:")
-        lines.extend(f"- {target}" for target in alert.target_ids)
-    add("Configuration items", ", ".join(alert.configuration_items) or None)
+        lines.extend(f"- {target}" for target in _bounded(alert.target_ids))
+    add("Configuration items", ", ".join(_bounded(alert.configuration_items)) or None)
     if ci is not None:
         matched = f", matched on {ci.matched_on}" if ci.matched_on else ""
         add("CMDB configuration item", f"{ci.name or ci.id} ({ci.id}{matched})")
@@ -385,8 +441,9 @@ def _description(alert: Alert, ci: ConfigurationItem | None, ci_note: str | None
 
     properties = _properties_lines("Custom properties", alert.custom_properties)
     rule_properties = _mapping(alert.context.get("properties"))
-    if alert.kind in (AlertKind.METRIC, AlertKind.LOG) and rule_properties != _mapping(
-        alert.custom_properties
+    # Compared thawed: read-only views compare two interpreter frames per level, plain dicts one.
+    if alert.kind in (AlertKind.METRIC, AlertKind.LOG) and thaw(rule_properties) != thaw(
+        _mapping(alert.custom_properties)
     ):
         properties += _properties_lines("Alert rule properties", rule_properties)
     if properties:
@@ -403,7 +460,7 @@ def _description(alert: Alert, ci: ConfigurationItem | None, ci_note: str | None
         lines.append("")
         add("Alert context", _compact(alert.context))
 
-    return _fit([_cap(line) for line in lines], limit)
+    return _fit([_line(line) for line in lines], limit)
 
 
 def _condition_lines(alert: Alert) -> list[str]:
@@ -423,9 +480,11 @@ def _condition_lines(alert: Alert) -> list[str]:
     criteria = condition.get("allOf")
     raw: tuple[Any, ...] = criteria if isinstance(criteria, tuple) else ()
     query = alert.kind in (AlertKind.LOG, AlertKind.LOG_V1)
-    for index, item in enumerate(alert.conditions):
+    for index, item in enumerate(alert.conditions[:_MAX_ITEMS]):
         extra = _mapping(raw[index]) if index < len(raw) else {}
         lines.append("- " + _describe_condition(item, extra, query=query))
+    if len(alert.conditions) > _MAX_ITEMS:
+        lines.append(_more(len(alert.conditions) - _MAX_ITEMS))
     start, end = _text(condition.get("windowStartTime")), _text(condition.get("windowEndTime"))
     if start or end:
         lines.append(f"Evaluation window: {start or '?'} to {end or '?'}")
@@ -445,7 +504,10 @@ def _describe_condition(item: Condition, raw: Mapping[str, Any], *, query: bool)
         f"sensitivity: {_text(raw.get('alertSensitivity'))}" if raw.get("alertSensitivity") else "",
         _failing_periods(raw.get("failingPeriods")),
         (
-            "dimensions: " + ", ".join(f"{name}={value}" for name, value in item.dimensions)
+            "dimensions: "
+            + ", ".join(
+                _bounded([f"{name}={value}" for name, value in item.dimensions[:_MAX_ITEMS]], len(item.dimensions))
+            )
             if item.dimensions
             else ""
         ),
@@ -455,7 +517,7 @@ def _describe_condition(item: Condition, raw: Mapping[str, Any], *, query: bool)
 
 def _failing_periods(value: Any) -> str:
     periods = _mapping(value)
-    failing, total = periods.get("minFailingPeriodsToAlert"), periods.get("numberOfEvaluationPeriods")
+    failing, total = _text(periods.get("minFailingPeriodsToAlert")), _text(periods.get("numberOfEvaluationPeriods"))
     if failing is None or total is None:
         return ""
     return f"failing periods: {failing} of {total}"
@@ -495,7 +557,7 @@ def _service_health_details(alert: Alert) -> list[str]:
     add("Impact mitigated", props.get("impactMitigationTime"))
     communication = props.get("communication") or props.get("defaultLanguageContent")
     if isinstance(communication, str):
-        add("Communication", _cap(_plain(communication), 1_000))
+        add("Communication", _cap(_plain(communication[:_MARKUP_MAX_CHARS]), 1_000))
     return lines
 
 
@@ -546,7 +608,12 @@ def _prometheus_details(alert: Alert) -> list[str]:
     add("Interval", ctx.get("interval"))
     labels = _mapping(ctx.get("labels"))
     if labels:
-        add("Labels", ", ".join(f"{key}={_text(value)}" for key, value in sorted(labels.items())))
+        # The first labels by name: a partial sort, so a payload of many labels costs no full sort.
+        first = heapq.nsmallest(_MAX_ITEMS, labels.items(), key=itemgetter(0))
+        shown = [f"{key}={_text(value)}" for key, value in first]
+        if len(labels) > _MAX_ITEMS:
+            shown.append(f"… and {len(labels) - _MAX_ITEMS} more")
+        add("Labels", ", ".join(shown))
     lines.extend(_properties_lines("Annotations", _mapping(ctx.get("annotations"))))
     add("Rule group", ctx.get("ruleGroup"))
     return lines
@@ -577,7 +644,9 @@ def _log_v1_details(alert: Alert) -> list[str]:
     add("Application ID", ctx.get("ApplicationId"))
     affected = ctx.get("AffectedConfigurationItems")
     if isinstance(affected, tuple) and affected:
-        add("Affected configuration items", ", ".join(t for item in affected if (t := _text(item))))
+        names = [t for item in affected[:_MAX_ITEMS] if (t := _text(item))]
+        unseen = max(len(affected) - _MAX_ITEMS, 0)
+        add("Affected configuration items", ", ".join(_bounded(names, len(names) + unseen)))
     add("Search results included", ctx.get("IncludedSearchResults"))
     return lines
 
@@ -610,16 +679,29 @@ def _search_links(alert: Alert) -> list[str]:
     sources: list[tuple[Mapping[str, Any], tuple[tuple[str, str], ...]]] = [(alert.context, _V1_LINKS)]
     criteria = _mapping(alert.context.get("condition")).get("allOf")
     if isinstance(criteria, tuple):
-        sources.extend((_mapping(item), _V2_LINKS) for item in criteria)
+        sources.extend((_mapping(item), _V2_LINKS) for item in criteria[:_MAX_ITEMS])
     seen: set[str] = set()
     lines: list[str] = []
     for source, names in sources:
         for key, label in names:
-            url = source.get(key)
-            if isinstance(url, str) and url.strip() and url not in seen:
+            url = _https_link(source.get(key))
+            if url is not None and url not in seen:
                 seen.add(url)
-                lines.append(f"- {label}: {url.strip()}")
+                lines.append(f"- {label}: {url}")
     return lines
+
+
+# An https URL made of URL characters only (RFC 3986), without credentials; nothing else is
+# shown as a link. Search links point at the portal (UI) or the Log Analytics / Application
+# Insights APIs, whose hosts vary by cloud, so the host itself is not restricted here.
+_HTTPS_LINK = re.compile(r"https://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:[/?#][A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]*)?\Z")
+
+
+def _https_link(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    url = value.strip()
+    return url if len(url) <= _LINE_MAX_CHARS and _HTTPS_LINK.match(url) else None
 
 
 def _summary(alert: Alert) -> list[str]:
@@ -667,9 +749,10 @@ def _summary(alert: Alert) -> list[str]:
     if kind is AlertKind.SMART_DETECTOR:
         return [_facts(("Detection", ctx.get("DetectionSummary")), ("detected", ctx.get("DetectedValue")))]
     query = kind in (AlertKind.LOG, AlertKind.LOG_V1)
-    return [
-        "Condition: " + _describe_condition(item, {}, query=query) for item in alert.conditions
-    ]
+    lines = ["Condition: " + _describe_condition(item, {}, query=query) for item in alert.conditions[:_MAX_ITEMS]]
+    if len(alert.conditions) > _MAX_ITEMS:
+        lines.append(_more(len(alert.conditions) - _MAX_ITEMS))
+    return lines
 
 
 # --------------------------------------------------------------------------- text helpers
@@ -688,10 +771,12 @@ def _properties_lines(title: str, values: Mapping[str, Any] | None, value_max: i
     if not values:
         return []
     lines = [f"{title}:"]
-    for key, value in values.items():
+    for key, value in islice(values.items(), _MAX_ITEMS):
         text = _text(value)
         if text:
             lines.append(f"- {_clean(key)}: {_cap(_clean(text), value_max)}")
+    if len(values) > _MAX_ITEMS:
+        lines.append(_more(len(values) - _MAX_ITEMS))
     return lines if len(lines) > 1 else []
 
 
@@ -702,20 +787,24 @@ def _facts(*pairs: tuple[str, Any]) -> str:
 def _impacted_services(value: Any) -> str | None:
     services = value
     if isinstance(value, str):
+        # Sent as a JSON string by some Service Health alerts: decoded only when it is of the
+        # size and depth such a list has; anything else is shown as text.
+        if len(value) > _JSON_TEXT_MAX_CHARS or nesting_depth(value, _JSON_TEXT_MAX_DEPTH) > _JSON_TEXT_MAX_DEPTH:
+            return _clean(value)
         try:
             services = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):
             return _clean(value)
     if not isinstance(services, tuple | list):
         return _text(services)
     described: list[str] = []
-    for service in services:
+    for service in services[:_MAX_ITEMS]:
         entry = _mapping(service)
         name = _text(entry.get("ServiceName"))
         regions = entry.get("ImpactedRegions")
         region_names = [
             text
-            for region in (regions if isinstance(regions, tuple | list) else ())
+            for region in (regions[:_MAX_ITEMS] if isinstance(regions, tuple | list) else ())
             if (text := _text(_mapping(region).get("RegionName")))
         ]
         if name:
@@ -732,7 +821,7 @@ def _text(value: Any) -> str | None:
     if isinstance(value, Mapping | tuple | list) and not value:
         return None
     text = display_text(value)
-    return (text.strip() or None) if text is not None else None
+    return (text[:_TEXT_MAX_CHARS].strip() or None) if text is not None else None
 
 
 def _compact(value: Any) -> str:
@@ -745,26 +834,54 @@ def _plain(markup: str) -> str:
 
 def _clean(text: str) -> str:
     """One line: payload text must not break the description's line structure."""
-    return _SPACES.sub(" ", text).strip()
+    return _SPACES.sub(" ", text[:_TEXT_MAX_CHARS]).strip()
+
+
+def _safe(text: str) -> str:
+    """``text`` safe to write into a work item: no control character, no script or data URL, no
+    ``[code]`` markup (in that order, so no step can form what an earlier one removed)."""
+    return _CODE_TAG.sub(_unbracket, _UNSAFE_URL.sub(_UNSAFE_URL_REPLACEMENT, _CONTROL.sub("", text)))
+
+
+def _unbracket(match: re.Match[str]) -> str:
+    return "(" + match.group(0)[1:-1] + ")"
+
+
+def _line(text: str) -> str:
+    """One written line: bounded before any work, made safe, then capped."""
+    return _cap(_safe(text[:_TEXT_MAX_CHARS]))
+
+
+def _bounded(items: Sequence[str], total: int | None = None) -> list[str]:
+    """The first ``_MAX_ITEMS`` of ``items``, then how many more there were (of ``total``)."""
+    count = len(items) if total is None else total
+    shown = list(items[:_MAX_ITEMS])
+    if count > len(shown):
+        shown.append(f"… and {count - len(shown)} more")
+    return shown
+
+
+def _more(count: int) -> str:
+    return f"- … and {count} more"
 
 
 def _cap(text: str, limit: int = _LINE_MAX_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _fit(lines: list[str], limit: int) -> str:
+def _fit(lines: list[str], limit: int, truncated: str = _TRUNCATED_LINE) -> str:
     text = "\n".join(lines).strip()
     if len(text) <= limit:
         return text
     # Whole lines are dropped from the end (links, properties) so no URL is left cut in half.
     kept: list[str] = []
-    size = len(_TRUNCATED_LINE)
+    size = len(truncated)
     for line in lines:
         if size + len(line) + 1 > limit:
             break
         kept.append(line)
         size += len(line) + 1
-    kept.append(_TRUNCATED_LINE)
+    kept.append(truncated)
     return "\n".join(kept).strip()
 
 

@@ -109,12 +109,44 @@ def test_shared_samples_are_exact_copies() -> None:
         assert (FIXTURES / sample.name).read_bytes() == sample.read_bytes(), sample.name
 
 
+BUNDLED = Path(__file__).resolve().parents[1] / "bridge" / "sandbox" / "samples"
+SANDBOX_ALERT = "/subscriptions/11111111-1111-1111-1111-111111111111/providers/Microsoft.AlertsManagement/alerts/"
+METRIC_VALUE = ("data", "alertContext", "condition", "allOf", 0, "metricValue")
+# The sandbox's own samples (not fixtures): each is its documented source with only these changes,
+# so that sent in order they tell one alert's story (README, "Sample alerts that chain").
+DERIVED: dict[str, tuple[str, dict[tuple[str | int, ...], Any]]] = {
+    "metric_static_fired_again.sandbox.json": ("metric_static_fired.testaction.json", {METRIC_VALUE: 97.5}),
+    "metric_static_resolved.sandbox.json": ("metric_static_fired.testaction.json", {
+        ("data", "essentials", "monitorCondition"): "Resolved",
+        ("data", "essentials", "resolvedDateTime"): "2025-04-15T18:32:12.851Z",
+        METRIC_VALUE: 0,
+    }),
+    "log_alerts_v2_fired.sandbox.json": ("log_alerts_v2_fired.testaction.json", {
+        ("data", "essentials", "alertId"): SANDBOX_ALERT + "9f0e6a52-3c1d-4b7e-8a2f-6d5c4b3a2f10",
+    }),
+}
+
+
 def test_bundled_samples_are_the_test_fixtures() -> None:
     # The demo and `send` use the copies inside the package; they must not drift from these.
-    bundled = sorted((Path(__file__).resolve().parents[1] / "bridge" / "sandbox" / "samples").glob("*.json"))
+    bundled = sorted(p for p in BUNDLED.glob("*.json") if p.name not in DERIVED)
     assert len(bundled) == 5
     for sample in bundled:
         assert (FIXTURES / sample.name).read_bytes() == sample.read_bytes(), sample.name
+
+
+def test_derived_sandbox_samples_differ_from_their_fixture_only_where_they_say() -> None:
+    assert sorted(p.name for p in BUNDLED.glob("*.sandbox.json")) == sorted(DERIVED)
+    for name, (source, changes) in DERIVED.items():
+        expected = raw(source)
+        for path, value in changes.items():
+            node: Any = expected
+            for step in path[:-1]:
+                node = node[step]
+            node[path[-1]] = value
+        derived = json.loads((BUNDLED / name).read_text(encoding="utf-8"))
+        assert derived == expected, name
+        parse_alert((BUNDLED / name).read_bytes())  # a usable alert
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -497,3 +529,159 @@ def test_bad_timestamps(text: str) -> None:
     with pytest.raises(PayloadError) as caught:
         parse_timestamp(text, "data.essentials.firedDateTime")
     assert caught.value.field == "data.essentials.firedDateTime"
+
+
+# --------------------------------------------------------------------------- the portal link (issue 10, item 5)
+
+PORTAL = "https://portal.azure.com/#view/Microsoft_Azure_Monitoring_Alerts/Investigate.ReactView/alertId/%2fsubscriptions%2fx"
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        PORTAL,
+        "  " + PORTAL + "\n",
+        "HTTPS://PORTAL.AZURE.COM/#blade/x",
+        "https://ms.portal.azure.com/#view/x?a=1&b=(2)",
+        "https://portal.azure.com",
+    ],
+)
+def test_an_investigation_link_to_the_azure_portal_is_kept(link: str) -> None:
+    assert parse_alert(minimal(investigationLink=link)).portal_link == link.strip()
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "javascript:alert(document.domain)",
+        " JavaScript:alert(1)//https://portal.azure.com/",
+        "\x01javascript:alert(1)",
+        "data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==",
+        "vbscript:msgbox(1)",
+        "http://portal.azure.com/#view/x",
+        "https://evil.example/#https://portal.azure.com/",
+        "https://portal.azure.com.evil.example/",
+        "https://evilportal.azure.com/",
+        "https://portal.azure.com@evil.example/",
+        "https://portal.azure.com:8443/",
+        "https://portal.azure.com\\@evil.example/",
+        "https://portal.azure.com/#x y",
+        "https://portal.azure.com/#x\"><script>alert(1)</script>",
+        "https://portal.azure.com/#" + "a" * 5_000,
+        "//portal.azure.com/",
+    ],
+)
+def test_any_other_investigation_link_gives_way_to_the_bridges_own(link: str) -> None:
+    alert = parse_alert(minimal(investigationLink=link))
+    assert alert.portal_link == (
+        "https://portal.azure.com/#view/Microsoft_Azure_Monitoring_Alerts/AlertDetails.ReactView/alertId~/"
+        "%2Fsubscriptions%2Faaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e%2Fproviders%2FMicrosoft.AlertsManagement"
+        "%2Falerts%2F01234567-89ab-cdef-0123-456789abcdef"
+    )
+
+
+def test_the_bridges_own_portal_link_escapes_the_alert_id() -> None:
+    alert = parse_alert(minimal(alertId="javascript:alert(1) [code]<b>x</b>[/code]"))
+    link = alert.portal_link
+    assert link.endswith("alertId~/javascript%3Aalert%281%29%20%5Bcode%5D%3Cb%3Ex%3C%2Fb%3E%5B%2Fcode%5D")
+
+
+# --------------------------------------------------------------------------- nesting depth (issue 10, item 6)
+
+LIMIT = 400  # spelled out: the limit is part of the API's documented behaviour
+
+
+def nested_document(levels: int) -> str:
+    """A valid alert whose deepest point is ``levels`` arrays and objects deep (document included)."""
+    custom = levels - 2  # the document and data are two of the levels
+    inner = '{"a":' * (custom - 1) + "[1]" + "}" * (custom - 1)
+    return json.dumps(minimal()).replace('"alertContext": {}', f'"alertContext": {{}}, "customProperties": {inner}')
+
+
+def nested_mapping(levels: int) -> dict[str, Any]:
+    value: Any = [1]
+    for _ in range(levels - 3):
+        value = {"a": value}
+    body = minimal()
+    body["data"]["customProperties"] = value
+    return body
+
+
+def test_the_depth_limit_is_400() -> None:
+    from bridge.alerts import MAX_DEPTH
+
+    assert MAX_DEPTH == LIMIT
+
+
+@pytest.mark.parametrize("form", ["bytes", "text", "mapping"])
+def test_a_body_at_the_depth_limit_is_accepted(form: str) -> None:
+    text = nested_document(LIMIT)
+    body: Any = {"bytes": text.encode(), "text": text, "mapping": json.loads(text)}[form]
+    alert = parse_alert(body)
+    containers, value = 0, thaw(alert.payload)
+    while isinstance(value, dict | list):
+        containers += 1
+        if isinstance(value, list):
+            value = value[0]
+        else:
+            value = value.get("a", value.get("data", value.get("customProperties")))
+    assert containers == LIMIT
+    assert parse_alert(nested_mapping(LIMIT)).custom_properties is not None
+
+
+@pytest.mark.parametrize("form", ["bytes", "text", "mapping"])
+@pytest.mark.parametrize("levels", [LIMIT + 1, 485, 488, 1_000, 5_000])
+def test_a_deeper_body_is_refused_naming_the_limit(form: str, levels: int) -> None:
+    text = nested_document(levels)
+    body: Any = {"bytes": text.encode(), "text": text, "mapping": nested_mapping(levels)}[form]
+    with pytest.raises(PayloadError) as caught:
+        parse_alert(body)
+    assert caught.value.field == "body" and caught.value.status == 400
+    assert "400 levels" in str(caught.value)
+
+
+def test_a_mapping_deeper_than_the_interpreter_can_recurse_is_refused_cleanly() -> None:
+    # Handed over as an object (the Function's path takes bytes, a caller may not): never a RecursionError.
+    with pytest.raises(PayloadError) as caught:
+        parse_alert(nested_mapping(50_000))
+    assert "400 levels" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * (1024 * 1024),
+        b"{" * (1024 * 1024),
+        b'{"a":' * 200_000,
+        b"[" * 100_000 + b"]" * 100_000,
+        json.dumps(minimal()).encode()[:-2] + b', "customProperties": ' + b"[" * 1_000_000 + b"}}",
+    ],
+    ids=["1MiB-of-[", "1MiB-of-{", "objects", "balanced-arrays", "inside-customProperties"],
+)
+def test_a_megabyte_of_brackets_is_a_clean_400_naming_the_limit(body: bytes) -> None:
+    with pytest.raises(PayloadError) as caught:
+        parse_alert(body)
+    assert caught.value.status == 400 and "400 levels" in str(caught.value)
+
+
+def test_brackets_inside_strings_do_not_count() -> None:
+    alert = parse_alert(minimal(description="[" * 5_000 + "{" * 5_000 + '\\"[', alertRule="]" * 10))
+    assert alert.description is not None and alert.description.startswith("[[[")
+
+
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [
+        ("1", 0),
+        ("[]", 1),
+        ('{"a": [1, {"b": []}]}', 4),
+        ('["[[[[", "\\"[[", "\\\\", [["]]]"]]]', 3),
+        ('"unterminated [[[[', 0),
+        ("[[[", 3),
+        ("[]" * 1_000, 1),
+    ],
+)
+def test_nesting_depth(text: str, depth: int) -> None:
+    from bridge.alerts import nesting_depth
+
+    assert nesting_depth(text, limit=0) == depth

@@ -9,12 +9,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from bridge.alerts import parse_alert
-from bridge.correlation import correlation_key, fingerprint, note_marker
+from bridge.correlation import canonical_payload, correlation_key, fingerprint, note_marker
+
+T = TypeVar("T")
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "alerts"
 KEY_CHARS = re.compile(r"^[0-9a-f-]+$")
@@ -136,3 +140,30 @@ def test_a_guid_followed_by_a_newline_is_not_a_guid() -> None:
                           "6e8b7a64-1111-2222-3333-444444444444\n/")
     assert "\n" not in key
     assert len(key) == 40 and all(c in "0123456789abcdef" for c in key)
+
+
+# --------------------------------------------------------------------------- depth (issue 10, item 6)
+
+
+def _deep_alert(levels: int) -> bytes:
+    body = json.loads((FIXTURES / "metric_static_fired.testaction.json").read_text(encoding="utf-8"))
+    body["data"]["customProperties"] = {"x": 0}
+    inner = '{"a":' * levels + "1" + "}" * levels
+    return json.dumps(body).replace('{"x": 0}', inner).encode()
+
+
+def _from_depth(frames: int, step: Callable[[], T]) -> T:
+    return step() if frames <= 0 else _from_depth(frames - 1, step)
+
+
+def test_key_and_fingerprint_at_the_depth_limit_from_a_deep_stack() -> None:
+    # The document is exactly 400 levels deep (the limit). Before, thawing it for the canonical
+    # JSON took two interpreter frames per level: payloads of ~480-490 levels parsed, then failed
+    # here with RecursionError (a 503, redelivered for ever), and a deeper caller failed sooner.
+    raw = _deep_alert(398)
+    alert = parse_alert(raw)
+    canonical = _from_depth(300, lambda: canonical_payload(alert))
+    assert canonical == json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()
+    assert _from_depth(300, lambda: fingerprint(alert)) == hashlib.sha256(canonical).hexdigest()[:16]
+    # What the outbox stores parses again into the same alert.
+    assert fingerprint(parse_alert(canonical)) == fingerprint(alert)

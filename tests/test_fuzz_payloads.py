@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -137,3 +139,80 @@ def test_mutated_samples_are_parsed_or_refused_cleanly(payload: Any) -> None:
 @given(json_values)
 def test_arbitrary_json_is_refused_cleanly(payload: Any) -> None:
     _exercise(payload)
+
+
+# --------------------------------------------------------------------------- hostile text (issue 10, items 5 and 6)
+
+# Loosely what ServiceNow's journal would take as its HTML markup, and script/data URLs.
+CODE_TAG = re.compile(r"\[\s*/?\s*c\s*o\s*d\s*e\s*\]", re.IGNORECASE)
+UNSAFE_URL = re.compile(r"(?:java|vb)[\t\n\r]*script[\t\n\r]*:|data:(?:[\w.+-]+/|[;,])", re.IGNORECASE)
+HOSTILE = [
+    "[code]<script>alert(1)</script>[/code]", "[ CODE ]", "[/ code]", "[c\to\nd e]", "[co\x00de]",
+    "javascript:alert(1)", "JAVASCRIPT:x", "java\tscript:x", "\x01javascript:x", "vbscript:x",
+    "data:text/html,<script>", "data:,x", "https://evil.example/", "https://portal.azure.com.evil.example/",
+]
+hostile_text = st.lists(st.sampled_from(HOSTILE) | st.text(max_size=8), min_size=1, max_size=5).map("".join)
+
+
+@st.composite
+def hostile_payloads(draw: st.DrawFn) -> Any:
+    name = draw(st.sampled_from(sorted(SAMPLES)))
+    document = copy.deepcopy(SAMPLES[name])
+    strings = [p for p in _paths(document) if isinstance(_get(document, p), str) and p[-1] != "alertId"]
+    for _ in range(draw(st.integers(min_value=1, max_value=6))):
+        document = _set(document, draw(st.sampled_from(strings)), draw(hostile_text))
+    return document
+
+
+def _get(document: Any, path: tuple[Any, ...]) -> Any:
+    for step in path:
+        document = document[step]
+    return document
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(hostile_payloads())
+def test_hostile_text_never_reaches_a_work_item_as_markup_or_a_script_link(payload: Any) -> None:
+    try:
+        alert = parse_alert(json.dumps(payload).encode())
+    except PayloadError:
+        return
+    item = build_work_item(alert, MappingRules(), ci_note="No CMDB configuration item found for [code]x[/code].")
+    how = resolution(alert, MappingRules())
+    for text in (item.title, item.description, item.note, update_note(alert), how.summary, how.note):
+        assert not CODE_TAG.search(text), text
+        assert not UNSAFE_URL.search(text), text
+        assert "\x00" not in text and "\x01" not in text
+    link = urlsplit(alert.portal_link)
+    assert link.scheme == "https" and link.netloc == link.hostname
+    host = link.hostname or ""
+    assert host == "portal.azure.com" or host.endswith(".portal.azure.com")
+
+
+json_text_values = st.recursive(
+    st.none() | st.integers() | st.text(alphabet='[]{}"\\,:ab ', max_size=12),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(
+        st.text(alphabet='[]{}"\\ab', max_size=6), children, max_size=3),
+    max_leaves=30,
+)
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(json_text_values, st.booleans())
+def test_the_depth_scan_agrees_with_the_decoded_structure(value: Any, ascii_only: bool) -> None:
+    from bridge.alerts import nesting_depth
+
+    text = json.dumps(value, ensure_ascii=ascii_only)
+    assert nesting_depth(text, limit=0) == _depth(value)
+    # Under a limit the scan may answer with the bracket count, but it is over the limit exactly
+    # when the structure is.
+    for limit in (1, 2, 3):
+        assert (nesting_depth(text, limit) > limit) == (_depth(value) > limit)

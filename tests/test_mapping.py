@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -537,3 +538,95 @@ def test_resolution_without_resolved_time() -> None:
     data["data"]["essentials"]["monitorCondition"] = "Resolved"
     how = resolution(parse_alert(data), RULES)
     assert "as resolved at an unreported time." in how.summary
+
+
+# --------------------------------------------------------------------------- markup and links (issue 10, item 5)
+
+# What ServiceNow's journal would take for its HTML-rendering markup, loosely: any case, any spaces.
+CODE_TAG = re.compile(r"\[\s*/?\s*c\s*o\s*d\s*e\s*\]", re.IGNORECASE)
+UNSAFE_URL = re.compile(r"(?:java|vb)[\t\n\r]*script[\t\n\r]*:|data:(?:text|image|application)/|data:,", re.IGNORECASE)
+PAYLOAD = "[code]<script>alert(1)</script>[/code]"
+CODE_VARIANTS = ["[code]", "[/code]", "[CODE]", "[/CODE]", "[ code ]", "[ / Code ]", "[\tcode\n]", "[c o d e]"]
+URL_VARIANTS = [
+    "javascript:alert(document.cookie)",
+    "JaVaScRiPt:alert(1)",
+    "java\tscript:alert(1)",
+    "java\nscript:alert(1)",
+    "\x01javascript:alert(1)",
+    "vbscript:msgbox(1)",
+    "data:text/html;base64,PHNjcmlwdD5hbGVydCgxKTwvc2NyaXB0Pg==",
+    "data:,alert(1)",
+]
+
+
+def _hostile(text: str) -> dict[str, Any]:
+    """A log alert (V2) carrying ``text`` wherever the payload's words reach a work item."""
+    data = body("log_alerts_v2_fired.testaction.json")
+    essentials = data["data"]["essentials"]
+    essentials.update(alertRule=f"rule {text}", description=f"desc {text}", investigationLink=text,
+                      configurationItems=[f"ci {text}"], alertTargetIDs=[*essentials["alertTargetIDs"], f"/t {text}"])
+    criterion = data["data"]["alertContext"]["condition"]["allOf"][0]
+    criterion.update(searchQuery=f"Heartbeat | where Computer == '{text}'", operator=text, threshold=text,
+                     dimensions=[{"name": f"dim {text}", "value": f"value {text}"}], linkToSearchResultsUI=text)
+    data["data"]["alertContext"]["properties"] = {f"key {text}": f"prop {text}"}
+    data["data"]["customProperties"] = {"custom": text}
+    return data
+
+
+def _written(alert: Alert, ci_note: str | None = None) -> dict[str, str]:
+    item = build_work_item(alert, RULES, ci_note=ci_note)
+    how = resolution(alert, RULES)
+    return {
+        "title": item.title, "description": item.description, "note": item.note, "update": update_note(alert),
+        "summary": how.summary, "resolution note": how.note,
+    }
+
+
+@pytest.mark.parametrize("tag", [PAYLOAD, *CODE_VARIANTS])
+def test_code_markup_is_neutralised_in_every_text_written(tag: str) -> None:
+    alert = parse_alert(_hostile(tag))
+    for name, text in _written(alert, ci_note=f"No CMDB configuration item found for {tag}.").items():
+        assert not CODE_TAG.search(text), (name, text)
+    description = build_work_item(alert, RULES).description
+    if tag == PAYLOAD:
+        # Still readable, as text: the brackets became parentheses.
+        assert "Alert rule: rule (code)<script>alert(1)</script>(/code)" in lines(description)
+
+
+@pytest.mark.parametrize("url", URL_VARIANTS)
+def test_script_and_data_links_are_dropped_from_every_text_written(url: str) -> None:
+    alert = parse_alert(_hostile(url))
+    for name, text in _written(alert, ci_note=f"No CMDB configuration item found for {url}.").items():
+        assert not UNSAFE_URL.search(text), (name, text)
+    description = build_work_item(alert, RULES).description
+    if not any(c in url for c in "\t\n"):  # (there, the line's spaces are collapsed first: "java script:")
+        assert "Alert rule: rule (unsafe link removed)" in lines(description)
+    assert "\x01" not in description
+    # The investigationLink is not a portal link: the bridge's own stands in for it.
+    assert f"Portal link: {alert.portal_link}" in lines(description)
+    assert alert.portal_link.startswith("https://portal.azure.com/#view/Microsoft_Azure_Monitoring_Alerts/")
+    assert "Search results (portal)" not in description
+
+
+def test_ordinary_words_are_left_alone() -> None:
+    text = "Missing data: 5 points; javascript heap grew; see [codes] and [decode] and https://example.com/x"
+    alert = parse_alert(_hostile(text))
+    assert f"Description: desc {text}" in lines(build_work_item(alert, RULES).description)
+
+
+def test_only_https_search_links_are_listed() -> None:
+    data = body("log_alerts_v2_fired.testaction.json")
+    criterion = data["data"]["alertContext"]["condition"]["allOf"][0]
+    criterion["linkToSearchResultsUI"] = "javascript:alert(1)//https://portal.azure.com"
+    criterion["linkToFilteredSearchResultsUI"] = "http://portal.azure.com/#plain-http"
+    criterion["linkToSearchResultsAPI"] = "https://user:secret@api.loganalytics.io/v1/x"
+    text = build_work_item(parse_alert(data), RULES).description
+    assert "Search results (portal)" not in text and "Filtered search results (portal)" not in text
+    assert "Search results (API)" not in text and "secret" not in text
+    assert f"- Filtered search results (API): {criterion['linkToFilteredSearchResultsAPI']}" in lines(text)
+
+
+def test_a_title_stays_within_its_limit_when_made_safe() -> None:
+    alert = with_rule("javascript:x " * 40)
+    title = build_work_item(alert, RULES).title
+    assert len(title) <= 160 and "javascript" not in title.lower()

@@ -51,6 +51,14 @@ CORRELATION_DISPLAY = "Azure Monitor"
 KEY_PATTERN = re.compile(r"^[0-9A-Za-z._:-]{1,100}\Z")
 # Real sys_ids are 32 hex digits; anything path-like must never reach the URL.
 _SYS_ID_PATTERN = re.compile(r"^[0-9A-Za-z_-]{1,64}\Z")
+# What a CMDB lookup may put after "field=" in an encoded query: Azure resource ids and CI names,
+# ASCII letters, digits, "_.-()@#/" and inner spaces, of bounded length. No "^" (a new clause),
+# no line break, no ":" (ServiceNow evaluates a "javascript:" value on the server), no "=" or "%".
+_CMDB_VALUE_PATTERN = re.compile(r"[A-Za-z0-9_.()@#/-](?:[A-Za-z0-9_.()@#/ -]{0,1022}[A-Za-z0-9_.()@#/-])?\Z")
+# Script URL schemes, however spelled: any case, after leading blanks or control characters, with
+# tabs or line breaks inside (URL parsers drop those). Refused even should the pattern above widen.
+_SCRIPT_SCHEME = re.compile(r"(?:javascript|vbscript|data)\s*:", re.IGNORECASE)
+_URL_IGNORED = re.compile(r"[\x00-\x20\x7f]+")
 _STATUSES: Mapping[str, WorkItemStatus] = {
     "1": WorkItemStatus.OPEN,  # New
     "2": WorkItemStatus.OPEN,  # In Progress
@@ -382,8 +390,9 @@ class ServiceNowAdapter:
         lookups = [(self._cmdb_resource_id_field, "resource_id", v) for v in resource_ids]
         lookups += [(self._cmdb_name_field, "name", v) for v in names]
         for field, matched_on, value in lookups:
-            if not value or "^" in value or "\n" in value or "\r" in value:
-                # Such a value would add clauses to the encoded query instead of being matched.
+            if not _queryable(value):
+                # Such a value would add clauses to the encoded query (or run as a script)
+                # instead of being matched.
                 log.debug("skipping CMDB lookup of a %s that cannot be queried safely", matched_on)
                 continue
             found = self._find_ci(field, matched_on, value)
@@ -438,6 +447,15 @@ class ServiceNowAdapter:
     def _ref(self, sys_id: str, number: str | None) -> WorkItemRef:
         target = urlencode({"uri": f"{self._table}.do?sys_id={sys_id}"})
         return WorkItemRef(system=self.name, id=sys_id, number=number, url=f"{self._instance}/nav_to.do?{target}")
+
+
+def _queryable(value: str) -> bool:
+    """``value`` may go into a CMDB encoded query as the value of one ``field=value`` clause."""
+    if not value or len(value) > 1024:
+        return False
+    if _SCRIPT_SCHEME.search(_URL_IGNORED.sub("", value)):
+        return False
+    return _CMDB_VALUE_PATTERN.match(value) is not None
 
 
 def _classify(status: int, text: str) -> tuple[bool, Reason] | None:

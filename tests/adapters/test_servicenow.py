@@ -1254,6 +1254,62 @@ class TestConfigurationItems:
         assert any("several records" in r.getMessage() for r in caplog.records)
 
 
+class TestConfigurationItemValues:
+    """Issue 10, item 4: what may go into a CMDB encoded query. ServiceNow evaluates a value that
+    starts with ``javascript:`` on the server, so such values (however spelled) are never sent."""
+
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            "javascript:gs.getUserID()",
+            "JavaScript:gs.getUserID()",
+            " javascript:gs.getUserID()",
+            "\tjavascript:x",
+            "\x01javascript:x",
+            "\x00javascript:x",
+            "java\tscript:x",
+            "java\nscript:x",
+            "vbscript:x",
+            "data:text/html,x",
+            "vm-web-01^NQname=x",
+            "name=vm-web-01",
+            "vm%5Eweb",
+            "vm-web-01 ",
+            " vm-web-01",
+            "vm\x00",
+            "vm\u2028web",
+            "a" * 1_025,
+        ],
+        ids=lambda v: repr(v)[:40],
+    )
+    def test_unsafe_values_are_never_queried(self, adapter: ServiceNowAdapter, fake: FakeServiceNow, bad: str) -> None:
+        ci = fake.seed_ci("vm-web-01")
+
+        found = adapter.find_configuration_item([bad], [bad, "vm-web-01"])
+
+        assert found is not None and found.id == ci
+        assert [query_of(r)["sysparm_query"] for r in fake.api_requests] == [["name=vm-web-01"]]
+
+    @pytest.mark.parametrize(
+        "good",
+        [
+            RESOURCE_ID,
+            RESOURCE_ID.lower(),
+            "/subscriptions/aaaa0a0a-bb1b-cc2c-dd3d-eeeeee4e4e4e",
+            "vm-web-01",
+            "host.contoso.com",
+            "SQL (prod) #2",
+            "user@example",
+        ],
+    )
+    def test_ordinary_ids_and_names_are_queried(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow, good: str
+    ) -> None:
+        assert adapter.find_configuration_item([], [good]) is None
+
+        assert [query_of(r)["sysparm_query"] for r in fake.api_requests] == [[f"name={good}"]]
+
+
 class TestErrors:
     @pytest.mark.parametrize(
         ("status", "body", "content_type", "expected"),
