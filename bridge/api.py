@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,9 @@ __all__ = ["MAX_BODY_BYTES", "ApiRequest", "ApiResponse", "BridgeApi", "Unavaila
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+# The subscription segment that starts an Azure resource id: /subscriptions/<id> then / or the end.
+_SUBSCRIPTION_PREFIX = re.compile(r"/subscriptions/([^/]*)(?:/|\Z)", re.IGNORECASE)
+_GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 # Azure Monitor retries 503 a few times within about a minute; ask for a short pause.
 DEFAULT_RETRY_AFTER_SECONDS = 30
 
@@ -160,15 +164,25 @@ class BridgeApi(_Routed):
             return self._reconciler.deliver_unrecorded(alert, canonical, print_, budget)
 
     def _authorize_subscription(self, alert: Alert) -> None:
+        """With ``ALLOWED_SUBSCRIPTION_IDS`` set, the alertId and every target must each start with
+        ``/subscriptions/<an allowed id>``: an id without that segment is refused too, never let
+        through unchecked. (A filter on what the trusted, token-proven caller sends, not a
+        boundary against that caller: it can write any subscription into the payload.)"""
         allowed = self._settings.allowed_subscription_ids
         if not allowed:
             return
-        subscriptions = alert.subscription_ids
-        if not subscriptions:
-            raise Forbidden("the alert names no subscription, and only listed subscriptions are accepted")
-        outside = sorted(subscriptions - allowed)
-        if outside:
-            raise Forbidden(f"subscription {outside[0]} is not allowed")
+        for name, resource_id in _resource_ids(alert):
+            match = _SUBSCRIPTION_PREFIX.match(resource_id)
+            subscription = match.group(1).lower() if match else ""
+            if not subscription:
+                raise Forbidden(
+                    f"{name} names no subscription (/subscriptions/<id>/...), and only alerts from listed "
+                    "subscriptions are accepted"
+                )
+            if subscription not in allowed:
+                # Only a GUID is quoted back: anything else in that segment is the sender's text.
+                shown = subscription if _GUID.match(subscription) else "(not a subscription id)"
+                raise Forbidden(f"subscription {shown} of {name} is not allowed")
 
     def _error_response(self, exc: BridgeError) -> ApiResponse:
         if isinstance(exc, PayloadError):
@@ -226,6 +240,18 @@ class BridgeApi(_Routed):
             )
         except Exception:
             logger.exception("could not log the outcome of an alert (status %s)", response.status)
+
+
+def _resource_ids(alert: Alert) -> list[tuple[str, str]]:
+    """(field name, id) of the alertId and of every non-blank ``alertTargetIDs`` entry, read from
+    the payload itself with the payload's own indexes (whatever the parsed alert keeps of them)."""
+    named = [("alertId", alert.alert_id)]
+    targets = alert.essentials.get("alertTargetIDs")
+    if isinstance(targets, list | tuple):
+        for index, target in enumerate(targets):
+            if isinstance(target, str) and target.strip():
+                named.append((f"alertTargetIDs[{index}]", target.strip()))
+    return named
 
 
 def _delivery_response(alert: Alert, delivery: Delivery) -> ApiResponse:

@@ -13,7 +13,8 @@ Order of checks, and why:
    closes ``alg: none`` and the HS256-signed-with-the-public-key confusion);
 2. the signature against a key from the configured discovery document (never a key or URL
    named by the token itself: ``jku``/``x5u``/``jwk`` headers are ignored);
-3. time (``exp``/``nbf``/``iat`` with leeway), then issuer/tenant, then audience: all 401, except
+3. time (``exp``/``nbf``/``iat`` finite numbers, with leeway; a lifetime of at most 24 h, as no
+   Entra access token has more), then issuer/tenant, then audience: all 401, except
    that a correctly signed token from *another* Entra tenant (its ``iss`` is the well-formed
    issuer of its own ``tid``) is 403 "tenant not allowed", as CONTRACT section 1 lists tenant
    under 403;
@@ -27,17 +28,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeGuard
-from urllib.parse import urlsplit
 
 import jwt
 import requests
 
-from .config import Settings
+from .config import Settings, url_problem
 from .errors import AuthUnavailable, Forbidden, InvalidToken
 
 __all__ = ["Caller", "TokenVerifier"]
@@ -52,6 +53,9 @@ _MAX_KID_CHARS = 256
 _MIN_RSA_BITS = 2048
 _LOGIN = "https://login.microsoftonline.com"
 _VERSIONS = ("1.0", "2.0")
+# Entra access tokens live 60-90 minutes by default and at most a day with a lifetime policy; a
+# token valid for longer is not one of them (and a stolen one must not be good for years).
+_MAX_LIFETIME_SECONDS = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -72,14 +76,9 @@ def _entra_issuers(tenant_id: str) -> tuple[str, str]:
 
 
 def _fetchable_url(value: object) -> bool:
-    # Same rule as config's _https_url: https, or plain http only on loopback (the sandbox).
-    if not isinstance(value, str):
-        return False
-    parts = urlsplit(value)
-    if not parts.hostname:
-        return False
-    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
-    return parts.scheme == "https" or (parts.scheme == "http" and loopback)
+    # The same rule as the settings' URLs (config.url_problem): https, or plain http only on
+    # loopback (the sandbox), and one host for every URL parser.
+    return isinstance(value, str) and url_problem(value, allow_query=True) is None
 
 
 @dataclass
@@ -217,6 +216,7 @@ class TokenVerifier:
             raise InvalidToken("token has no valid expiry")
         if now >= exp + self._leeway:
             raise InvalidToken("token expired")
+        started: list[int | float] = []
         for name in ("nbf", "iat"):
             value = claims.get(name)
             if value is None:
@@ -225,6 +225,11 @@ class TokenVerifier:
                 raise InvalidToken(f"token has an invalid {name}")
             if value - self._leeway > now:
                 raise InvalidToken("token not yet valid")
+            started.append(value)
+        # Measured from when it became valid, and from now (a token need not carry iat or nbf):
+        # exp = 1e308 is a number, but no token Entra issues.
+        if exp - min(started, default=now) > _MAX_LIFETIME_SECONDS or exp - now > _MAX_LIFETIME_SECONDS:
+            raise InvalidToken("token lifetime too long")
 
     def _check_issuer(self, claims: Mapping[str, Any], version: str) -> str:
         issuer, tid = claims.get("iss"), claims.get("tid")
@@ -380,7 +385,14 @@ class TokenVerifier:
 
 
 def _is_number(value: object) -> TypeGuard[int | float]:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite JSON number: not a bool, not inf or NaN (``1e999999`` parses as inf), and not an
+    integer too large for a float (which arithmetic with the clock could not take)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _rsa_signing_key(entry: object) -> tuple[str, jwt.PyJWK] | None:

@@ -4,17 +4,24 @@
 (``settings`` on the adapter class) and reads them from :attr:`Settings.env`, so the core never
 names an ITSM. The infra templates, ``check-config`` and ``local.settings.sample.json`` are
 tested against both. ``Settings.from_env`` turns an environment into one frozen object or raises
-:class:`~bridge.errors.ConfigError` naming the first bad setting. Values of secret settings never
-appear in messages or in ``repr``.
+:class:`~bridge.errors.ConfigError`: with one bad setting, the error naming it; with several,
+:class:`SettingsErrors`, which lists every one (:meth:`Settings.problems` gives them as a list)
+and whose ``setting`` is the first. Values never appear in messages, and secrets never in
+``repr``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 from urllib.parse import urlsplit
+
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 from .errors import ConfigError
 from .rules import MappingRules, load_mapping
@@ -28,7 +35,9 @@ __all__ = [
     "MappingRules",
     "Setting",
     "Settings",
+    "SettingsErrors",
     "https_url",
+    "url_problem",
 ]
 
 AZURE_MONITOR_APP_ID = "461e8683-5575-4561-ac7f-899cc907d62a"
@@ -41,6 +50,14 @@ class Setting:
     default: str | None = None
     required: bool = False
     secret: bool = False
+    # What the default means, when ``default`` (the literal value used) cannot say it: a default
+    # computed from other settings, or "any".
+    default_text: str | None = None
+
+    @property
+    def shown_default(self) -> str:
+        """The default as a person should read it (``check-config``'s "(default: ...)")."""
+        return self.default_text or self.default or "none"
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -51,9 +68,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("AUTH_ALLOWED_APP_IDS", "comma list of caller app ids (appid v1 / azp v2)", AZURE_MONITOR_APP_ID),
     Setting("AUTH_REQUIRED_ROLE", "app role that must be in 'roles', e.g. ActionGroupsSecureWebhook"),
     Setting(
-        "AUTH_OPENID_CONFIG_URL", "OpenID discovery document to take jwks_uri from (default: Entra ID's for the tenant)"
+        "AUTH_OPENID_CONFIG_URL",
+        "OpenID discovery document to take jwks_uri from; its issuer is accepted too",
+        default_text="Entra ID's for AUTH_TENANT_ID: https://login.microsoftonline.com/<tenant>/v2.0/"
+        ".well-known/openid-configuration (and the v1 document for v1 tokens)",
     ),
-    Setting("ALLOWED_SUBSCRIPTION_IDS", "comma list of subscription ids whose alerts are accepted (default: any)"),
+    Setting(
+        "ALLOWED_SUBSCRIPTION_IDS",
+        "comma list of subscription ids whose alerts are accepted: the alertId's and every target's "
+        "subscription must be listed",
+        default_text="any",
+    ),
     Setting("ITSM_ADAPTER", "ITSM adapter: servicenow, jira, or one an installed package registers", "servicenow"),
     Setting("ITSM_TIMEOUT_SECONDS", "read timeout of one ITSM HTTP call", "4"),
     Setting("ITSM_RETRY_ATTEMPTS", "most quick attempts within one pass over an alert's ITSM work", "4"),
@@ -70,12 +95,17 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("CMDB_LOOKUP", "bind work items to the configuration items of the alert's resources (true/false)", "true"),
     Setting("CMDB_CACHE_SECONDS", "how long CMDB lookups (found or not) are cached", "300"),
-    Setting("MAPPING_FILE", "JSON file of mapping rules (severity matrix, title template, routing, fields)"),
+    Setting(
+        "MAPPING_FILE",
+        "JSON file of mapping rules (severity matrix, title template, routing, fields)",
+        default_text="built-in defaults",
+    ),
     Setting(
         "STATE_STORE",
         "where state records and the outbox live: sqlite (one machine) or azure (Table + Queue through "
         "AzureWebJobsStorage)",
         "sqlite",
+        default_text="sqlite locally, azure in Azure",
     ),
     Setting("STATE_SQLITE_PATH", "the SQLite state file (STATE_STORE=sqlite)", ".bridge/state.sqlite3"),
     Setting("STATE_TABLE_NAME", "Azure Table of state records (STATE_STORE=azure)", "alertstate"),
@@ -120,13 +150,102 @@ def _bool(name: str, value: str) -> bool:
     raise ConfigError(name, "must be true or false")
 
 
-def https_url(name: str, value: str, *, allow_loopback_http: bool = True) -> str:
-    parts = urlsplit(value)
-    loopback = parts.hostname in ("127.0.0.1", "localhost", "::1")
-    if parts.scheme == "https" or (allow_loopback_http and parts.scheme == "http" and loopback):
-        if parts.hostname:
-            return value.rstrip("/")
-    raise ConfigError(name, "must be an https:// URL (plain http is allowed only on loopback)")
+_LOOPBACK_NAMES = frozenset({"localhost"})
+_HOST_NAME = re.compile(r"[a-z0-9_](?:[a-z0-9_-]*)(?:\.[a-z0-9_-]+)*\.?\Z")
+_HTTPS_RULE = "must be an https:// URL (plain http is allowed only on loopback)"
+
+
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def url_problem(value: str, *, allow_loopback_http: bool = True, allow_query: bool = False) -> str | None:
+    """Why ``value`` is not a URL the bridge may send credentials or trust to, or None when it is.
+
+    The URL must mean the same host to every parser on the way: the standard library's
+    ``urlsplit`` (what this check reads) and urllib3's ``parse_url`` (what requests connects to).
+    So anything parsers read differently is refused outright: backslashes, user info
+    (``user:password@``; credentials have their own settings), fragments, spaces, control and
+    non-ASCII characters, percent-encoded or otherwise odd host names. Plain http only when the
+    host really is loopback (``localhost``, 127.0.0.0/8, ``::1``). The message never quotes the
+    value.
+    """
+    if not value.isascii():
+        return "must be ASCII (write an internationalised host name in its xn-- form)"
+    if any(c <= " " or c == "\x7f" for c in value):
+        return "must not contain spaces or control characters"
+    if "\\" in value:
+        return "must not contain a backslash"
+    if "#" in value:
+        return "must not contain a fragment (#...)"
+    try:
+        parts = urlsplit(value)
+        port = parts.port
+        parsed = parse_url(value)
+    except (ValueError, LocationParseError):
+        return "is not a valid URL"
+    if "@" in parts.netloc or parts.username is not None or parsed.auth is not None:
+        return "must not contain a user name or password (user:password@); use the credential settings"
+    if "?" in value and not allow_query:
+        return "must not contain a query (?...)"
+    host = (parts.hostname or "").lower()
+    if not host:
+        return _HTTPS_RULE
+    bare = (parsed.host or "").lower().removeprefix("[").removesuffix("]")
+    if (parsed.scheme or "").lower() != parts.scheme or bare != host or parsed.port != port:
+        return "is read differently by different URL parsers; write it plainly (scheme://host[:port]/path)"
+    if not _HOST_NAME.match(host):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            return "does not have a valid host name"
+    if parts.scheme == "https" or (allow_loopback_http and parts.scheme == "http" and _is_loopback(host)):
+        return None
+    return _HTTPS_RULE
+
+
+def https_url(name: str, value: str, *, allow_loopback_http: bool = True, allow_query: bool = False) -> str:
+    """``value`` without trailing slashes, or ConfigError naming ``name`` (see :func:`url_problem`)."""
+    problem = url_problem(value, allow_loopback_http=allow_loopback_http, allow_query=allow_query)
+    if problem is not None:
+        raise ConfigError(name, problem)
+    return value.rstrip("/")
+
+
+class SettingsErrors(ConfigError):
+    """Several settings are bad at once. ``setting`` is the first (what health reports);
+    ``problems`` are all of them, and the message lists every one."""
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        first = problems[0]
+        rest = "; ".join(str(p) for p in problems[1:])
+        super().__init__(first.setting, f"{str(first).removeprefix(first.setting + ': ')}; {rest}")
+        self.problems: tuple[ConfigError, ...] = tuple(problems)
+
+
+_T = TypeVar("_T")
+
+
+class _Problems:
+    """Collects every bad setting instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.found: list[ConfigError] = []
+
+    def check(self, read: Callable[[], _T], fallback: _T) -> _T:
+        try:
+            return read()
+        except ConfigError as exc:
+            self.found.append(exc)
+            return fallback
+
+    def add(self, name: str, message: str) -> None:
+        self.found.append(ConfigError(name, message))
 
 
 @dataclass(frozen=True)
@@ -167,6 +286,28 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """The settings, or ConfigError: the one bad setting, or :class:`SettingsErrors` listing
+        every bad one (its ``setting`` is the first)."""
+        settings, problems = cls._read(env)
+        if len(problems) == 1:
+            raise problems[0]
+        if problems:
+            raise SettingsErrors(problems)
+        assert settings is not None
+        return settings
+
+    @classmethod
+    def problems(cls, env: Mapping[str, str]) -> list[ConfigError]:
+        """Every bad core setting of ``env`` (in the order of ``SETTINGS``; AzureWebJobsStorage with
+        STATE_STORE), empty when all are good. An adapter's own settings are checked when it is
+        built, from good core settings."""
+        return cls._read(env)[1]
+
+    @classmethod
+    def _read(cls, env: Mapping[str, str]) -> tuple[Settings | None, list[ConfigError]]:
+        problems = _Problems()
+        check = problems.check
+
         def get(name: str) -> str | None:
             raw = env.get(name)
             value = raw.strip() if raw is not None else ""
@@ -174,61 +315,85 @@ class Settings:
                 return value
             spec = _BY_NAME[name]
             if spec.required:
-                raise ConfigError(name, "is required")
+                problems.add(name, "is required")
+                return None
             return spec.default
 
-        tenant_id = get("AUTH_TENANT_ID") or ""
-        if not _GUID.match(tenant_id):
-            raise ConfigError("AUTH_TENANT_ID", "must be the tenant's GUID")
-        audiences = _split(get("AUTH_AUDIENCES"))
-        if not audiences:
-            raise ConfigError("AUTH_AUDIENCES", "is required")
+        def number(name: str, *, most: float = 86400.0) -> float:
+            return check(lambda: _positive_float(name, get(name) or "", most=most), 0.0)
+
+        tenant_id = get("AUTH_TENANT_ID")
+        if tenant_id is not None and not _GUID.match(tenant_id):
+            problems.add("AUTH_TENANT_ID", "must be the tenant's GUID")
+        raw_audiences = get("AUTH_AUDIENCES")
+        audiences = _split(raw_audiences)
+        if raw_audiences is not None and not audiences:
+            problems.add("AUTH_AUDIENCES", "is required")
         allowed_app_ids = tuple(a.lower() for a in _split(get("AUTH_ALLOWED_APP_IDS")))
         if not allowed_app_ids:
-            raise ConfigError("AUTH_ALLOWED_APP_IDS", "must name at least one app id")
-        openid = get("AUTH_OPENID_CONFIG_URL")
-        if openid:
-            openid = https_url("AUTH_OPENID_CONFIG_URL", openid)
+            problems.add("AUTH_ALLOWED_APP_IDS", "must name at least one app id")
+        openid_raw = get("AUTH_OPENID_CONFIG_URL")
+        openid: str | None = None
+        if openid_raw:
+            # A query is legitimate here: Entra's app-specific keys are ?appid=<client id>.
+            openid = check(lambda: https_url("AUTH_OPENID_CONFIG_URL", openid_raw, allow_query=True), None)
         subscriptions = frozenset(s.lower() for s in _split(get("ALLOWED_SUBSCRIPTION_IDS")))
-        for sub in subscriptions:
-            if not _GUID.match(sub):
-                raise ConfigError("ALLOWED_SUBSCRIPTION_IDS", "every entry must be a subscription GUID")
+        if any(not _GUID.match(sub) for sub in subscriptions):
+            problems.add("ALLOWED_SUBSCRIPTION_IDS", "every entry must be a subscription GUID")
 
         adapter = (get("ITSM_ADAPTER") or "").lower()
+        timeout = number("ITSM_TIMEOUT_SECONDS", most=120)
         attempts_raw = get("ITSM_RETRY_ATTEMPTS") or ""
         if not re.fullmatch(r"[0-9]{1,3}", attempts_raw) or not 1 <= int(attempts_raw) <= 20:
-            raise ConfigError("ITSM_RETRY_ATTEMPTS", "must be a whole number from 1 to 20")
+            problems.add("ITSM_RETRY_ATTEMPTS", "must be a whole number from 1 to 20")
+            attempts_raw = "0"
+        # Azure Monitor's webhook call must finish first; minutes of retrying would only be cut off.
+        budget = number("ITSM_RETRY_BUDGET_SECONDS", most=120)
+        # Azure Monitor gives up on an answer after about 10 s; the answer must come within 5.
+        inline = number("ITSM_INLINE_SECONDS", most=4)
+        settle = number("ITSM_SETTLE_SECONDS", most=3600)
+        cmdb_lookup = check(lambda: _bool("CMDB_LOOKUP", get("CMDB_LOOKUP") or ""), False)
+        cmdb_cache = number("CMDB_CACHE_SECONDS")
 
-        mapping = load_mapping(get("MAPPING_FILE"))
+        mapping = check(lambda: load_mapping(get("MAPPING_FILE")), None)
 
         in_azure = bool((env.get(AZURE_INSTANCE_VARIABLE) or "").strip())
         store = (env.get("STATE_STORE") or "").strip().lower() or ("azure" if in_azure else "sqlite")
+        storage: AzureConnection | None = None
         if store not in ("sqlite", "azure"):
-            raise ConfigError("STATE_STORE", "must be sqlite or azure")
-        if store == "sqlite" and in_azure:
-            raise ConfigError(
+            problems.add("STATE_STORE", "must be sqlite or azure")
+        elif store == "sqlite" and in_azure:
+            problems.add(
                 "STATE_STORE",
                 "sqlite keeps state on one machine and cannot be used in Azure, where instances come and "
                 "go; use azure",
             )
-        # Only the azure backend reads the connection: a SQLite setup never fails over it.
-        storage = AzureConnection.from_env(env) if store == "azure" else None
-        if store == "azure" and storage is None:
-            raise ConfigError(
-                "AzureWebJobsStorage",
-                "is required for STATE_STORE=azure (a connection string, or __accountName / "
-                "__tableServiceUri and __queueServiceUri for an identity)",
-            )
+        elif store == "azure":
+            # Only the azure backend reads the connection: a SQLite setup never fails over it.
+            before = len(problems.found)
+            storage = check(lambda: AzureConnection.from_env(env), None)
+            if storage is None and len(problems.found) == before:
+                problems.add(
+                    "AzureWebJobsStorage",
+                    "is required for STATE_STORE=azure (a connection string, or __accountName / "
+                    "__tableServiceUri and __queueServiceUri for an identity)",
+                )
         table_name = get("STATE_TABLE_NAME") or "alertstate"
         if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]{2,62}", table_name):
-            raise ConfigError("STATE_TABLE_NAME", "must be 3-63 letters and digits, starting with a letter")
+            problems.add("STATE_TABLE_NAME", "must be 3-63 letters and digits, starting with a letter")
         queue_name = get("OUTBOX_QUEUE_NAME") or "outbox"
         if not re.fullmatch(r"[a-z0-9](?!.*--)[a-z0-9-]{1,54}[a-z0-9]", queue_name):
-            raise ConfigError(
+            problems.add(
                 "OUTBOX_QUEUE_NAME", "must be 3-56 lower-case letters, digits and single hyphens (the -poison "
                 "queue must fit in 63)"
             )
+        horizon = number("OUTBOX_HORIZON_HOURS", most=24 * 90)
+        max_delay = number("OUTBOX_MAX_DELAY_SECONDS", most=3600)
+        retention = number("STATE_RETENTION_DAYS", most=3650)
 
+        if problems.found:
+            return None, problems.found
+        assert tenant_id is not None and mapping is not None
         return cls(
             tenant_id=tenant_id.lower(),
             audiences=audiences,
@@ -237,31 +402,21 @@ class Settings:
             openid_config_url=openid,
             allowed_subscription_ids=subscriptions,
             itsm_adapter=adapter,
-            itsm_timeout_seconds=_positive_float(
-                "ITSM_TIMEOUT_SECONDS", get("ITSM_TIMEOUT_SECONDS") or "", most=120
-            ),
+            itsm_timeout_seconds=timeout,
             retry_attempts=int(attempts_raw),
-            # Azure Monitor's webhook call must finish first; minutes of retrying would only be cut off.
-            retry_budget_seconds=_positive_float(
-                "ITSM_RETRY_BUDGET_SECONDS", get("ITSM_RETRY_BUDGET_SECONDS") or "", most=120
-            ),
-            cmdb_lookup=_bool("CMDB_LOOKUP", get("CMDB_LOOKUP") or ""),
-            cmdb_cache_seconds=_positive_float("CMDB_CACHE_SECONDS", get("CMDB_CACHE_SECONDS") or ""),
+            retry_budget_seconds=budget,
+            cmdb_lookup=cmdb_lookup,
+            cmdb_cache_seconds=cmdb_cache,
             mapping=mapping,
             state_store=store,
             state_sqlite_path=get("STATE_SQLITE_PATH") or ".bridge/state.sqlite3",
             state_table_name=table_name,
             outbox_queue_name=queue_name,
             storage=storage,
-            # Azure Monitor gives up on an answer after about 10 s; the answer must come within 5.
-            inline_seconds=_positive_float("ITSM_INLINE_SECONDS", get("ITSM_INLINE_SECONDS") or "", most=4),
-            settle_seconds=_positive_float("ITSM_SETTLE_SECONDS", get("ITSM_SETTLE_SECONDS") or "", most=3600),
-            outbox_horizon_seconds=3600
-            * _positive_float("OUTBOX_HORIZON_HOURS", get("OUTBOX_HORIZON_HOURS") or "", most=24 * 90),
-            outbox_max_delay_seconds=_positive_float(
-                "OUTBOX_MAX_DELAY_SECONDS", get("OUTBOX_MAX_DELAY_SECONDS") or "", most=3600
-            ),
-            retention_seconds=86400
-            * _positive_float("STATE_RETENTION_DAYS", get("STATE_RETENTION_DAYS") or "", most=3650),
+            inline_seconds=inline,
+            settle_seconds=settle,
+            outbox_horizon_seconds=3600 * horizon,
+            outbox_max_delay_seconds=max_delay,
+            retention_seconds=86400 * retention,
             env=dict(env),
-        )
+        ), []

@@ -66,6 +66,11 @@ def unsigned(header: dict[str, Any], claims: Any, signature: bytes = b"") -> str
     return f"{head}.{body}.{b64url(signature)}"
 
 
+def issued_at(now: float, lifetime: int) -> dict[str, Any]:
+    """Time claims of a token issued at ``now`` (a test clock's) for ``lifetime`` seconds."""
+    return {"iat": int(now), "nbf": int(now), "exp": int(now) + lifetime}
+
+
 def claims_of(token: str) -> dict[str, Any]:
     part = token.split(".")[1]
     loaded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
@@ -139,6 +144,13 @@ def test_expiry_within_leeway_still_accepted(verifier: TokenVerifier, entra: Ent
     token = entra.mint(audience=APP_ID_URI, lifetime_seconds=-60)  # expired 60 s ago, leeway 120 s
 
     assert verifier.verify(f"Bearer {token}").audience == APP_ID_URI
+
+
+def test_a_token_valid_for_exactly_a_day_is_accepted(verifier: TokenVerifier, entra: EntraStandIn) -> None:
+    now = int(time.time())
+    token = entra.mint(audience=CLIENT_ID, claims={"iat": now, "nbf": now, "exp": now + 86400})
+
+    assert verifier.verify(f"Bearer {token}").version == "2.0"
 
 
 def test_no_role_needed_when_none_is_configured(make_verifier: VerifierFactory, entra: EntraStandIn) -> None:
@@ -241,6 +253,23 @@ def _tampered_signature(entra: EntraStandIn) -> str:
     return f"{head}.{body}.{b64url(bytes(raw))}"
 
 
+def _with_raw_claims(**raw: str) -> Callable[[EntraStandIn], str]:
+    """A correctly signed token whose claims carry JSON text that json.dumps never writes (e.g.
+    ``1e999999``, which Python's json reads as inf): each named claim's value is replaced verbatim."""
+
+    def make(entra: EntraStandIn) -> str:
+        claims = claims_of(entra.mint(audience=CLIENT_ID))
+        text = json.dumps({**claims, **{name: f"@{name}@" for name in raw}})
+        for name, literal in raw.items():
+            text = text.replace(f'"@{name}@"', literal)
+        head = b64url(json.dumps({"typ": "JWT", "alg": "RS256", "kid": entra.current_kid}).encode())
+        signing_input = f"{head}.{b64url(text.encode())}"
+        signature = entra._signing.sign(signing_input.encode())  # the stand-in's published key
+        return f"{signing_input}.{b64url(signature)}"
+
+    return make
+
+
 def _alg_none(entra: EntraStandIn) -> str:
     return unsigned({"typ": "JWT", "alg": "none"}, claims_of(entra.mint(audience=CLIENT_ID)))
 
@@ -289,6 +318,21 @@ FORGED: list[tuple[str, Forge, type[AuthError], str]] = [
      InvalidToken, "token expired"),
     ("no expiry", bearer(lambda e: e.mint(audience=CLIENT_ID, claims={"exp": None})),
      InvalidToken, "token has no valid expiry"),
+    ("exp 1e308", bearer(lambda e: e.mint(audience=CLIENT_ID, claims={"exp": 1e308})),
+     InvalidToken, "token lifetime too long"),
+    ("exp a day and a second after iat", bearer(lambda e: e.mint(audience=CLIENT_ID, claims={
+        "iat": int(time.time()), "nbf": int(time.time()), "exp": int(time.time()) + 86401})),
+     InvalidToken, "token lifetime too long"),
+    ("exp two days ahead, no iat or nbf", bearer(lambda e: e.mint(audience=CLIENT_ID, claims={
+        "iat": None, "nbf": None, "exp": int(time.time()) + 2 * 86400})),
+     InvalidToken, "token lifetime too long"),
+    ("exp 1e999999 (inf)", bearer(_with_raw_claims(exp="1e999999")), InvalidToken, "token has no valid expiry"),
+    ("exp Infinity", bearer(_with_raw_claims(exp="Infinity")), InvalidToken, "token has no valid expiry"),
+    ("exp NaN", bearer(_with_raw_claims(exp="NaN")), InvalidToken, "token has no valid expiry"),
+    ("exp an integer beyond any float", bearer(_with_raw_claims(exp="1" + "0" * 400)),
+     InvalidToken, "token has no valid expiry"),
+    ("iat -1e999999 (-inf)", bearer(_with_raw_claims(iat="-1e999999")), InvalidToken, "token has an invalid iat"),
+    ("nbf NaN", bearer(_with_raw_claims(nbf="NaN")), InvalidToken, "token has an invalid nbf"),
     ("not yet valid", bearer(lambda e: e.mint(audience=CLIENT_ID, not_before_offset=600)),
      InvalidToken, "token not yet valid"),
     ("issued in the future",
@@ -431,7 +475,7 @@ def test_concurrent_burst_on_a_cold_cache_fetches_once(verifier: TokenVerifier, 
 
 def test_keys_are_rechecked_daily(verifier: TokenVerifier, entra: EntraStandIn, clock: FakeClock) -> None:
     def token() -> str:
-        return f"Bearer {entra.mint(audience=CLIENT_ID, claims={'exp': int(clock.now) + 3600})}"
+        return f"Bearer {entra.mint(audience=CLIENT_ID, claims=issued_at(clock.now, 3600))}"
 
     verifier.verify(token())
     clock.advance(86399)
@@ -488,7 +532,7 @@ def test_last_known_good_keys_serve_while_the_daily_recheck_fails(
     entra.set_available(False)
 
     def token() -> str:
-        return f"Bearer {entra.mint(audience=CLIENT_ID, claims={'exp': int(clock.now) + 60})}"
+        return f"Bearer {entra.mint(audience=CLIENT_ID, claims=issued_at(clock.now, 60))}"
 
     assert verifier.verify(token()).version == "2.0"
     assert entra.count("metadata_v2") == 2  # it did try to re-check
@@ -506,7 +550,7 @@ def test_keys_past_the_grace_are_never_used(
     entra.set_available(False)
 
     with pytest.raises(AuthUnavailable):
-        verifier.verify(f"Bearer {entra.mint(audience=CLIENT_ID, claims={'exp': int(clock.now) + 60})}")
+        verifier.verify(f"Bearer {entra.mint(audience=CLIENT_ID, claims=issued_at(clock.now, 60))}")
 
 
 def test_failed_unknown_kid_refresh_keeps_current_keys(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bridge.adapters.registry import BUILTIN, settings_of
-from bridge.config import AZURE_MONITOR_APP_ID, SETTING_NAMES, Settings
+from bridge.config import AZURE_MONITOR_APP_ID, SETTING_NAMES, Settings, SettingsErrors
 from bridge.config import SETTINGS as SETTINGS_OF_CORE
 from bridge.errors import ConfigError
 from bridge.runtime import validate
@@ -300,3 +300,146 @@ def test_the_readme_documents_every_declared_setting() -> None:
         declared |= {s.name for s in settings_of(name)}
     missing = sorted(name for name in declared if f"`{name}`" not in readme)
     assert missing == []
+
+
+# --- URLs in settings (SERVICENOW_INSTANCE_URL, JIRA_BASE_URL, AUTH_OPENID_CONFIG_URL) ------------
+
+PASSWORD_IN_URL = "Hunter2-in-the-url"
+
+
+@pytest.mark.parametrize(
+    "url, needle",
+    [
+        # urlsplit reads host localhost; urllib3 (so requests) connects to evil.example, in plain http.
+        ("http://evil.example\\@localhost", "backslash"),
+        ("https://evil.example\\@contoso.service-now.com", "backslash"),
+        (f"https://bridge:{PASSWORD_IN_URL}@contoso.service-now.com", "user name or password"),
+        (f"https://{PASSWORD_IN_URL}@contoso.service-now.com", "user name or password"),
+        ("https://@contoso.service-now.com", "user name or password"),
+        ("https://contoso.service-now.com#frag", "fragment"),
+        ("https://contoso.service-now.com /x", "spaces or control characters"),
+        ("https://contoso\t.service-now.com", "spaces or control characters"),
+        ("https://contoso.service-now.com\r\nX-Injected: 1", "spaces or control characters"),
+        ("https://contoso.service-now.com\x00.evil.example", "spaces or control characters"),
+        ("https://contoso\u3002service-now.com", "ASCII"),
+        # urllib3 2.1+ decodes the host, urlsplit does not; earlier ones keep the %: refused either way.
+        ("https://evil%2eexample", ("read differently", "valid host name")),
+        ("https://contoso.service-now.com:99999", "not a valid URL"),
+        ("https://[::1", "not a valid URL"),
+        ("http://localhost.evil.example", "https://"),
+        ("http://127.0.0.1.nip.io", "https://"),
+        ("http://0x7f.0.0.1", "https://"),
+        ("http://contoso.service-now.com", "https://"),
+        ("ftp://contoso.service-now.com", "https://"),
+        ("https:///contoso.service-now.com", "https://"),
+        ("contoso.service-now.com", "https://"),
+    ],
+)
+def test_urls_are_refused_unless_every_parser_reads_one_plain_host(url: str, needle: str | tuple[str, ...]) -> None:
+    for name in ("SERVICENOW_INSTANCE_URL", "AUTH_OPENID_CONFIG_URL"):
+        with pytest.raises(ConfigError) as raised:
+            validate({**GOOD, name: url})
+        assert raised.value.setting == name
+        assert any(n in str(raised.value) for n in ((needle,) if isinstance(needle, str) else needle))
+        # Never echoed: not the value, nor a password in it.
+        assert url not in str(raised.value) and PASSWORD_IN_URL not in str(raised.value)
+
+
+def test_a_base_url_takes_no_query_but_the_discovery_url_may() -> None:
+    with pytest.raises(ConfigError) as raised:
+        validate({**GOOD, "SERVICENOW_INSTANCE_URL": "https://contoso.service-now.com/?sysparm=1"})
+    assert raised.value.setting == "SERVICENOW_INSTANCE_URL" and "query" in str(raised.value)
+
+
+def test_jira_base_url_is_checked_the_same_way() -> None:
+    env = {**GOOD, "ITSM_ADAPTER": "jira", "JIRA_BASE_URL": f"https://me:{PASSWORD_IN_URL}@contoso.atlassian.net",
+           "JIRA_PROJECT": "OPS", "JIRA_EMAIL": "bridge@contoso.com", "JIRA_API_TOKEN": "t0ken"}
+    with pytest.raises(ConfigError) as raised:
+        validate(env)
+    assert raised.value.setting == "JIRA_BASE_URL" and PASSWORD_IN_URL not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "name, url",
+    [
+        ("SERVICENOW_INSTANCE_URL", "https://contoso.service-now.com/"),
+        ("SERVICENOW_INSTANCE_URL", "https://Contoso.Service-Now.com:443"),
+        ("SERVICENOW_INSTANCE_URL", "http://127.0.0.1:8080"),
+        ("SERVICENOW_INSTANCE_URL", "http://127.0.0.2:8080/sub/path"),
+        ("SERVICENOW_INSTANCE_URL", "http://localhost:8080"),
+        ("SERVICENOW_INSTANCE_URL", "http://[::1]:8080"),
+        ("SERVICENOW_INSTANCE_URL", "https://xn--bcher-kva.example"),
+        # Entra's app-specific signing keys are published under ?appid=.
+        ("AUTH_OPENID_CONFIG_URL",
+         f"https://login.microsoftonline.com/{TENANT}/v2.0/.well-known/openid-configuration?appid=0b7c4d3e"),
+        ("AUTH_OPENID_CONFIG_URL", "http://127.0.0.1:41000/tenant/v2.0/.well-known/openid-configuration"),
+    ],
+)
+def test_plain_urls_are_accepted(name: str, url: str) -> None:
+    validate({**GOOD, name: url})
+
+
+def test_a_url_with_credentials_never_reaches_a_work_item_url() -> None:
+    from bridge.adapters.servicenow import ServiceNowAdapter
+
+    with pytest.raises(ConfigError) as raised:
+        ServiceNowAdapter(Settings.from_env({
+            **GOOD, "SERVICENOW_INSTANCE_URL": f"https://bridge:{PASSWORD_IN_URL}@contoso.service-now.com"}))
+    assert raised.value.setting == "SERVICENOW_INSTANCE_URL"
+
+
+def test_url_problem_says_none_for_a_good_url() -> None:
+    from bridge.config import url_problem
+
+    assert url_problem("https://contoso.service-now.com") is None
+    assert url_problem("http://localhost:1/x", allow_loopback_http=False) is not None
+
+
+# --- every bad setting at once, and the defaults as shown ---------------------------------------
+
+
+def test_every_bad_core_setting_is_reported_not_only_the_first() -> None:
+    env = {
+        **GOOD,
+        "AUTH_TENANT_ID": "contoso.onmicrosoft.com",
+        "AUTH_OPENID_CONFIG_URL": f"https://me:{PASSWORD_IN_URL}@login.example.com",
+        "ITSM_RETRY_ATTEMPTS": "0",
+        "CMDB_LOOKUP": "maybe",
+        "OUTBOX_QUEUE_NAME": "Outbox",
+        "STATE_RETENTION_DAYS": "forever",
+    }
+    expected = ["AUTH_TENANT_ID", "AUTH_OPENID_CONFIG_URL", "ITSM_RETRY_ATTEMPTS", "CMDB_LOOKUP",
+                "OUTBOX_QUEUE_NAME", "STATE_RETENTION_DAYS"]
+    assert [p.setting for p in Settings.problems(env)] == expected
+
+    with pytest.raises(SettingsErrors) as raised:
+        validate(env)  # what check-config and start-up run
+    assert raised.value.setting == "AUTH_TENANT_ID"  # health names the first
+    assert [p.setting for p in raised.value.problems] == expected
+    message = str(raised.value)
+    for name in expected:
+        assert f"{name}: " in message
+    assert message.startswith("AUTH_TENANT_ID: must be the tenant's GUID; AUTH_OPENID_CONFIG_URL: ")
+    assert PASSWORD_IN_URL not in message and "contoso.onmicrosoft.com" not in message
+
+
+def test_missing_required_settings_are_all_reported() -> None:
+    assert [p.setting for p in Settings.problems({})] == ["AUTH_TENANT_ID", "AUTH_AUDIENCES"]
+    assert Settings.problems(GOOD) == []
+
+
+def test_one_bad_setting_is_the_plain_error_naming_it() -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({**GOOD, "CMDB_LOOKUP": "maybe"})
+    assert type(raised.value) is ConfigError
+    assert str(raised.value) == "CMDB_LOOKUP: must be true or false"
+
+
+def test_the_openid_default_shown_is_entra_ids_discovery_document() -> None:
+    spec = {s.name: s for s in SETTINGS_OF_CORE}
+    openid = spec["AUTH_OPENID_CONFIG_URL"]
+    assert openid.default is None  # the verifier picks Entra ID's URLs for the tenant itself
+    assert "login.microsoftonline.com" in openid.shown_default and "none" not in openid.shown_default
+    assert spec["ALLOWED_SUBSCRIPTION_IDS"].shown_default == "any"
+    assert spec["ITSM_ADAPTER"].shown_default == "servicenow"
+    assert spec["AUTH_REQUIRED_ROLE"].shown_default == "none"

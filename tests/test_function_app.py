@@ -964,6 +964,99 @@ def test_allowed_subscription_passes(call: Any, snow: responses.RequestsMock,
     assert itsm_calls(snow) == [FIND]  # a Resolved with no Fired is recorded after one lookup
 
 
+OTHER_SUBSCRIPTION = "22222222-2222-2222-2222-222222222222"
+SAMPLE_DIRS = (
+    Path(__file__).parent / "fixtures" / "alerts",
+    Path(__file__).parents[1] / "bridge" / "sandbox" / "samples",
+)
+
+
+def _refused_for_subscription(call: Any, snow: responses.RequestsMock, payload: dict[str, Any]) -> str:
+    response = call(payload)
+    assert response.status_code == 403
+    error = body_of(response)["error"]
+    assert error["code"] == "forbidden"
+    assert itsm_calls(snow) == []
+    key = correlation_key(payload["data"]["essentials"]["alertId"])
+    assert installed().reconciler.store.load(key) is None  # nothing recorded
+    message: str = error["message"]
+    return message
+
+
+def test_a_bare_alert_id_does_not_sidestep_the_subscription_allow_list(
+    call: Any, snow: responses.RequestsMock, install: Callable[..., runtime.Runtime]
+) -> None:
+    # The same GUID as the sample's alertId, without /subscriptions/<id>/..., and one allowed target.
+    install(ALLOWED_SUBSCRIPTION_IDS=SUBSCRIPTION)
+    message = _refused_for_subscription(call, snow, load_sample(METRIC, alertId=METRIC_KEY))
+    assert message.startswith("alertId names no subscription")
+
+
+@pytest.mark.parametrize(
+    "alert_id",
+    [
+        f"/providers/Microsoft.AlertsManagement/alerts/{METRIC_KEY}",
+        f"/resourceGroups/test-RG/subscriptions/{SUBSCRIPTION}/alerts/{METRIC_KEY}",
+        f"//subscriptions/{SUBSCRIPTION}/providers/Microsoft.AlertsManagement/alerts/{METRIC_KEY}",
+        f"/subscriptions//providers/Microsoft.AlertsManagement/alerts/{METRIC_KEY}",
+        f"subscriptions/{SUBSCRIPTION}/providers/Microsoft.AlertsManagement/alerts/{METRIC_KEY}",
+    ],
+    ids=["no-subscription", "subscription-not-first", "double-slash", "empty-segment", "no-leading-slash"],
+)
+def test_an_alert_id_without_a_leading_subscription_is_403(
+    call: Any, snow: responses.RequestsMock, install: Callable[..., runtime.Runtime], alert_id: str
+) -> None:
+    install(ALLOWED_SUBSCRIPTION_IDS=SUBSCRIPTION)
+    message = _refused_for_subscription(call, snow, load_sample(METRIC, alertId=alert_id))
+    assert message.startswith("alertId names no subscription")
+
+
+def test_a_target_without_a_subscription_is_403_naming_it(
+    call: Any, snow: responses.RequestsMock, install: Callable[..., runtime.Runtime]
+) -> None:
+    install(ALLOWED_SUBSCRIPTION_IDS=SUBSCRIPTION)
+    payload = load_sample(METRIC)
+    targets = payload["data"]["essentials"]["alertTargetIDs"]
+    payload["data"]["essentials"]["alertTargetIDs"] = [*targets, "  ", "test-storageAccount"]
+    message = _refused_for_subscription(call, snow, payload)
+    assert message.startswith("alertTargetIDs[2] names no subscription")  # the payload's own index
+
+
+def test_a_target_in_another_subscription_is_403_naming_it(
+    call: Any, snow: responses.RequestsMock, install: Callable[..., runtime.Runtime]
+) -> None:
+    install(ALLOWED_SUBSCRIPTION_IDS=SUBSCRIPTION)
+    payload = load_sample(METRIC)
+    payload["data"]["essentials"]["alertTargetIDs"].append(
+        f"/subscriptions/{OTHER_SUBSCRIPTION.upper()}/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm")
+    message = _refused_for_subscription(call, snow, payload)
+    assert message == f"subscription {OTHER_SUBSCRIPTION} of alertTargetIDs[1] is not allowed"
+
+
+def test_a_subscription_segment_that_is_no_guid_is_not_quoted_back(
+    call: Any, snow: responses.RequestsMock, install: Callable[..., runtime.Runtime]
+) -> None:
+    install(ALLOWED_SUBSCRIPTION_IDS=SUBSCRIPTION)
+    payload = load_sample(METRIC, alertId=f"/subscriptions/<script>x</script>/alerts/{METRIC_KEY}")
+    message = _refused_for_subscription(call, snow, payload)
+    assert message == "subscription (not a subscription id) of alertId is not allowed"
+
+
+@pytest.mark.parametrize(
+    "sample", [p for d in SAMPLE_DIRS for p in sorted(d.glob("*.json"))], ids=lambda p: f"{p.parent.name}/{p.name}"
+)
+def test_every_bundled_sample_passes_with_its_subscription_allowed(
+    call: Any, snow: responses.RequestsMock, install: Callable[..., runtime.Runtime], sample: Path
+) -> None:
+    # The documentation's placeholder subscription stands for a real one.
+    text = sample.read_text(encoding="utf-8").replace("<subscription ID>", OTHER_SUBSCRIPTION)
+    payload = json.loads(text)
+    subscription = payload["data"]["essentials"]["alertId"].split("/")[2].lower()
+    install(ALLOWED_SUBSCRIPTION_IDS=subscription)
+    # The ITSM answers nothing here (no call is expected): a processed or queued answer, never a 403.
+    assert call(payload).status_code in (200, 202)
+
+
 def test_unexpected_bug_is_503_not_500(call: Any, snow: responses.RequestsMock,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from bridge import api
