@@ -8,7 +8,11 @@ it gets is what reaches the bridge URL.
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +65,15 @@ def test_send_acquires_a_token_with_msal_and_posts_the_file(capsys: pytest.Captu
         )
         code = main(_argv("--client-secret", SECRET))
 
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert code == 0
     assert '200 {"status": "processed", "action": "created"}' in out
-    assert SECRET not in out and "msal-issued-token" not in out
+    assert SECRET not in out + err and "msal-issued-token" not in out + err
+    # A secret on the command line works, with a warning naming the better way.
+    assert err == (
+        "send: warning: --client-secret puts a secret on the command line, where the process list and shell "
+        "history show it; prefer the BRIDGE_SEND_CLIENT_SECRET environment variable\n"
+    )
 
 
 def test_send_reports_a_refused_token_request_without_the_secret(
@@ -91,7 +100,9 @@ def test_send_reports_a_refused_token_request_without_the_secret(
 
     message = str(exited.value)
     assert message == "send: no token from Entra ID: invalid_client: AADSTS7000215: Invalid client secret provided."
-    assert SECRET not in message + capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert SECRET not in message + out + err
+    assert "warning" not in err  # the secret came from the environment
 
 
 def test_send_non_2xx_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
@@ -117,3 +128,46 @@ def test_check_config_with_an_unreadable_settings_file_exits_2(capsys: pytest.Ca
         main(["check-config", "--settings", "/nonexistent/local.settings.json"])
     assert exited.value.code == 2
     assert "cannot read settings file /nonexistent/local.settings.json" in capsys.readouterr().err
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bridge(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our own interpreter and module, fixed arguments
+        [sys.executable, "-m", "bridge", *args], cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+    )
+
+
+def _dead_url() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}/api/alerts"
+
+
+def test_send_warns_when_a_token_is_on_the_command_line_and_not_when_it_comes_from_the_environment() -> None:
+    token = "literal-Token-value-17"
+    url = _dead_url()
+
+    literal = _bridge("send", str(SAMPLE), "--url", url, "--token", token)
+    from_env = _bridge("send", str(SAMPLE), "--url", url, "--token-env", "BRIDGE_TEST_TOKEN",
+                       env={"BRIDGE_TEST_TOKEN": token})
+
+    assert literal.returncode == from_env.returncode == 1  # nothing listens there
+    assert literal.stderr == (
+        "send: warning: --token puts a secret on the command line, where the process list and shell history "
+        "show it; prefer --token-env VAR\n"
+    )
+    assert from_env.stderr == ""
+    assert token not in literal.stdout + from_env.stdout
+
+
+def test_send_help_says_to_keep_secrets_in_the_environment() -> None:
+    result = _bridge("send", "--help")
+
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "Keep secrets off the command line" in text
+    assert "--token-env VAR and the msal client secret in BRIDGE_SEND_CLIENT_SECRET" in text
+    assert "prefer setting BRIDGE_SEND_CLIENT_SECRET" in text and "prefer --token-env" in text

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -95,6 +96,8 @@ class ItsmSandbox(Protocol):
 
     def bridge_env(self) -> dict[str, str]: ...
 
+    def owned_settings(self) -> frozenset[str]: ...
+
     def items(self) -> list[SandboxItem]: ...
 
     def credentials(self) -> str: ...
@@ -132,6 +135,14 @@ class _ServiceNowSandbox(_StandInSandbox):
             "SERVICENOW_CLIENT_ID": "sandbox-client",
             "SERVICENOW_CLIENT_SECRET": "sandbox-secret",
         }
+
+    def owned_settings(self) -> frozenset[str]:
+        # The instance and every credential: a basic-auth user of another instance beside the
+        # stand-in's OAuth client would turn its client credentials into a password grant.
+        return frozenset({
+            "SERVICENOW_INSTANCE_URL", "SERVICENOW_USERNAME", "SERVICENOW_PASSWORD",
+            "SERVICENOW_CLIENT_ID", "SERVICENOW_CLIENT_SECRET",
+        })
 
     def credentials(self) -> str:
         return "user bridge / sandbox-password; OAuth client sandbox-client / sandbox-secret"
@@ -176,6 +187,12 @@ class _JiraSandbox(_StandInSandbox):
             "JIRA_LABEL_PREFIX": self._PREFIX,
             "CMDB_LOOKUP": "false",
         }
+
+    def owned_settings(self) -> frozenset[str]:
+        # The site, its credentials and its one project (OPS).
+        return frozenset({
+            "JIRA_BASE_URL", "JIRA_DEPLOYMENT", "JIRA_EMAIL", "JIRA_API_TOKEN", "JIRA_PAT", "JIRA_PROJECT",
+        })
 
     def credentials(self) -> str:
         return "email bridge@example.com / API token sandbox-jira-token; project OPS"
@@ -224,6 +241,19 @@ def _adf_text(body: Any) -> str:
 
 
 ITSMS: dict[str, type[Any]] = {"servicenow": _ServiceNowSandbox, "jira": _JiraSandbox}
+
+# What points at the stand-ins whichever ITSM: the tenant, audiences and keys of the Entra ID
+# stand-in, the adapter, and the state (the stand-ins start empty, so the state must too).
+_OWNED_CORE_SETTINGS = frozenset({
+    "AUTH_TENANT_ID", "AUTH_AUDIENCES", "AUTH_OPENID_CONFIG_URL", "ITSM_ADAPTER", "STATE_STORE", "STATE_SQLITE_PATH",
+})
+# What a Functions host needs besides the bridge's settings: its worker, its storage (Azurite),
+# and the queue name its `outbox` trigger binds (%OUTBOX_QUEUE_NAME% must resolve).
+_FUNCTION_HOST_SETTINGS = {
+    "FUNCTIONS_WORKER_RUNTIME": "python",
+    "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+    "OUTBOX_QUEUE_NAME": "outbox",
+}
 
 
 class SandboxStack:
@@ -286,6 +316,41 @@ class SandboxStack:
         }
         env.update(overrides)
         return env
+
+    def owned_settings(self) -> frozenset[str]:
+        """The settings that point at the stand-ins: ``serve --sandbox`` always takes them from
+        the sandbox (one the sandbox does not set, such as another instance's password, is dropped)."""
+        return _OWNED_CORE_SETTINGS | self.itsm.owned_settings()
+
+    def serve_env(self, environ: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+        """The settings ``serve --sandbox`` runs with, and the names of those in ``environ`` it replaced.
+
+        Every setting comes from ``environ`` (the environment over a settings file's ``Values``),
+        except :meth:`owned_settings`, which are the sandbox's; the sandbox's other values
+        (allowed app id, required role, ...) fill only what ``environ`` leaves unset or empty.
+        """
+        ours = self.bridge_env()
+        owned = self.owned_settings()
+        env = {name: value for name, value in ours.items() if name not in owned}
+        env.update({name: value for name, value in environ.items() if value.strip() or name not in env})
+        for name in owned:
+            env.pop(name, None)
+        env.update({name: value for name, value in ours.items() if name in owned})
+        replaced = sorted(
+            name for name in owned if (environ.get(name) or "").strip() and environ[name] != ours.get(name)
+        )
+        return env, replaced
+
+    def function_settings(self) -> dict[str, str]:
+        """What a Function (``func start``) needs to use these stand-ins, as ``local.settings.json``
+        ``Values``: the host's own settings, everything that points at the stand-ins (an owned
+        setting the sandbox does not use is given empty, so it is unset), the caller the Entra ID
+        stand-in's tokens name, and this stack's state file (shared with ``serve --sandbox``,
+        whose outbox worker then finishes what either one queued)."""
+        ours = self.bridge_env()
+        wanted = self.owned_settings() | {"AUTH_ALLOWED_APP_IDS", "AUTH_REQUIRED_ROLE"} | set(self.itsm.bridge_env())
+        values = {name: ours.get(name, "") for name in wanted}
+        return {**_FUNCTION_HOST_SETTINGS, **dict(sorted(values.items()))}
 
     def token(self, version: str = "2.0", **kwargs: Any) -> str:
         """A token as Azure Monitor's secure webhook would send it (v2: aud = client id)."""

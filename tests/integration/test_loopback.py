@@ -154,8 +154,17 @@ CREATED_SAMPLES: dict[str, tuple[str, str | None, str | None]] = {
 }
 
 
+# The sandbox's samples that make one alert's story: sent in order in
+# tests/integration/test_demo_and_cli.py (test_the_bundled_samples_chain_into_one_alerts_story).
+CHAINED_SAMPLES = {
+    "metric_static_fired_again.sandbox.json",
+    "metric_static_resolved.sandbox.json",
+    "log_alerts_v2_fired.sandbox.json",
+}
+
+
 def test_every_bundled_sample_is_covered_here() -> None:
-    assert set(sample_names()) == {*CREATED_SAMPLES, RESOLVED_ELSEWHERE}
+    assert set(sample_names()) == {*CREATED_SAMPLES, RESOLVED_ELSEWHERE, *CHAINED_SAMPLES}
 
 
 @pytest.mark.parametrize("name", sorted(CREATED_SAMPLES))
