@@ -15,7 +15,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 from urllib.parse import urlsplit
@@ -283,6 +283,15 @@ class Settings:
         """A setting's value from the environment, stripped; None (or ``default``) when empty."""
         raw = (self.env.get(name) or "").strip()
         return raw or default
+
+    def reader(self, declared: Sequence[Setting]) -> Callable[[str], str | None]:
+        """``get(name)`` for an adapter: a setting it declares, or the default it declares."""
+        defaults = {spec.name: spec.default for spec in declared}
+
+        def get(name: str) -> str | None:
+            return self.value(name, defaults.get(name))
+
+        return get
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:

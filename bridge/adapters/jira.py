@@ -126,7 +126,6 @@ JIRA_SETTINGS: tuple[Setting, ...] = (
     Setting("JIRA_RESOLUTION", "resolution set when resolving, unless the mapping names one", "Done"),
     Setting("JIRA_INTERNAL_COMMENTS", "notes as internal (agent-only) comments: true or false", "true"),
 )
-_DEFAULTS = {s.name: s.default for s in JIRA_SETTINGS}
 _TRUE, _FALSE = frozenset({"true", "yes", "1", "on"}), frozenset({"false", "no", "0", "off"})
 
 
@@ -154,8 +153,7 @@ class JiraAdapter:
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        def get(name: str) -> str | None:
-            return settings.value(name, _DEFAULTS.get(name))
+        get = settings.reader(self.settings)
 
         base = get("JIRA_BASE_URL")
         if not base:

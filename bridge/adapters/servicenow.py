@@ -97,7 +97,6 @@ SERVICENOW_SETTINGS: tuple[Setting, ...] = (
     Setting("CMDB_RESOURCE_ID_FIELD", "CMDB field holding the Azure resource id", "object_id"),
     Setting("CMDB_NAME_FIELD", "CMDB field matched against configurationItems", "name"),
 )
-_DEFAULTS = {s.name: s.default for s in SERVICENOW_SETTINGS}
 
 
 @dataclass(frozen=True)
@@ -216,8 +215,7 @@ class ServiceNowAdapter:
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        def get(name: str) -> str | None:
-            return settings.value(name, _DEFAULTS.get(name))
+        get = settings.reader(self.settings)
 
         instance = get("SERVICENOW_INSTANCE_URL")
         if not instance:
