@@ -28,13 +28,14 @@ import json
 import logging
 import random
 import re
+import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
@@ -51,6 +52,7 @@ __all__ = [
     "auth_scheme",
     "fault_response",
     "json_or_none",
+    "serve_until_stopped",
     "status_phrase",
 ]
 
@@ -539,3 +541,27 @@ class LoopbackStandIn(abc.ABC):
     def _loggable_body(self, path: str, body: bytes) -> Any:
         """What the request log keeps of a body: its JSON value, by default."""
         return json_or_none(body)
+
+
+def serve_until_stopped(standin: LoopbackStandIn, banner: Sequence[str]) -> int:
+    """Run a started stand-in until Ctrl-C or SIGTERM (a stand-in's ``python -m`` entry point)."""
+    stopping = threading.Event()
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        # Printed inside the try: with unbuffered output a reader can see the URL and press Ctrl-C
+        # before the banner is complete, and that must still stop cleanly.
+        for line in banner:
+            print(line)
+        print("Press Ctrl-C to stop.", flush=True)
+        while not stopping.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        standin.stop()
+    print("stopped", flush=True)
+    return 0

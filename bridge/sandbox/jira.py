@@ -33,13 +33,11 @@ import json
 import logging
 import re
 import secrets
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import FrameType
 from typing import Any
 
 from bridge.sandbox.common import (
@@ -48,6 +46,7 @@ from bridge.sandbox.common import (
     LoopbackStandIn,
     RequestRecord,
     Response,
+    serve_until_stopped,
     status_phrase,
 )
 
@@ -2000,33 +1999,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         api_token=args.api_token,
         personal_access_token=args.personal_access_token,
     ).start()
-    stopping = threading.Event()
-
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    # The banner is inside the try: with unbuffered output a reader can see the URL and press
-    # Ctrl-C before the banner is complete, and that must still stop cleanly.
-    try:
-        # The sandbox credentials are printed on purpose: they are the stand-in's own, for local use.
-        print(f"Jira stand-in ({args.deployment}): {standin.url}")
-        if standin.cloud:
-            print(f"  basic auth:   {args.email} / {args.api_token}  (API token)")
-        else:
-            print(f"  bearer token: {args.personal_access_token}  (personal access token)")
-        search = "POST /rest/api/3/search/jql" if standin.cloud else "GET /rest/api/2/search"
-        print(f"  project:      OPS (Incident, Task); search: {search}")
-        print("Press Ctrl-C to stop.", flush=True)
-        while not stopping.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        standin.stop()
-    print("stopped", flush=True)
-    return 0
-
+    if standin.cloud:
+        credentials = f"  basic auth:   {args.email} / {args.api_token}  (API token)"
+    else:
+        credentials = f"  bearer token: {args.personal_access_token}  (personal access token)"
+    search = "POST /rest/api/3/search/jql" if standin.cloud else "GET /rest/api/2/search"
+    # The sandbox credentials are printed on purpose: they are the stand-in's own, for local use.
+    return serve_until_stopped(
+        standin,
+        [
+            f"Jira stand-in ({args.deployment}): {standin.url}",
+            credentials,
+            f"  project:      OPS (Incident, Task); search: {search}",
+        ],
+    )
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -21,13 +21,11 @@ import json
 import logging
 import re
 import secrets
-import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from types import FrameType
 from typing import Any
 from urllib.parse import parse_qs, quote
 
@@ -39,6 +37,7 @@ from bridge.sandbox.common import (
     RequestRecord,
     Response,
     json_or_none,
+    serve_until_stopped,
     status_phrase,
 )
 from bridge.sandbox.snow_query import EncodedQuery, parse_query
@@ -996,28 +995,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         client_id=args.client_id,
         client_secret=args.client_secret,
     ).start()
-    stopping = threading.Event()
-
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        # Printed inside the try: a Ctrl-C that comes while these lines go out still stops cleanly.
-        # The sandbox credentials are printed on purpose: they are the stand-in's own, for local use.
-        print(f"ServiceNow stand-in: {standin.url}")
-        print(f"  basic auth:   {args.username} / {args.password}")
-        print(f"  OAuth client: {args.client_id} / {args.client_secret}  (POST {standin.url}/oauth_token.do)")
-        print("Press Ctrl-C to stop.", flush=True)
-        while not stopping.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        standin.stop()
-    print("stopped", flush=True)
-    return 0
-
+    # The sandbox credentials are printed on purpose: they are the stand-in's own, for local use.
+    return serve_until_stopped(
+        standin,
+        [
+            f"ServiceNow stand-in: {standin.url}",
+            f"  basic auth:   {args.username} / {args.password}",
+            f"  OAuth client: {args.client_id} / {args.client_secret}  (POST {standin.url}/oauth_token.do)",
+        ],
+    )
 
 if __name__ == "__main__":
     raise SystemExit(main())
