@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .state.stats import outbox_state
 
 __all__ = ["main"]
 
@@ -367,22 +368,12 @@ def _cmd_outbox(args: argparse.Namespace) -> int:
         runtime.reconciler.store.close()
 
 
-def _outbox_state(record: Any) -> str:
-    if record.dead is not None:
-        return "dead"
-    if record.held:
-        return "held"
-    if record.due is not None:
-        return "pending"
-    return "done"
-
-
 def _outbox_list(runtime: Any, *, show_all: bool) -> int:
     now = time.time()
     rows = [["key", "state", "attempts", "next attempt", "failing for", "alertId", "why"]]
     counts: dict[str, int] = {}
     for record in sorted(runtime.reconciler.store.records(), key=lambda r: r.updated_at):
-        state = _outbox_state(record)
+        state = outbox_state(record)
         counts[state] = counts.get(state, 0) + 1
         if state == "done" and not show_all:
             continue
@@ -419,7 +410,7 @@ def _ago(seconds: float, *, future: bool = False) -> str:
 def _outbox_replay(runtime: Any, key: str | None, *, replay_all: bool) -> int:
     reconciler = runtime.reconciler
     if replay_all:
-        keys = [r.key for r in reconciler.store.records() if _outbox_state(r) != "done"]
+        keys = [r.key for r in reconciler.store.records() if outbox_state(r) != "done"]
     elif key:
         keys = [key.strip().lower()]
     else:
@@ -433,7 +424,7 @@ def _outbox_replay(runtime: Any, key: str | None, *, replay_all: bool) -> int:
             continue
         result = reconciler.run(k)
         record = result.record
-        state = _outbox_state(record) if record is not None else "gone"
+        state = outbox_state(record) if record is not None else "gone"
         item = (record.item or {}).get("number") if record is not None and record.item else None
         detail = f" ({result.error})" if result.error is not None else ""
         print(f"{k}: {state}{' ' + item if item else ''}{detail}")
