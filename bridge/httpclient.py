@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import email.utils
 import math
+import os
 import re
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import requests
+from requests.adapters import HTTPAdapter
 from urllib3.exceptions import NewConnectionError
 
 from . import __version__
@@ -39,9 +42,62 @@ _SECRET_PARAM = re.compile(
 )
 
 
+# Connections kept per host: as many as the local server serves at once (bridge.server caps it at
+# 64), so a storm of concurrent alerts reuses connections instead of discarding them
+# ("connection pool is full") and opening new TCP + TLS connections for each.
+POOL_SIZE = 64
+# Origins whose environment settings a session remembers (the bridge talks to two or three).
+_MAX_ORIGINS = 32
+
+
+class _Session(requests.Session):
+    """A ``requests.Session`` that reads the environment's proxy and CA settings once per origin.
+
+    With ``trust_env`` a stock session re-reads every environment variable (proxies, ``NO_PROXY``)
+    and ``~/.netrc`` on each request; a Function app carries hundreds of settings, which made that
+    the largest part of the bridge's own time per ITSM call. The settings are read when the
+    process starts anyway, so they are taken once per origin here, with the same meaning
+    (``HTTPS_PROXY``/``NO_PROXY``, ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``). ``.netrc`` is not
+    consulted: the bridge's credentials come from its settings only.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trust_env = False
+        self._origins: dict[str, tuple[dict[str, str], str | None]] = {}
+
+    def merge_environment_settings(
+        self, url: str | bytes | None, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> Any:
+        text = url.decode("utf-8", "replace") if isinstance(url, bytes) else (url or "")
+        env_proxies, ca_bundle = self._environment(text)
+        merged = dict(proxies or {})
+        for scheme, proxy in env_proxies.items():
+            merged.setdefault(scheme, proxy)
+        if ca_bundle and (verify is True or verify is None):
+            verify = ca_bundle
+        return super().merge_environment_settings(url, merged, stream, verify, cert)
+
+    def _environment(self, url: str) -> tuple[dict[str, str], str | None]:
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        found = self._origins.get(origin)
+        if found is None:
+            proxies = dict(requests.utils.get_environ_proxies(url))
+            ca_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            found = (proxies, ca_bundle)
+            if len(self._origins) >= _MAX_ORIGINS:
+                self._origins.clear()
+            self._origins[origin] = found
+        return found
+
+
 def new_session(user_agent_suffix: str = "") -> requests.Session:
     """A session that identifies the bridge and asks for JSON; reuse it for connection pooling."""
-    session = requests.Session()
+    session = _Session()
+    pooled = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE)
+    session.mount("https://", pooled)
+    session.mount("http://", pooled)
     agent = USER_AGENT if not user_agent_suffix else f"{USER_AGENT} {user_agent_suffix}"
     session.headers.update({"User-Agent": agent, "Accept": "application/json"})
     return session
