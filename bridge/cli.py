@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .logs import Level, configure, level_for
 from .state.stats import outbox_state
 
 __all__ = ["main"]
@@ -84,7 +85,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         except (OSError, OverflowError) as exc:
             return _failed(f"serve: cannot listen on {args.host}:{args.port}: {_os_reason(exc)}")
         try:
-            front.api, runtime, bad_setting = _api_like_the_function(env)
+            front.api, runtime, bad_setting = _api_like_the_function(env, json_logs=args.log_format == "json")
         finally:
             server = listening.start()  # stop() needs it started, even when interrupted here
         # The outbox worker drives what the HTTP answers left queued (202), in this process.
@@ -148,11 +149,11 @@ def _os_reason(exc: BaseException) -> str:
     return str(reason)
 
 
-def _api_like_the_function(env: Mapping[str, str]) -> tuple[Any, Any, str]:
+def _api_like_the_function(env: Mapping[str, str], *, json_logs: bool = False) -> tuple[Any, Any, str]:
     """The API and runtime from ``env``, and the bad setting's name ("" when none); with bad
     settings, what the Function serves then: an API answering 503 (alerts) and 503
     ``misconfigured`` naming the setting (health), and no runtime. The reason goes to stderr
-    once, as the Function logs it."""
+    once, as the Function logs it (a log record with ``json_logs``: stderr stays all JSON)."""
     from .api import UnavailableApi
     from .errors import ConfigError
     from .runtime import build_runtime
@@ -160,20 +161,26 @@ def _api_like_the_function(env: Mapping[str, str]) -> tuple[Any, Any, str]:
     try:
         runtime = build_runtime(env)
     except ConfigError as exc:
-        print(
+        _say_on_stderr(
             f"invalid settings: {exc} (alerts get 503 until fixed; python -m bridge check-config says why)",
-            file=sys.stderr,
-            flush=True,
+            json_logs,
         )
         return UnavailableApi(exc.setting, str(exc)), None, exc.setting
     except Exception as exc:
         # As the Function: never a 500 (Azure Monitor would not retry it), 503 instead. Only the
         # type: a message might quote a setting's value (a connection string, say).
         logger.debug("the bridge could not start", exc_info=True)
-        print(f"the bridge could not start: {type(exc).__name__} (alerts get 503; -v shows where)",
-              file=sys.stderr, flush=True)
+        _say_on_stderr(f"the bridge could not start: {type(exc).__name__} (alerts get 503; -v shows where)",
+                       json_logs)
         return UnavailableApi("(start-up)", f"start-up failed: {type(exc).__name__}"), None, "(start-up)"
     return runtime.api, runtime, ""
+
+
+def _say_on_stderr(message: str, json_logs: bool) -> None:
+    if json_logs:
+        logger.error("%s", message)
+    else:
+        print(message, file=sys.stderr, flush=True)
 
 
 def _print_sandbox(stack: Any, url: str, replaced: Sequence[str], written: str | None) -> None:
@@ -442,7 +449,9 @@ def _parser() -> argparse.ArgumentParser:
         "send alerts like an action group, or check the settings.",
     )
     parser.add_argument("--version", action="version", version=__version__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="-v: the bridge's debug logging (other libraries still only warn); "
+                        "-vv: everyone's, urllib3 and the Azure SDK included")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="run the whole job on the embedded sandbox and exit",
@@ -457,7 +466,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Serve POST /api/alerts and GET /api/health, the same API as the Function, with the "
         "outbox worker in this process. Settings come from the environment, over the Values of --settings. "
         "Bad settings do not stop it: like the Function it then answers 503 (health: misconfigured, "
-        "naming the setting) and says why on stderr.",
+        "naming the setting) and says why on stderr. Each alert (and each outbox pass) is one line on "
+        "stderr: time, alert or outbox, HTTP status or attempt, action, work item, duration, correlation "
+        "key, alert type, error; -v adds the bridge's debug lines.",
         epilog="With --sandbox every setting still comes from the environment and --settings (MAPPING_FILE, "
         "ALLOWED_SUBSCRIPTION_IDS, timings, ...), except those that point at the stand-ins, which the sandbox "
         "always sets: ITSM_ADAPTER (--itsm), the ITSM's URL and credentials, AUTH_TENANT_ID, AUTH_AUDIENCES, "
@@ -479,6 +490,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="with --sandbox: merge the settings a Function needs to use the stand-ins into the "
                        "Values of this local.settings.json (made when missing) instead of printing them")
     serve.add_argument("--settings", help="a local.settings.json whose Values fill in unset variables")
+    serve.add_argument("--log-format", choices=["text", "json"], default="text",
+                       help="stderr's log lines: text, for a person (default), or json, one object per line "
+                       "(time, level, logger, message and the alert's fields)")
     serve.set_defaults(func=_cmd_serve)
 
     send = sub.add_parser(
@@ -535,15 +549,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "write_settings", None) and not args.sandbox:
         parser.error("--write-settings needs --sandbox (it writes the settings that point at the stand-ins)")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if not args.verbose:
-        # Its "Retrying ... after connection broken" lines would precede every error the CLI reports.
-        logging.getLogger("urllib3").setLevel(logging.ERROR)
+    # serve shows one line per alert; the others print their own results, so only warnings.
+    default: Level = "info" if args.command == "serve" else "warning"
+    restore = configure(level_for(args.verbose, default), getattr(args, "log_format", "text"))
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        restore()
