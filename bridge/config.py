@@ -8,6 +8,12 @@ tested against both. ``Settings.from_env`` turns an environment into one frozen 
 :class:`SettingsErrors`, which lists every one (:meth:`Settings.problems` gives them as a list)
 and whose ``setting`` is the first. Values never appear in messages, and secrets never in
 ``repr``.
+
+App Service hands an app setting's literal ``@Microsoft.KeyVault(...)`` text to the app when it
+cannot resolve the reference. :func:`unresolved_references` finds those; a core setting holding
+one is a bad setting (its text would be taken at face value: an audience, a tenant, a URL), while
+a credential holding one is *tolerated* at start-up: the ITSM refuses it like any wrong
+credential, which the bridge survives by holding the work (see ``bridge.runtime``).
 """
 
 from __future__ import annotations
@@ -36,7 +42,10 @@ __all__ = [
     "Setting",
     "Settings",
     "SettingsErrors",
+    "UnresolvedReference",
     "https_url",
+    "is_key_vault_reference",
+    "unresolved_references",
     "url_problem",
 ]
 
@@ -121,6 +130,61 @@ AZURE_INSTANCE_VARIABLE = "WEBSITE_INSTANCE_ID"
 SETTING_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS)
 SECRET_SETTING_NAMES: frozenset[str] = frozenset(s.name for s in SETTINGS if s.secret)
 _BY_NAME = {s.name: s for s in SETTINGS}
+_ORDER = {s.name: index for index, s in enumerate(SETTINGS)}
+
+# Read beside the declared settings: by the state store (and the Functions host) and by telemetry.
+STORAGE_SETTING_PREFIX = "AzureWebJobsStorage"
+TELEMETRY_SETTING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
+_KEY_VAULT_REFERENCE = "@microsoft.keyvault("
+KEY_VAULT_PROBLEM = (
+    "is an unresolved Key Vault reference: the platform passed the @Microsoft.KeyVault(...) text instead "
+    "of the value it refers to (check that the secret exists and that the app's identity may read it)"
+)
+
+
+def is_key_vault_reference(value: str | None) -> bool:
+    """Whether ``value`` is the text of a Key Vault reference rather than what it refers to."""
+    return value is not None and value.strip().lower().startswith(_KEY_VAULT_REFERENCE)
+
+
+@dataclass(frozen=True)
+class UnresolvedReference:
+    """A setting whose value is an unresolved Key Vault reference (its value is never kept).
+
+    ``tolerated``: the bridge can run with it, degraded. A credential is only refused by the ITSM
+    (the work is held until the reference resolves), and telemetry only goes dark; any other
+    setting's text would be believed, and alerts refused or misrouted, so that one is a bad setting.
+    """
+
+    setting: str
+    tolerated: bool
+
+    def error(self) -> ConfigError:
+        return ConfigError(self.setting, KEY_VAULT_PROBLEM)
+
+
+def unresolved_references(env: Mapping[str, str], declared: Sequence[Setting] = ()) -> list[UnresolvedReference]:
+    """Every setting the bridge reads (the core's, ``declared`` ones such as the adapter's, the
+    ``AzureWebJobsStorage`` connection and telemetry's) whose value is a Key Vault reference."""
+    specs = {spec.name: spec for spec in (*SETTINGS, *declared)}
+    names = [*specs, *sorted(k for k in env if _is_storage_setting(k)), TELEMETRY_SETTING]
+    found: list[UnresolvedReference] = []
+    for name in dict.fromkeys(names):
+        if is_key_vault_reference(env.get(name)):
+            spec = specs.get(name)
+            found.append(UnresolvedReference(name, (spec is not None and spec.secret) or name == TELEMETRY_SETTING))
+    return found
+
+
+def _is_storage_setting(name: str) -> bool:
+    return name == STORAGE_SETTING_PREFIX or name.startswith(STORAGE_SETTING_PREFIX + "__")
+
+
+def _setting_order(problem: ConfigError) -> tuple[int, bool]:
+    """Problems are listed in the order of ``SETTINGS``; the storage connection's after STATE_STORE."""
+    storage = _is_storage_setting(problem.setting)
+    return _ORDER.get("STATE_STORE" if storage else problem.setting, len(_ORDER)), storage
+
 
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 
@@ -316,12 +380,19 @@ class Settings:
     def _read(cls, env: Mapping[str, str]) -> tuple[Settings | None, list[ConfigError]]:
         problems = _Problems()
         check = problems.check
+        # Reported once as what they are, and then read as unset: "must be the tenant's GUID"
+        # would only mislead.
+        refused = [ref for ref in unresolved_references(env) if not ref.tolerated]
+        problems.found.extend(ref.error() for ref in refused)
+        unresolved = frozenset(ref.setting for ref in refused)
 
         def get(name: str) -> str | None:
-            raw = env.get(name)
+            raw = env.get(name) if name not in unresolved else None
             value = raw.strip() if raw is not None else ""
             if value:
                 return value
+            if name in unresolved:
+                return _BY_NAME[name].default
             spec = _BY_NAME[name]
             if spec.required:
                 problems.add(name, "is required")
@@ -367,7 +438,8 @@ class Settings:
         mapping = check(lambda: load_mapping(get("MAPPING_FILE")), None)
 
         in_azure = bool((env.get(AZURE_INSTANCE_VARIABLE) or "").strip())
-        store = (env.get("STATE_STORE") or "").strip().lower() or ("azure" if in_azure else "sqlite")
+        raw_store = "" if "STATE_STORE" in unresolved else env.get("STATE_STORE") or ""
+        store = raw_store.strip().lower() or ("azure" if in_azure else "sqlite")
         storage: AzureConnection | None = None
         if store not in ("sqlite", "azure"):
             problems.add("STATE_STORE", "must be sqlite or azure")
@@ -377,7 +449,7 @@ class Settings:
                 "sqlite keeps state on one machine and cannot be used in Azure, where instances come and "
                 "go; use azure",
             )
-        elif store == "azure":
+        elif store == "azure" and not any(_is_storage_setting(name) for name in unresolved):
             # Only the azure backend reads the connection: a SQLite setup never fails over it.
             before = len(problems.found)
             storage = check(lambda: AzureConnection.from_env(env), None)
@@ -401,7 +473,7 @@ class Settings:
         retention = number("STATE_RETENTION_DAYS", most=3650)
 
         if problems.found:
-            return None, problems.found
+            return None, sorted(problems.found, key=_setting_order)
         assert tenant_id is not None and mapping is not None
         return cls(
             tenant_id=tenant_id.lower(),

@@ -16,10 +16,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from .adapters import build_adapter
+from .adapters.registry import settings_of
 from .api import BridgeApi, UnavailableApi
 from .auth import TokenVerifier
 from .cmdb import CmdbBinder
-from .config import Settings
+from .config import Settings, SettingsErrors, UnresolvedReference, unresolved_references
 from .errors import ConfigError
 from .httpclient import new_session
 from .reconcile import Reconciler, Timing
@@ -56,6 +57,7 @@ def build_runtime(env: Mapping[str, str], *, sleep: Callable[[float], None] = ti
     ``sleep`` is what retry back-off waits with (tests record the waits instead).
     """
     settings = Settings.from_env(env)
+    _tolerated_references(settings)
     adapter = build_adapter(settings, new_session())
     cmdb = (
         CmdbBinder(adapter, ttl_seconds=settings.cmdb_cache_seconds) if settings.cmdb_lookup else None
@@ -78,13 +80,44 @@ def build_runtime(env: Mapping[str, str], *, sleep: Callable[[float], None] = ti
 
 def validate(env: Mapping[str, str]) -> Settings:
     """What ``check-config`` checks: the settings, and every client built from them (no network
-    call, and no state file created). Raises ConfigError naming the setting."""
+    call, and no state file created). Raises ConfigError naming the setting; an unresolved Key
+    Vault reference is refused here even where the running bridge tolerates it."""
     settings = Settings.from_env(env)
+    _raise_all([ref.error() for ref in unresolved_references(env, settings_of(settings.itsm_adapter))])
     build_adapter(settings, new_session()).close()
     TokenVerifier(settings, new_session())
     if settings.state_store == "azure":
         build_store(settings).close()  # the SDK clients parse the connection; nothing is sent
     return settings
+
+
+def _tolerated_references(settings: Settings) -> list[UnresolvedReference]:
+    """The unresolved Key Vault references the bridge starts with, logged; ConfigError for the rest.
+
+    A credential holding the reference text is tolerated on purpose: refusing to start would answer
+    503 to every alert, and Azure Monitor stops retrying after about a minute (the alerts are lost).
+    Started, the bridge records each alert durably and holds it (202) while the ITSM refuses the
+    text as a credential, health says degraded naming the setting, and the held work goes out once
+    the reference resolves. Any other setting's text would be believed (an audience, a URL), so
+    those are bad settings like any other.
+    """
+    found = unresolved_references(settings.env, settings_of(settings.itsm_adapter))
+    _raise_all([ref.error() for ref in found if not ref.tolerated])
+    for ref in found:
+        logger.critical(
+            "%s holds an unresolved Key Vault reference (the @Microsoft.KeyVault(...) text, not the value); "
+            "the bridge runs degraded until it resolves: check the secret exists and the app's identity may "
+            "read it",
+            ref.setting,
+        )
+    return found
+
+
+def _raise_all(problems: list[ConfigError]) -> None:
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise SettingsErrors(problems)
 
 
 def build_api(env: Mapping[str, str], *, sleep: Callable[[float], None] = time.sleep) -> BridgeApi:

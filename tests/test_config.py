@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from bridge.adapters.registry import BUILTIN, settings_of
-from bridge.config import AZURE_MONITOR_APP_ID, SETTING_NAMES, Settings, SettingsErrors
+from bridge.config import (
+    AZURE_MONITOR_APP_ID,
+    SETTING_NAMES,
+    Settings,
+    SettingsErrors,
+    is_key_vault_reference,
+    unresolved_references,
+)
 from bridge.config import SETTINGS as SETTINGS_OF_CORE
 from bridge.errors import ConfigError
 from bridge.runtime import validate
@@ -443,3 +450,98 @@ def test_the_openid_default_shown_is_entra_ids_discovery_document() -> None:
     assert spec["ALLOWED_SUBSCRIPTION_IDS"].shown_default == "any"
     assert spec["ITSM_ADAPTER"].shown_default == "servicenow"
     assert spec["AUTH_REQUIRED_ROLE"].shown_default == "none"
+
+
+# --- unresolved Key Vault references ------------------------------------------------------------
+
+KV = "@Microsoft.KeyVault(SecretUri=https://kv-bridge.vault.azure.net/secrets/s/)"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (KV, True),
+        ("  @microsoft.keyvault(VaultName=kv-bridge;SecretName=s)\n", True),
+        ("@MICROSOFT.KEYVAULT(x)", True),
+        ("@Microsoft.KeyVault", False),  # not the reference syntax
+        ("p@Microsoft.KeyVault(x)", False),  # a password that merely contains it
+        ("", False),
+        (None, False),
+    ],
+)
+def test_a_key_vault_reference_is_recognised_case_insensitively_after_stripping(
+    value: str | None, expected: bool
+) -> None:
+    assert is_key_vault_reference(value) is expected
+
+
+def test_unresolved_references_cover_core_adapter_storage_and_telemetry_settings() -> None:
+    env = {
+        **GOOD,
+        "AUTH_AUDIENCES": KV,
+        "SERVICENOW_PASSWORD": KV,
+        "SERVICENOW_INSTANCE_URL": KV,
+        "AzureWebJobsStorage__accountName": KV,
+        "APPLICATIONINSIGHTS_CONNECTION_STRING": KV,
+        "SOMETHING_ELSE": KV,  # not read by the bridge
+    }
+
+    found = unresolved_references(env, settings_of("servicenow"))
+
+    assert [(ref.setting, ref.tolerated) for ref in found] == [
+        ("AUTH_AUDIENCES", False),
+        ("SERVICENOW_INSTANCE_URL", False),
+        ("SERVICENOW_PASSWORD", True),  # a credential: the ITSM refuses it, the work is held
+        ("AzureWebJobsStorage__accountName", False),
+        ("APPLICATIONINSIGHTS_CONNECTION_STRING", True),  # telemetry only
+    ]
+    assert unresolved_references(GOOD, settings_of("servicenow")) == []
+
+
+def test_a_core_setting_holding_a_reference_is_reported_as_one_not_as_malformed() -> None:
+    env = {**GOOD, "AUTH_TENANT_ID": KV, "ITSM_RETRY_ATTEMPTS": "0", "STATE_STORE": KV,
+           "STATE_TABLE_NAME": KV}
+
+    problems = Settings.problems(env)
+
+    assert [p.setting for p in problems] == ["AUTH_TENANT_ID", "ITSM_RETRY_ATTEMPTS", "STATE_STORE", "STATE_TABLE_NAME"]
+    kv = [str(p) for p in problems if p.setting != "ITSM_RETRY_ATTEMPTS"]
+    assert all(": is an unresolved Key Vault reference: " in text for text in kv)
+    assert all("kv-bridge" not in str(p) and "SecretUri" not in str(p) for p in problems)
+
+
+def test_a_storage_reference_is_reported_after_state_store_and_not_parsed() -> None:
+    env = {**GOOD, "STATE_STORE": "azure", "AzureWebJobsStorage": KV, "OUTBOX_QUEUE_NAME": "Bad"}
+
+    problems = Settings.problems(env)
+
+    assert [p.setting for p in problems] == ["AzureWebJobsStorage", "OUTBOX_QUEUE_NAME"]
+    assert "unresolved Key Vault reference" in str(problems[0])
+
+
+def test_a_credential_reference_passes_the_settings_but_not_check_config() -> None:
+    env = {**GOOD, "SERVICENOW_PASSWORD": KV}
+
+    assert Settings.problems(env) == []  # the running bridge tolerates it (degraded, work held)
+    with pytest.raises(ConfigError) as raised:
+        validate(env)  # check-config refuses it
+    assert raised.value.setting == "SERVICENOW_PASSWORD"
+    assert "kv-bridge" not in str(raised.value)
+
+
+def test_check_config_lists_every_unresolved_reference() -> None:
+    env = {**GOOD, "SERVICENOW_PASSWORD": KV, "SERVICENOW_USERNAME": KV, "APPLICATIONINSIGHTS_CONNECTION_STRING": KV}
+
+    with pytest.raises(SettingsErrors) as raised:
+        validate(env)
+
+    assert [p.setting for p in raised.value.problems] == [
+        "SERVICENOW_USERNAME", "SERVICENOW_PASSWORD", "APPLICATIONINSIGHTS_CONNECTION_STRING",
+    ]
+
+
+def test_an_adapter_setting_holding_a_reference_is_named_as_one() -> None:
+    with pytest.raises(ConfigError) as raised:
+        validate({**GOOD, "SERVICENOW_INSTANCE_URL": KV})
+    assert raised.value.setting == "SERVICENOW_INSTANCE_URL"
+    assert "unresolved Key Vault reference" in str(raised.value)  # not "must be an https:// URL"
