@@ -25,8 +25,9 @@ get_api()
 
 
 def _serve(req: func.HttpRequest, path: str) -> func.HttpResponse:
-    # The route, not req.url, names the operation: a custom routePrefix must not break it.
-    request = ApiRequest.of(req.method, path, dict(req.headers), req.get_body())
+    # The route, not req.url, names the operation: a custom routePrefix must not break it. The
+    # query is what the host parsed (health's ?deep=1).
+    request = ApiRequest.of(req.method, path, dict(req.headers), req.get_body(), dict(req.params))
     response: ApiResponse = get_api().handle(request)
     return func.HttpResponse(
         body=response.body_bytes(),

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 from . import __version__
 from .alerts import Alert, parse_alert
@@ -31,6 +32,7 @@ from .errors import (
     PayloadError,
     PayloadTooLarge,
 )
+from .health import HealthChecks
 from .reconcile import Action, Delivery, Reconciler
 from .state.base import StateUnavailable
 
@@ -49,13 +51,26 @@ DEFAULT_RETRY_AFTER_SECONDS = 30
 @dataclass(frozen=True)
 class ApiRequest:
     method: str
-    path: str
+    path: str  # without the query
     headers: Mapping[str, str]  # keys lower-cased by :meth:`of`
     body: bytes
+    query: Mapping[str, str] = field(default_factory=dict)  # the last value of each name
 
     @classmethod
-    def of(cls, method: str, path: str, headers: Mapping[str, str], body: bytes) -> ApiRequest:
-        return cls(method.upper(), path, {k.lower(): v for k, v in headers.items()}, body)
+    def of(
+        cls,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        query: Mapping[str, str] | None = None,
+    ) -> ApiRequest:
+        """``path`` may carry a query string (the local server's request target); ``query`` is
+        what the Functions host parsed (``req.params``), and wins over it."""
+        path, _, text = path.partition("?")
+        parsed = dict(parse_qsl(text, keep_blank_values=True))
+        parsed.update(query or {})
+        return cls(method.upper(), path, {k.lower(): v for k, v in headers.items()}, body, parsed)
 
 
 @dataclass(frozen=True)
@@ -111,20 +126,36 @@ class BridgeApi(_Routed):
         *,
         adapter_name: str,
         clock: Callable[[], float] = time.monotonic,
+        health: HealthChecks | None = None,
     ) -> None:
         self._settings = settings
         self._verifier = verifier
         self._reconciler = reconciler
         self._adapter_name = adapter_name
         self._clock = clock
+        self._health = health if health is not None else HealthChecks(settings, verifier, reconciler)
 
     def health(self, request: ApiRequest) -> ApiResponse:
         body: dict[str, Any] = {"status": "ok", "version": __version__, "adapter": self._adapter_name}
+        if _deep(request):
+            # 200 either way, as plain health answers degraded: the body says what is wrong.
+            report = self._health.run()
+            if not report.ok:
+                body["status"] = "degraded"
+                body["reason"] = report.summary
+            body["checks"] = report.as_json()
+            return ApiResponse(200, body)
+        reasons = []
         refused = self._reconciler.credential_status()
         if refused is not None:
             # Work is held (never lost) until the credential works again; say so, never a value.
+            reasons.append(f"the ITSM refuses the bridge's credential; alerts are held: {refused.get('reason', '')}")
+        known = self._health.degraded_reason
+        if known is not None:
+            reasons.append(known)
+        if reasons:
             body["status"] = "degraded"
-            body["reason"] = f"the ITSM refuses the bridge's credential; alerts are held: {refused.get('reason', '')}"
+            body["reason"] = "; ".join(reasons)
         return ApiResponse(200, body)
 
     def alerts(self, request: ApiRequest) -> ApiResponse:
@@ -298,9 +329,14 @@ class UnavailableApi(_Routed):
         return unavailable(f"the bridge is misconfigured ({self._setting}); see its logs")
 
     def health(self, request: ApiRequest) -> ApiResponse:
-        return ApiResponse(
-            503,
-            {"status": "misconfigured", "version": __version__, "setting": self._setting,
-             "message": self._message},
-            {"Retry-After": str(DEFAULT_RETRY_AFTER_SECONDS)},
-        )
+        body: dict[str, Any] = {
+            "status": "misconfigured", "version": __version__, "setting": self._setting, "message": self._message,
+        }
+        if _deep(request):
+            # Nothing else can be checked without good settings; the one check says why.
+            body["checks"] = {"settings": {"state": "failed", "reason": self._message}}
+        return ApiResponse(503, body, {"Retry-After": str(DEFAULT_RETRY_AFTER_SECONDS)})
+
+
+def _deep(request: ApiRequest) -> bool:
+    return request.query.get("deep", "").strip().lower() in ("1", "true", "yes", "on")

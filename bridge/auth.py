@@ -39,9 +39,10 @@ import jwt
 import requests
 
 from .config import Settings, url_problem
+from .deadline import remaining
 from .errors import AuthUnavailable, Forbidden, InvalidToken
 
-__all__ = ["Caller", "TokenVerifier"]
+__all__ = ["Caller", "KeyStatus", "TokenVerifier"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,20 @@ def _fetchable_url(value: object) -> bool:
     return isinstance(value, str) and url_problem(value, allow_query=True) is None
 
 
+@dataclass(frozen=True)
+class KeyStatus:
+    """What the verifier holds of the signing keys, for a deep health check.
+
+    ``keys``: usable keys held now (over every discovery document). ``stale``: some are past their
+    age and serve as last-known-good because refreshing failed. ``problem``: why keys are missing
+    or stale, in the verifier's own short words (never a token or a document's content).
+    """
+
+    keys: int
+    stale: bool = False
+    problem: str | None = None
+
+
 @dataclass
 class _KeySource:
     """One discovery document and the signing keys its ``jwks_uri`` published."""
@@ -91,6 +106,7 @@ class _KeySource:
     fetched_at: float = 0.0
     last_attempt: float | None = None
     last_attempt_failed: bool = False
+    last_error: str | None = None
 
 
 class _Unavailable(Exception):
@@ -145,6 +161,48 @@ class TokenVerifier:
         except (InvalidToken, Forbidden) as exc:
             logger.info("token rejected (%s): %s", exc.status, exc)
             raise
+
+    def ensure_keys(self) -> KeyStatus:
+        """The keys held now; for a discovery document without fresh keys, one fetch first.
+
+        The refresh rate limit applies as to tokens (within the gap, the last attempt's outcome
+        stands), so calling this often costs Entra ID nothing more. Inside a
+        :func:`~bridge.deadline.deadline`, waiting and fetching are cut to what is left.
+        """
+        distinct = list({id(source): (version, source) for version, source in self._sources.items()}.values())
+        held, stale, problems = 0, False, []
+        for version, source in distinct:
+            label = f"v{version} keys: " if len(distinct) > 1 else ""
+            if not self._fresh(source, self._clock()):
+                left = remaining()
+                wait = self._timeout if left is None else max(0.0, left)
+                if not self._lock.acquire(timeout=wait):
+                    problems.append(f"{label}a refresh already under way did not finish in time")
+                    continue
+                try:
+                    now = self._clock()
+                    if not self._fresh(source, now) and self._may_refresh(source, now):
+                        try:
+                            self._refresh(source, now)
+                        except AuthUnavailable:
+                            pass  # the reason is kept in source.last_error
+                finally:
+                    self._lock.release()
+            now = self._clock()
+            if self._fresh(source, now):
+                assert source.keys is not None
+                held += len(source.keys)
+            elif source.keys is not None and self._last_known_good(source, now):
+                held += len(source.keys)
+                stale = True
+                hours = (now - source.fetched_at) / 3600
+                problems.append(
+                    f"{label}keys fetched {hours:.0f} h ago serve as last-known-good; refreshing them failed: "
+                    f"{source.last_error or 'not retried yet'}"
+                )
+            else:
+                problems.append(f"{label}{source.last_error or 'not fetched yet'}")
+        return KeyStatus(held, stale, "; ".join(problems) or None)
 
     # ----------------------------------------------------------------- parsing
 
@@ -320,6 +378,9 @@ class TokenVerifier:
                     raise AuthUnavailable("signing keys could not be re-checked")
             return key
 
+    def _fresh(self, source: _KeySource, now: float) -> bool:
+        return source.keys is not None and now - source.fetched_at < self._max_age
+
     def _last_known_good(self, source: _KeySource, now: float) -> bool:
         """Whether keys past their age may still serve while Entra ID cannot be reached.
 
@@ -339,11 +400,12 @@ class TokenVerifier:
             issuer, keys = self._fetch(source.metadata_url)
         except _Unavailable as exc:
             source.last_attempt_failed = True
+            source.last_error = str(exc)
             logger.warning("signing keys unavailable from %s: %s", source.metadata_url, exc)
             if not self._last_known_good(source, now):
                 raise AuthUnavailable("signing keys unavailable") from None
             return  # keep the current keys: fresh ones, or last-known-good ones within the grace
-        source.last_attempt_failed = False
+        source.last_attempt_failed, source.last_error = False, None
         source.fetched_at, source.issuer, source.keys = now, issuer, keys
         logger.info("loaded %d signing keys from %s", len(keys), source.metadata_url)
 
@@ -370,7 +432,7 @@ class TokenVerifier:
     def _get_json(self, url: str, what: str) -> dict[str, Any]:
         try:
             # No redirects: a redirect could only downgrade where keys come from.
-            response = self._session.get(url, timeout=self._timeout, allow_redirects=False)
+            response = self._session.get(url, timeout=self._http_timeout(what), allow_redirects=False)
         except requests.RequestException as exc:
             raise _Unavailable(f"{what} request failed ({type(exc).__name__})") from None
         if response.status_code != 200:
@@ -382,6 +444,15 @@ class TokenVerifier:
         if not isinstance(body, dict):
             raise _Unavailable(f"{what} is not a JSON object")
         return body
+
+    def _http_timeout(self, what: str) -> float:
+        """The fetch timeout, cut to the enclosing deadline (a health check's budget) if any."""
+        left = remaining()
+        if left is None:
+            return self._timeout
+        if left <= 0:
+            raise _Unavailable(f"{what} not requested: the time budget is spent")
+        return min(self._timeout, left)
 
 
 def _is_number(value: object) -> TypeGuard[int | float]:

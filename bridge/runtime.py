@@ -22,6 +22,7 @@ from .auth import TokenVerifier
 from .cmdb import CmdbBinder
 from .config import Settings, SettingsErrors, UnresolvedReference, unresolved_references
 from .errors import ConfigError
+from .health import HealthChecks
 from .httpclient import new_session
 from .reconcile import Reconciler, Timing
 from .retry import RetryPolicy
@@ -57,7 +58,7 @@ def build_runtime(env: Mapping[str, str], *, sleep: Callable[[float], None] = ti
     ``sleep`` is what retry back-off waits with (tests record the waits instead).
     """
     settings = Settings.from_env(env)
-    _tolerated_references(settings)
+    unresolved = _tolerated_references(settings)
     adapter = build_adapter(settings, new_session())
     cmdb = (
         CmdbBinder(adapter, ttl_seconds=settings.cmdb_cache_seconds) if settings.cmdb_lookup else None
@@ -74,7 +75,8 @@ def build_runtime(env: Mapping[str, str], *, sleep: Callable[[float], None] = ti
         store, adapter, settings.mapping, RetryPolicy.from_settings(settings), cmdb, timing=timing, sleep=sleep
     )
     verifier = TokenVerifier(settings, new_session())
-    api = BridgeApi(settings, verifier, reconciler, adapter_name=adapter.name)
+    health = HealthChecks(settings, verifier, reconciler, unresolved=unresolved)
+    api = BridgeApi(settings, verifier, reconciler, adapter_name=adapter.name, health=health)
     return Runtime(api, reconciler, OutboxWorker(reconciler, retention_seconds=settings.retention_seconds))
 
 

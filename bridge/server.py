@@ -141,8 +141,8 @@ class _Handler(BaseHTTPRequestHandler):
             # The framing is unknown from here on: whatever follows must not be read as a request.
             self._write(refused.response, close=True)
             return
-        path = self.path.split("?", 1)[0]
-        request = ApiRequest.of(self.command, path, _joined(self.headers.items()), body)
+        # The whole request target: ApiRequest.of separates the path from the query (?deep=1).
+        request = ApiRequest.of(self.command, self.path, _joined(self.headers.items()), body)
         self._write(self.server.api.handle(request))
 
     # ------------------------------------------------------------------ the body

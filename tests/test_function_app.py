@@ -1109,6 +1109,92 @@ def test_health_reports_version_and_adapter_only(health: Callable[[], func.HttpR
     assert body_of(response) == {"status": "ok", "version": __version__, "adapter": "servicenow"}
 
 
+def deep_health(user_functions: UserFunctions) -> func.HttpResponse:
+    # The host parses the query into params; the route names the operation.
+    response: func.HttpResponse = user_functions["health"](
+        func.HttpRequest(method="GET", url="/api/health?deep=1", params={"deep": "1"}, body=b"")
+    )
+    return response
+
+
+def expect_credential_check(snow: responses.RequestsMock, status: int = 200) -> None:
+    body: dict[str, Any] = {"result": []} if status == 200 else {"error": {"message": "User Not Authenticated"}}
+    snow.get(
+        INCIDENTS, status=status, json=body,
+        match=[matchers.query_param_matcher({"sysparm_limit": "1", "sysparm_fields": "sys_id"})],
+    )
+
+
+def test_deep_health_through_the_function_runs_every_check(user_functions: UserFunctions, install: Any,
+                                                           snow: responses.RequestsMock) -> None:
+    expect_credential_check(snow)
+
+    response = deep_health(user_functions)
+
+    assert response.status_code == 200
+    body = body_of(response)
+    assert body["status"] == "ok"
+    assert {name: check["state"] for name, check in body["checks"].items()} == {
+        "settings": "ok", "key_vault_references": "ok", "signing_keys": "ok", "itsm_credential": "ok",
+        "state_store": "ok", "outbox": "ok",
+    }
+    assert itsm_calls(snow) == [FIND]  # the one cheap authenticated read
+
+
+def test_deep_health_through_the_function_names_a_refused_credential(user_functions: UserFunctions, install: Any,
+                                                                     snow: responses.RequestsMock) -> None:
+    expect_credential_check(snow, 401)
+
+    response = deep_health(user_functions)
+
+    assert response.status_code == 200
+    body = body_of(response)
+    assert body["status"] == "degraded"
+    assert body["reason"] == "failed: itsm_credential"
+    assert body["checks"]["itsm_credential"]["reason"] == (
+        "the ITSM refuses the bridge's credential (ServiceNow, HTTP 401)"
+    )
+    assert PASSWORD not in response.get_body().decode()
+
+
+def test_an_unresolved_password_reference_in_the_function_answers_degraded(
+    user_functions: UserFunctions, install: Any, snow: responses.RequestsMock,
+    health: Callable[[], func.HttpResponse],
+) -> None:
+    reference = "@Microsoft.KeyVault(SecretUri=https://kv-bridge.vault.azure.net/secrets/snow/)"
+    install(SERVICENOW_PASSWORD=reference)
+    expect_credential_check(snow, 401)  # ServiceNow refuses the reference text as a password
+
+    plain, deep = health(), deep_health(user_functions)
+
+    assert plain.status_code == deep.status_code == 200
+    assert body_of(plain)["status"] == "degraded"
+    assert "SERVICENOW_PASSWORD holds an unresolved Key Vault reference" in body_of(plain)["reason"]
+    checks = body_of(deep)["checks"]
+    assert checks["key_vault_references"]["state"] == "failed"
+    assert checks["key_vault_references"]["reason"].startswith("SERVICENOW_PASSWORD holds")
+    assert checks["itsm_credential"]["state"] == "failed"
+    for response in (plain, deep):
+        assert "kv-bridge" not in response.get_body().decode()
+
+
+def test_deep_health_with_bad_settings_answers_503_naming_the_setting(user_functions: UserFunctions,
+                                                                      settings_env: dict[str, str]) -> None:
+    env = {**settings_env, "AUTH_AUDIENCES": "@Microsoft.KeyVault(VaultName=kv-bridge;SecretName=aud)"}
+    runtime.reset()
+    try:
+        runtime.get_api(env)
+        response = deep_health(user_functions)
+    finally:
+        runtime.reset()
+    assert response.status_code == 503
+    body = body_of(response)
+    assert (body["status"], body["setting"]) == ("misconfigured", "AUTH_AUDIENCES")
+    assert body["checks"]["settings"]["state"] == "failed"
+    assert body["checks"]["settings"]["reason"].startswith("AUTH_AUDIENCES: is an unresolved Key Vault reference")
+    assert "kv-bridge" not in response.get_body().decode()
+
+
 def test_bad_settings_answer_503_and_name_the_setting(user_functions: UserFunctions,
                                                       settings_env: dict[str, str]) -> None:
     env = {**settings_env, "SERVICENOW_PASSWORD": ""}

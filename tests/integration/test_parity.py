@@ -14,6 +14,7 @@ import json
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 import azure.functions as func
 import pytest
@@ -67,21 +68,28 @@ class FrontDoors:
     user_functions: UserFunctions
     bridge: LocalBridge
 
-    def function(self, method: str, route: str, headers: Mapping[str, str], body: bytes) -> Answer:
-        request = func.HttpRequest(method=method, url=f"/api/{route}", headers=dict(headers), body=body)
+    def function(self, method: str, route: str, headers: Mapping[str, str], body: bytes,
+                 params: Mapping[str, str] | None = None) -> Answer:
+        # As the host hands it over: the URL with its query, and the query parsed into params.
+        query = f"?{urlencode(params)}" if params else ""
+        request = func.HttpRequest(method=method, url=f"/api/{route}{query}", headers=dict(headers), body=body,
+                                   params=dict(params or {}))
         response: func.HttpResponse = self.user_functions[route](request)
         return Answer(response.status_code, json.loads(response.get_body()), _api_headers(response.headers))
 
-    def server(self, method: str, route: str, headers: Mapping[str, str], body: bytes) -> Answer:
+    def server(self, method: str, route: str, headers: Mapping[str, str], body: bytes,
+               params: Mapping[str, str] | None = None) -> Answer:
         response = self.bridge.http.request(
-            method, f"{self.bridge.url}/api/{route}", headers=dict(headers), data=body,
+            method, f"{self.bridge.url}/api/{route}", headers=dict(headers), data=body, params=params,
             timeout=CLIENT_TIMEOUT_SECONDS,
         )
         assert response.headers["Content-Type"].startswith("application/json")
         return Answer(response.status_code, response.json(), _api_headers(response.headers))
 
-    def both(self, method: str, route: str, headers: Mapping[str, str], body: bytes) -> tuple[Answer, Answer]:
-        return self.function(method, route, headers, body), self.server(method, route, headers, body)
+    def both(self, method: str, route: str, headers: Mapping[str, str], body: bytes,
+             params: Mapping[str, str] | None = None) -> tuple[Answer, Answer]:
+        return (self.function(method, route, headers, body, params),
+                self.server(method, route, headers, body, params))
 
 
 @pytest.fixture
@@ -182,6 +190,44 @@ def test_same_health_answer(doors: Callable[..., FrontDoors]) -> None:
 
     assert via_function == via_server
     assert via_server == Answer(200, {"status": "ok", "version": __version__, "adapter": "servicenow"}, {})
+
+
+DEEP = {"deep": "1"}
+
+
+def timeless(answer: Answer) -> Answer:
+    """The deep health answer without each check's duration (the one thing that may differ)."""
+    body = json.loads(json.dumps(answer.body))
+    for check in body.get("checks", {}).values():
+        assert isinstance(check.pop("ms", 0), int)
+    return Answer(answer.status, body, answer.headers)
+
+
+def test_same_deep_health_answer(doors: Callable[..., FrontDoors]) -> None:
+    via_function, via_server = doors().both("GET", "health", {}, b"", DEEP)
+
+    assert timeless(via_function) == timeless(via_server)
+    assert via_server.status == 200
+    assert via_server.body["status"] == "ok"
+    assert {name: check["state"] for name, check in via_server.body["checks"].items()} == {
+        "settings": "ok", "key_vault_references": "ok", "signing_keys": "ok", "itsm_credential": "ok",
+        "state_store": "ok", "outbox": "ok",
+    }
+
+
+def test_same_deep_health_while_servicenow_refuses_the_credential(
+    doors: Callable[..., FrontDoors], snow: ServiceNowStandIn
+) -> None:
+    front = doors()
+    snow.faults.status(401, method="POST", path="^/oauth_token.do$",
+                       body={"error": "invalid_client", "error_description": "Client authentication failed"})
+
+    via_function, via_server = front.both("GET", "health", {}, b"", DEEP)
+
+    assert timeless(via_function) == timeless(via_server)
+    assert via_server.body["status"] == "degraded"
+    assert via_server.body["checks"]["itsm_credential"]["state"] == "failed"
+    assert "sandbox-secret" not in json.dumps(via_server.body)
 
 
 def test_same_created_answer_once_the_new_incident_id_is_normalised(
@@ -285,12 +331,17 @@ def test_same_answers_when_the_settings_are_bad(
     installed(broken)
 
     health = front.both("GET", "health", {}, b"")
+    deep = front.both("GET", "health", {}, b"", DEEP)
     alert = front.both("POST", "alerts", alert_headers(sandbox.token()), encoded(load_sample(METRIC)))
 
     assert health[0] == health[1]
     assert health[1].status == 503
     assert health[1].body["setting"] == "SERVICENOW_CLIENT_SECRET"
     assert "sandbox-secret" not in json.dumps(health[1].body)
+    assert deep[0] == deep[1]
+    assert deep[1].status == 503
+    assert deep[1].body == {**health[1].body, "checks": {"settings": {"state": "failed",
+                                                                       "reason": health[1].body["message"]}}}
     assert alert[0] == alert[1]
     assert alert[1].status == 503
     assert alert[1].body["error"]["code"] == "unavailable"
