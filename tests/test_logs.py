@@ -22,10 +22,12 @@ from typing import Any
 
 import pytest
 
+from bridge.api import ApiRequest
 from bridge.cli import _parser, main
 from bridge.logs import EVENT_FIELDS, THIRD_PARTY, JsonFormatter, TextFormatter, configure, level_for
+from bridge.runtime import build_runtime
 from bridge.sandbox.entra import mint_remote
-from bridge.sandbox.stack import SAMPLES_DIR
+from bridge.sandbox.stack import SAMPLES_DIR, SandboxStack
 
 from .integration.test_demo_and_cli import LineReader, bridge_command, child_env, run_bridge
 
@@ -453,3 +455,55 @@ def test_serve_json_with_bad_settings_keeps_stderr_all_json() -> None:
     assert len(documents) == 1, err
     assert documents[0]["level"] == "ERROR" and documents[0]["logger"] == "bridge.cli"
     assert documents[0]["message"].startswith("invalid settings: AUTH_TENANT_ID: ")
+
+
+class Kept(logging.Handler):
+    """Keeps the records it is handed (to format them again, as json)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.mark.integration
+def test_an_alert_the_itsm_could_not_take_reads_queued_then_created_by_the_outbox(tmp_path: Path) -> None:
+    """The real records of the alerts route and of an outbox pass (bridge/api.py, bridge/reconcile.py):
+    ServiceNow answers 503 until the alert is queued, then recovers and one outbox pass creates the
+    incident. What the default level shows, as text; the same records as json."""
+    text, kept = io.StringIO(), Kept()
+    with SandboxStack() as stack:
+        runtime = build_runtime(stack.bridge_env(STATE_SQLITE_PATH=str(tmp_path / "state.sqlite3")),
+                                sleep=lambda _: None)
+        restore = configure("info", "text", text)
+        logging.getLogger().addHandler(kept)
+        try:
+            stack.servicenow.faults.status(503, path=r"^/api/now/table/incident")
+            answer = runtime.api.handle(ApiRequest.of(
+                "POST", "/api/alerts", {"Authorization": f"Bearer {stack.token()}"}, FIRED.read_bytes()))
+            stack.servicenow.faults.clear()
+            # Due now rather than after its back-off (what `outbox replay` does), then one pass.
+            runtime.reconciler.replay(str(answer.body["correlationId"]))
+            runtime.reconciler.run(str(answer.body["correlationId"]))
+        finally:
+            logging.getLogger().removeHandler(kept)
+            restore()
+            runtime.close()
+
+    assert answer.status == 202, answer.body
+    key = answer.body["correlationId"]
+    lines = text.getvalue().splitlines()
+    # The inline retries warn (the ITSM's answer is the reason the alert waits), then the two events.
+    retries, (queued, created) = lines[:-2], lines[-2:]
+    assert retries and all(" WARNING  bridge.retry: " in line and "503" in line for line in retries), lines
+    assert columns(queued)[1:5] == ["alert", "202", "queued", "-"] and columns(queued)[6:8] == [key, "metric"]
+    cells = columns(created)
+    assert cells[1] == "outbox" and re.fullmatch(r"#\d+", cells[2]) and cells[3] == "created", created
+    assert cells[4].startswith("INC") and cells[6:8] == [key, "metric"], created
+    events = [json.loads(JsonFormatter().format(r)) for r in kept.records if hasattr(r, "bridge_event")]
+    assert [(e["bridge_event"], e.get("delivery"), e.get("action")) for e in events] == [
+        ("alert", "queued", None), ("outbox", "processed", "created")]
+    assert events[1]["correlationId"] == key and events[1]["workItem"] == cells[4]
+    assert events[1]["logger"] == "bridge.reconcile" and isinstance(events[1]["attempt"], int)
