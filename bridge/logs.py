@@ -248,10 +248,14 @@ def configure(level: Level = "info", fmt: Format = "text", stream: IO[str] | Non
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     if level == "info":
         handler.addFilter(_events_and_warnings)
+    elif level == "warning":
+        # On the handler, not the bridge logger: telemetry (bridge/otel.py) raises an unset bridge
+        # logger to INFO so that App Insights still gets one record per alert.
+        handler.setLevel(logging.WARNING)
     root.addHandler(handler)
 
     root.setLevel(logging.DEBUG if level == "all" else logging.WARNING)
-    bridge.setLevel({"warning": logging.WARNING, "info": logging.INFO}.get(level, logging.DEBUG))
+    bridge.setLevel({"warning": logging.NOTSET, "info": logging.INFO}.get(level, logging.DEBUG))
     for name, quiet in THIRD_PARTY.items():
         logging.getLogger(name).setLevel(logging.NOTSET if level == "all" else quiet)
 

@@ -507,3 +507,18 @@ def test_an_alert_the_itsm_could_not_take_reads_queued_then_created_by_the_outbo
         ("alert", "queued", None), ("outbox", "processed", "created")]
     assert events[1]["correlationId"] == key and events[1]["workItem"] == cells[4]
     assert events[1]["logger"] == "bridge.reconcile" and isinstance(events[1]["attempt"], int)
+
+
+def test_warning_leaves_the_bridge_logger_unset_so_telemetry_can_still_take_its_info() -> None:
+    stream = io.StringIO()
+    restore = configure("warning", "text", stream)
+    bridge = logging.getLogger("bridge")
+    try:
+        assert bridge.level == logging.NOTSET
+        bridge.setLevel(logging.INFO)  # what bridge/otel.py does to an unset bridge logger
+        logging.getLogger("bridge.api").info("alert", extra={"bridge_event": "alert", "status": 200})
+        logging.getLogger("bridge.api").warning("still shown")
+    finally:
+        restore()
+
+    assert stream.getvalue().endswith("bridge.api: still shown\n") and stream.getvalue().count("\n") == 1
