@@ -10,31 +10,49 @@ templates fails here instead of in Azure. A small evaluator (``deployed_settings
 deployment through the templates, so the app settings a ServiceNow, Jira Cloud, Jira Data Center or
 plugin deployment gets are checked as Azure would compute them.
 
-pycep-parser's JSON shape, in short: identifiers and string literals are both plain strings;
-interpolated strings keep their ``${...}``; expressions are ``{"function": {"type", "parameters"}}``
-or ``{"operator": {"type", "operands"}}``; a conditional resource's body is
-``{"condition": ..., "config": {...}}``; quoted object keys keep their quotes. The checkov side of the
-infra checks is ``.ci/infra-checks.sh``.
+The parsing and the evaluator live in ``tests/infra/bicep.py``; the alerts about the bridge, the
+workbook, always-ready instances and the deployment order in ``test_monitoring.py``. The checkov side
+of the infra checks is ``.ci/infra-checks.sh``.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import yaml
-from pycep import BicepParser
 
 from bridge.adapters.jira import CLOUD, DATACENTER
 from bridge.adapters.registry import BUILTIN, settings_of
 from bridge.config import AZURE_MONITOR_APP_ID
 from bridge.config import SETTINGS as CORE_SETTINGS
+from tests.infra.bicep import (
+    INFRA,
+    INTERPOLATION,
+    ROOT,
+    TEMPLATES,
+    DeployTime,
+    accessor_path,
+    deployment,
+    description,
+    evaluate,
+    main_module,
+    module_config,
+    parse,
+    refs,
+    resources,
+    resources_of_type,
+    secure_params,
+    strings,
+    tainted_names,
+    template,
+    the_resource,
+)
 
 # The templates deploy either built-in adapter (itsmAdapter): the core's settings and the ones each
 # adapter declares. A plugin adapter's settings go through the free-form bridgeSettings parameter.
@@ -44,9 +62,6 @@ SETTINGS = (*CORE_SETTINGS, *(s for name in ADAPTERS for s in ADAPTER_SETTINGS[n
 SETTING_NAMES = frozenset(s.name for s in SETTINGS)
 SECRET_SETTING_NAMES = frozenset(s.name for s in SETTINGS if s.secret)
 
-ROOT = Path(__file__).resolve().parents[2]
-INFRA = ROOT / "infra"
-TEMPLATES = sorted(INFRA.rglob("*.bicep"))
 
 # App settings that are not bridge settings: the Functions host, Application Insights and
 # azure-identity read them. Anything else in the templates must be a bridge setting.
@@ -182,144 +197,6 @@ UNTAGGABLE = frozenset(
     }
 )
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_INTERPOLATION = re.compile(r"\$\{([^}]*)\}")
-
-
-# ---------- parsing helpers ----------
-
-
-@functools.cache
-def _parse(path: Path) -> dict[str, Any]:
-    return cast(dict[str, Any], BicepParser().parse(file_path=path))
-
-
-def template(relative: str) -> dict[str, Any]:
-    return _parse(INFRA / relative)
-
-
-@dataclass(frozen=True)
-class Resource:
-    name: str
-    type: str
-    api_version: str
-    existing: bool
-    condition: Any
-    body: dict[str, Any]
-
-
-def resources(tpl: dict[str, Any]) -> dict[str, Resource]:
-    out = {}
-    for name, raw in (tpl.get("resources") or {}).items():
-        config = raw["config"]
-        condition = None
-        if set(config) == {"condition", "config"}:
-            condition, config = config["condition"], config["config"]
-        out[name] = Resource(name, raw["type"], raw["api_version"], raw["existing"], condition, config)
-    return out
-
-
-def resources_of_type(tpl: dict[str, Any], resource_type: str) -> list[Resource]:
-    return [r for r in resources(tpl).values() if r.type == resource_type and not r.existing]
-
-
-def the_resource(tpl: dict[str, Any], resource_type: str) -> Resource:
-    found = resources_of_type(tpl, resource_type)
-    assert len(found) == 1, f"expected one {resource_type}, found {[r.name for r in found]}"
-    return found[0]
-
-
-def refs(node: Any, *, skip_empty_checks: bool = False) -> set[str]:
-    """Identifiers an expression reads (the root of each property chain, names inside ``${...}``).
-
-    With ``skip_empty_checks``, arguments of ``empty(...)`` are ignored: testing whether a secret was
-    given does not let its value flow anywhere.
-    """
-    found: set[str] = set()
-    if isinstance(node, str):
-        if _IDENT.match(node):
-            found.add(node)
-        for inner in _INTERPOLATION.findall(node):
-            found.update(re.findall(r"(?<![.\w])[A-Za-z_]\w*", inner))
-    elif isinstance(node, list):
-        for item in node:
-            found |= refs(item, skip_empty_checks=skip_empty_checks)
-    elif isinstance(node, dict):
-        if "operator" in node and isinstance(node["operator"], dict) and "operands" in node["operator"]:
-            op = node["operator"]
-            operands = op["operands"]
-            if op["type"] in ("property_accessor", "index_accessor"):
-                found |= refs(operands["operand_1"], skip_empty_checks=skip_empty_checks)
-                if op["type"] == "index_accessor" or not isinstance(operands["operand_2"], str):
-                    found |= _accessor_tail_refs(operands["operand_2"], skip_empty_checks)
-            else:
-                for value in operands.values():
-                    found |= refs(value, skip_empty_checks=skip_empty_checks)
-        elif "function" in node and isinstance(node["function"], dict) and "type" in node["function"]:
-            if skip_empty_checks and node["function"]["type"] == "empty":
-                return found
-            for value in (node["function"].get("parameters") or {}).values():
-                found |= refs(value, skip_empty_checks=skip_empty_checks)
-        else:
-            for value in node.values():
-                found |= refs(value, skip_empty_checks=skip_empty_checks)
-    return found
-
-
-def _accessor_tail_refs(node: Any, skip_empty_checks: bool) -> set[str]:
-    # The tail of a.b[c].d: property names are not references, index expressions are.
-    if isinstance(node, dict) and "operator" in node and node["operator"]["type"] == "index_accessor":
-        return refs(node["operator"]["operands"]["operand_2"], skip_empty_checks=skip_empty_checks)
-    if isinstance(node, dict) and "operator" in node and node["operator"]["type"] == "property_accessor":
-        return _accessor_tail_refs(node["operator"]["operands"]["operand_2"], skip_empty_checks)
-    return set()
-
-
-def accessor_path(node: Any) -> str:
-    """``a.b.c`` for a property-accessor chain (or the plain identifier)."""
-    if isinstance(node, str):
-        return node
-    if isinstance(node, dict) and "operator" in node and node["operator"]["type"] == "property_accessor":
-        operands = node["operator"]["operands"]
-        return f"{accessor_path(operands['operand_1'])}.{accessor_path(operands['operand_2'])}"
-    if isinstance(node, dict) and "function" in node:
-        return f"{node['function']['type']}()"
-    raise AssertionError(f"not a property chain: {node!r}")
-
-
-def secure_params(tpl: dict[str, Any]) -> set[str]:
-    return {
-        name
-        for name, spec in (tpl.get("parameters") or {}).items()
-        if any(d["type"] == "secure" for d in spec["decorators"])
-    }
-
-
-def tainted_names(tpl: dict[str, Any]) -> set[str]:
-    """Secure parameters plus every variable whose value (transitively) reads one."""
-    tainted = secure_params(tpl)
-    variables = tpl.get("variables") or {}
-    changed = True
-    while changed:
-        changed = False
-        for name, spec in variables.items():
-            if name not in tainted and refs(spec["value"]) & tainted:
-                tainted.add(name)
-                changed = True
-    return tainted
-
-
-def strings(node: Any) -> Iterator[str]:
-    if isinstance(node, str):
-        yield node
-    elif isinstance(node, list):
-        for item in node:
-            yield from strings(item)
-    elif isinstance(node, dict):
-        for key, value in node.items():
-            yield str(key)
-            yield from strings(value)
-
 
 @dataclass(frozen=True)
 class AppSetting:
@@ -371,179 +248,6 @@ def app_settings() -> AppSettings:
     return AppSettings(found, tuple(passthrough), order)
 
 
-def main_module(name: str) -> dict[str, Any]:
-    module: dict[str, Any] = template("main.bicep")["modules"][name]
-    return module
-
-
-def _description(param: dict[str, Any]) -> str:
-    return " ".join(str(d["argument"]) for d in param["decorators"] if d["type"] == "description")
-
-
-# ---------- playing a deployment through the templates ----------
-
-
-@dataclass(frozen=True)
-class DeployTime:
-    """A value only Azure knows (a resource property, tenant(), uniqueString(), ...); never empty."""
-
-    expression: str
-
-    def __str__(self) -> str:
-        return f"<{self.expression}>"
-
-
-class Scope(Mapping[str, Any]):
-    """One template's parameters and variables as one deployment sees them, computed when read.
-
-    ``given`` holds thunks: a module's parameters are main.bicep expressions, evaluated only when
-    the module reads them.
-    """
-
-    def __init__(self, path: Path, given: Mapping[str, Callable[[], Any]]) -> None:
-        self.path = path
-        self.tpl = _parse(path)
-        self.params: dict[str, Any] = self.tpl.get("parameters") or {}
-        self.variables: dict[str, Any] = self.tpl.get("variables") or {}
-        unknown = set(given) - set(self.params)
-        assert not unknown, f"{path.name} declares no parameter {sorted(unknown)}"
-        self.given = given
-        self._values: dict[str, Any] = {}
-        self._modules: dict[str, Scope] = {}
-
-    def __getitem__(self, name: str) -> Any:
-        if name not in self._values:
-            if name in self.given:
-                value = self.given[name]()
-                for decorator in self.params[name]["decorators"]:
-                    # ARM refuses a value outside @allowed before anything is deployed.
-                    if decorator["type"] == "allowed" and value not in decorator["argument"]:
-                        raise ValueError(f"{self.path.name}: {name}={value!r} is not allowed")
-            elif name in self.params:
-                default = self.params[name]["default"]
-                assert default is not None, f"{self.path.name}: parameter {name} needs a value"
-                value = evaluate(default, self)
-            elif name in self.variables:
-                value = evaluate(self.variables[name]["value"], self)
-            else:
-                raise KeyError(name)
-            self._values[name] = value
-        return self._values[name]
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.given or name in self.params or name in self.variables
-
-    def __iter__(self) -> Iterator[str]:
-        return iter({**self.params, **self.variables})
-
-    def __len__(self) -> int:
-        return len({**self.params, **self.variables})
-
-    def module(self, name: str) -> Scope:
-        if name not in self._modules:
-            module = self.tpl["modules"][name]
-            path = self.path.parent / module["detail"]["path"]
-            thunks = {
-                param: functools.partial(evaluate, node, self) for param, node in module["config"]["params"].items()
-            }
-            self._modules[name] = Scope(path, thunks)
-        return self._modules[name]
-
-
-def _contains_deploy_time(value: Any) -> bool:
-    if isinstance(value, DeployTime):
-        return True
-    if isinstance(value, list):
-        return any(_contains_deploy_time(v) for v in value)
-    if isinstance(value, dict):
-        return any(_contains_deploy_time(v) for v in value.values())
-    return False
-
-
-def _interpolate(expression: str, scope: Scope) -> str:
-    expression = expression.strip()
-    if expression not in scope:
-        return f"<{expression}>"  # a resource property or function: Azure fills it in
-    value = scope[expression]
-    return value if isinstance(value, str) else str(value) if isinstance(value, DeployTime) else json.dumps(value)
-
-
-def _call(function: str, args: list[Any]) -> Any:
-    if function == "union" and all(isinstance(a, dict) for a in args):
-        merged: dict[str, Any] = {}
-        for arg in args:
-            merged.update(arg)  # later arguments win, as in Bicep
-        return merged
-    if function == "concat" and all(isinstance(a, list) for a in args):
-        return [item for arg in args for item in arg]
-    if function == "empty":
-        [value] = args
-        return False if isinstance(value, DeployTime) else value is None or len(value) == 0
-    if any(_contains_deploy_time(a) for a in args):
-        return DeployTime(f"{function}()")
-    if function == "join":
-        items, delimiter = args
-        return str(delimiter).join(items)
-    if function == "to_lower":
-        return str(args[0]).lower()
-    return DeployTime(f"{function}()")
-
-
-def _operate(node: dict[str, Any], scope: Scope) -> Any:
-    kind, operands = node["operator"]["type"], node["operator"]["operands"]
-    if kind == "conditional":
-        condition = evaluate(operands["condition"], scope)
-        assert isinstance(condition, bool), f"condition not known before the deployment: {operands['condition']!r}"
-        return evaluate(operands["true_value"] if condition else operands["false_value"], scope)
-    if kind == "property_accessor":
-        try:
-            path = accessor_path(node)
-        except AssertionError:
-            return DeployTime(kind)
-        module, _, output = path.partition(".outputs.")
-        if output and "modules" in scope.tpl and module in scope.tpl["modules"]:
-            inner = scope.module(module)
-            return evaluate(inner.tpl["outputs"][output]["value"], inner)
-        return DeployTime(path)
-    values = [evaluate(v, scope) for v in operands.values()]
-    if any(isinstance(v, DeployTime) for v in values):
-        return DeployTime(kind)
-    if kind == "not":
-        return not values[0]
-    if kind in ("equals", "not_equals"):
-        return (values[0] == values[1]) == (kind == "equals")
-    if kind in ("equals_case_insensitive", "not_equals_case_insensitive"):
-        same = str(values[0]).lower() == str(values[1]).lower()
-        return same == (kind == "equals_case_insensitive")
-    return DeployTime(kind)
-
-
-def evaluate(node: Any, scope: Scope) -> Any:
-    """The value of a pycep expression in one deployment (what Bicep would compute, as far as the
-    tests need it: string interpolation, union/concat/empty/join/toLower, conditionals, comparisons,
-    module outputs). Anything only Azure knows is a :class:`DeployTime`."""
-    if isinstance(node, str):
-        if node in scope:
-            return scope[node]
-        return _INTERPOLATION.sub(lambda m: _interpolate(m.group(1), scope), node)
-    if isinstance(node, list):
-        return [evaluate(item, scope) for item in node]
-    if isinstance(node, dict):
-        if isinstance(node.get("function"), dict) and "type" in node["function"]:
-            args = [evaluate(a, scope) for a in (node["function"].get("parameters") or {}).values()]
-            return _call(node["function"]["type"], args)
-        if isinstance(node.get("operator"), dict) and "operands" in node["operator"]:
-            return _operate(node, scope)
-        return {key.strip("'"): evaluate(value, scope) for key, value in node.items()}
-    return node  # numbers, booleans, null
-
-
-def deployment(**params: Any) -> Scope:
-    """main.bicep with these parameter values (environmentName and location filled in)."""
-    given = {"environmentName": "itsm-test", "location": "westeurope", **params}
-    return Scope(INFRA / "main.bicep", {name: functools.partial(lambda v: v, value) for name, value in given.items()})
-
-
 def deployed_settings(**params: Any) -> dict[str, Any]:
     """The Function app's app settings a deployment with these main.bicep parameters gets."""
     api = deployment(**params).module("api")
@@ -567,7 +271,7 @@ def deployed_secrets(**params: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: str(p.relative_to(INFRA)))
 def test_every_template_parses(path: Path) -> None:
-    parsed = _parse(path)
+    parsed = parse(path)
     assert parsed.get("resources") or parsed.get("modules"), f"{path} declares nothing"
 
 
@@ -581,12 +285,14 @@ def test_the_expected_templates_exist() -> None:
         "app/monitoring.bicep",
         "app/keyvault.bicep",
         "app/actiongroup.bicep",
+        "app/operator-alerts.bicep",
+        "app/workbook.bicep",
     }
 
 
 def test_every_local_module_path_exists() -> None:
     for path in TEMPLATES:
-        for name, module in (_parse(path).get("modules") or {}).items():
+        for name, module in (parse(path).get("modules") or {}).items():
             assert module["type"] == "local", f"{path}:{name} uses a registry module (needs registry access)"
             assert (path.parent / module["detail"]["path"]).is_file(), f"{path}:{name}"
 
@@ -597,7 +303,7 @@ def test_main_is_subscription_scoped_and_creates_the_resource_group() -> None:
     rg = the_resource(tpl, "Microsoft.Resources/resourceGroups")
     assert refs(rg.body["tags"]) == {"tags"}
     for name, module in tpl["modules"].items():
-        assert module["config"].get("scope") == "rg", f"module {name} is not deployed into the resource group"
+        assert module_config(module)[1].get("scope") == "rg", f"module {name} is not deployed into the resource group"
 
 
 # ---------- secure webhook (action group) ----------
@@ -732,7 +438,7 @@ def test_graph_extension_is_enabled_in_bicepconfig() -> None:
     registry = "br:mcr.microsoft.com/bicep/extensions/microsoftgraph/v1.0:"
     assert config["extensions"]["microsoftGraphV1"].startswith(registry)
     for path in TEMPLATES:
-        parsed = _parse(path)
+        parsed = parse(path)
         uses_graph = any(r.type.startswith("Microsoft.Graph/") for r in resources(parsed).values())
         assert uses_graph == ("microsoftGraphV1" in (parsed.get("extensions") or {})), path
 
@@ -851,7 +557,7 @@ def test_key_vault_uses_rbac_soft_delete_and_purge_protection() -> None:
 def test_secret_settings_are_key_vault_references(setting: str) -> None:
     entry = app_settings().settings[setting]
     assert entry.conditional, f"{setting} must be omitted when its secret is not given"
-    uri_param = _INTERPOLATION.findall(entry.value)
+    uri_param = INTERPOLATION.findall(entry.value)
     assert entry.value == f"@Microsoft.KeyVault(SecretUri=${{{uri_param[0]}}})"
     # main.bicep passes the versionless vault URI only when the matching secret parameter is non-empty.
     passed = main_module("api")["config"]["params"][uri_param[0]]["operator"]
@@ -887,7 +593,7 @@ def test_each_secret_is_created_only_when_given() -> None:
 
 @pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: str(p.relative_to(INFRA)))
 def test_no_secure_parameter_has_a_secret_default(path: Path) -> None:
-    tpl = _parse(path)
+    tpl = parse(path)
     for name in secure_params(tpl):
         # '' means "not used" (basic-only / OAuth-only) and keeps azd from prompting; anything else
         # would put a secret into the template.
@@ -896,7 +602,7 @@ def test_no_secure_parameter_has_a_secret_default(path: Path) -> None:
 
 @pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: str(p.relative_to(INFRA)))
 def test_no_output_reveals_a_secret(path: Path) -> None:
-    tpl = _parse(path)
+    tpl = parse(path)
     tainted = tainted_names(tpl)
     for name, output in (tpl.get("outputs") or {}).items():
         assert not refs(output["value"]) & tainted, f"{path}: output {name} reads a secure parameter"
@@ -913,8 +619,8 @@ def test_secret_values_flow_only_into_secure_module_parameters() -> None:
     main = template("main.bicep")
     tainted = tainted_names(main)
     for name, module in main["modules"].items():
-        target = _parse(INFRA / module["detail"]["path"])
-        for param, value in module["config"]["params"].items():
+        target = parse(INFRA / module["detail"]["path"])
+        for param, value in module_config(module)[1]["params"].items():
             if refs(value, skip_empty_checks=True) & tainted:
                 assert param in secure_params(target), (
                     f"module {name}: {param} receives a secret but is not @secure()"
@@ -949,7 +655,7 @@ def test_an_adapters_required_settings_come_from_parameters_documented_as_requir
         assert spec.name in PROVIDED_WHEN_SET, spec.name
         param = main_params[PARAMS[spec.name]]
         assert param["default"] == "", spec.name
-        assert f"Required when itsmAdapter is {adapter}." in _description(param), spec.name
+        assert f"Required when itsmAdapter is {adapter}." in description(param), spec.name
 
 
 def test_the_templates_deploy_every_built_in_adapter() -> None:
@@ -1023,7 +729,7 @@ def _comparisons(node: Any) -> Iterator[dict[str, Any]]:
 def test_comparisons_in_conditions_are_parenthesized(path: Path) -> None:
     # pycep-parser reads `a == 'x' ? b : c` as `a == ('x' ? b : c)`; Bicep does not. Parenthesized,
     # both agree, and the checks above (and deployed_settings) see what Azure evaluates.
-    for comparison in _comparisons(_parse(path)):
+    for comparison in _comparisons(parse(path)):
         operand = comparison["operands"]["operand_2"]
         assert not (isinstance(operand, dict) and operand.get("operator", {}).get("type") == "conditional"), (
             f"{path.name}: parenthesize the comparison before '?'"
@@ -1161,7 +867,7 @@ def test_itsm_adapter_comes_from_the_itsm_adapter_parameter() -> None:
     assert param["default"] == core.default == "servicenow"
     # No @allowed: a plugin adapter is deployed by its name.
     assert not [d for d in param["decorators"] if d["type"] == "allowed"]
-    assert all(word in _description(param) for word in ("servicenow", "jira", "plugin"))
+    assert all(word in description(param) for word in ("servicenow", "jira", "plugin"))
     assert main_module("api")["config"]["params"]["itsmAdapter"] == "itsmAdapter"
     entry = app_settings().settings["ITSM_ADAPTER"]
     assert entry.value == "itsmAdapter" and not entry.conditional
@@ -1288,7 +994,7 @@ def test_names_derive_from_the_environment_token_with_overrides() -> None:
 
 @pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: str(p.relative_to(INFRA)))
 def test_every_resource_is_tagged(path: Path) -> None:
-    for resource in resources(_parse(path)).values():
+    for resource in resources(parse(path)).values():
         if resource.existing or resource.type in UNTAGGABLE:
             continue
         if (
