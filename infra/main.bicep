@@ -10,9 +10,13 @@
 //                client secret, Jira API token / personal access token)
 //   entra        Entra ID application the secure webhook authenticates to, its app role and the
 //                assignment of that role to Azure Monitor's action-group service principal
-//   api          Flex Consumption plan + Function app + its app settings
-//   rbac         the only Azure roles the identity needs
+//   rbac         the only Azure roles the identity needs, granted before the app exists
+//   api          Flex Consumption plan + Function app + its app settings (after rbac: the app starts
+//                with its storage, Key Vault and telemetry roles in place)
 //   actiongroup  action group with the secure webhook receiver (+ optional example alert rules)
+//   operatorAlerts  alert rules about the bridge itself and the operator action group they notify
+//                (never the bridge's own)
+//   workbook     Application Insights workbook with the bridge's alert lifecycle at a glance
 // Names derive from the environment name and a uniqueString token; every one can be overridden.
 targetScope = 'subscription'
 
@@ -116,6 +120,22 @@ param instanceMemoryMB int = 2048
 @description('Flex Consumption scale-out limit.')
 param maximumInstanceCount int = 40
 
+@minValue(0)
+@maxValue(10)
+@description('Always-ready instances for the HTTP functions (alerts, health). 1 keeps a warm instance for Azure Monitor\'s ~10 s webhook timeout; each is billed around the clock (baseline, no free grant). 0: on demand only.')
+param alwaysReadyInstances int = 0
+
+// ---------- alerts about the bridge itself ----------
+
+@description('Create the alert rules about the bridge itself (failed or slow answers, dead letters, work pending over 10 minutes, credential refused, silent).')
+param deployOperatorAlerts bool = true
+
+@description('Comma list of e-mail addresses an operator action group notifies. Empty (and no operatorActionGroupId): the rules fire without notifying anyone.')
+param operatorEmails string = ''
+
+@description('Resource id of an existing action group the rules notify instead (a team\'s paging or ticketing group); never the bridge\'s own. Wins over operatorEmails.')
+param operatorActionGroupId string = ''
+
 @description('Object ids of further owners of the Entra application (the deploying principal always becomes one).')
 param additionalAppOwnerIds array = []
 
@@ -132,6 +152,9 @@ param functionAppName string = ''
 param actionGroupName string = ''
 @maxLength(12)
 param actionGroupShortName string = 'itsm-bridge'
+param operatorActionGroupName string = ''
+@maxLength(12)
+param operatorActionGroupShortName string = 'itsm-ops'
 param entraAppUniqueName string = ''
 param entraAppDisplayName string = ''
 
@@ -149,6 +172,7 @@ var deploymentContainerName = 'app-package-${take(toLower(appName), 32)}-${take(
 var appUniqueName = !empty(entraAppUniqueName) ? entraAppUniqueName : 'itsm-bridge-${environmentName}-${resourceToken}'
 
 var extraAppIds = empty(additionalAllowedAppIds) ? [] : split(replace(additionalAllowedAppIds, ' ', ''), ',')
+var operatorEmailList = empty(operatorEmails) ? [] : split(replace(operatorEmails, ' ', ''), ',')
 // The comparison is parenthesized because pycep-parser (tests/infra) would otherwise misread the precedence.
 var subscriptionsSetting = empty(allowedSubscriptionIds) ? subscription().subscriptionId : ((allowedSubscriptionIds == '*') ? '' : allowedSubscriptionIds)
 
@@ -234,6 +258,7 @@ module api 'app/api.bicep' = {
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     instanceMemoryMB: instanceMemoryMB
     maximumInstanceCount: maximumInstanceCount
+    alwaysReadyInstances: alwaysReadyInstances
     authAudiences: [
       entra.outputs.appId
       entra.outputs.identifierUri
@@ -257,6 +282,12 @@ module api 'app/api.bicep' = {
     outboxQueueName: outboxQueueName
     bridgeSettings: bridgeSettings
   }
+  // The app starts (and resolves its Key Vault references, opens its storage and sends telemetry) as
+  // soon as it exists: its roles must be granted first. Role assignments can still take a few minutes
+  // to propagate; the host retries meanwhile.
+  dependsOn: [
+    rbac
+  ]
 }
 
 module rbac 'app/rbac.bicep' = {
@@ -295,6 +326,34 @@ module actionGroup 'app/actiongroup.bicep' = {
   ]
 }
 
+// Routed to the operators, never to actionGroup above: an alert that the bridge is failing must not
+// depend on the bridge to be heard.
+module operatorAlerts 'app/operator-alerts.bicep' = if (deployOperatorAlerts) {
+  name: 'operator-alerts'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
+    existingActionGroupId: operatorActionGroupId
+    operatorEmails: operatorEmailList
+    actionGroupName: empty(operatorActionGroupName) ? '${abbrs.insightsActionGroups}itsm-ops-${resourceToken}' : operatorActionGroupName
+    actionGroupShortName: operatorActionGroupShortName
+    rulePrefix: '${abbrs.insightsScheduledQueryRules}itsm-'
+    ruleSuffix: '-${resourceToken}'
+  }
+}
+
+module workbook 'app/workbook.bicep' = {
+  name: 'workbook'
+  scope: rg
+  params: {
+    location: location
+    tags: tags
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
+  }
+}
+
 // ---------- outputs (azd writes them to .azure/<env>/.env; never a secret) ----------
 
 output AZURE_LOCATION string = location
@@ -312,3 +371,7 @@ output AZURE_ACTION_GROUP_ID string = actionGroup.outputs.id
 output AZURE_KEY_VAULT_NAME string = keyvault.outputs.name
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
+output BRIDGE_WORKBOOK_ID string = workbook.outputs.id
+// Empty when the rules notify nobody (or are not deployed). Not named like the OPERATOR_ACTION_GROUP_ID
+// azd variable: azd writes outputs back into the environment, and the next provision would read it.
+output BRIDGE_OPERATOR_ACTION_GROUP_ID string = deployOperatorAlerts ? operatorAlerts.outputs.actionGroupId : ''

@@ -22,6 +22,10 @@ param instanceMemoryMB int = 2048
 @minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 40
+@minValue(0)
+@maxValue(10)
+@description('Always-ready instances for the HTTP functions (the "http" group: alerts and health); 0: none, every instance on demand.')
+param alwaysReadyInstances int = 0
 
 @description('Accepted token audiences: the webhook app\'s client id (v2 tokens) and Application ID URI (v1 tokens).')
 param authAudiences array
@@ -133,6 +137,15 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         instanceMemoryMB: instanceMemoryMB
         maximumInstanceCount: maximumInstanceCount
+        // Azure Monitor waits about 10 s for the webhook; a cold start plus the first signing-key fetch
+        // eats into that. An always-ready instance is billed around the clock (see infra/README.md).
+        // 0 sends an empty list, which also removes an always-ready instance set by an earlier deployment.
+        alwaysReady: (alwaysReadyInstances == 0) ? [] : [
+          {
+            name: 'http'
+            instanceCount: alwaysReadyInstances
+          }
+        ]
       }
       runtime: {
         name: 'python'
