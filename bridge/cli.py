@@ -493,6 +493,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-format", choices=["text", "json"], default="text",
                        help="stderr's log lines: text, for a person (default), or json, one object per line "
                        "(time, level, logger, message and the alert's fields)")
+    # Also after the command, where one reaches for it when serve's lines are not enough.
+    serve.add_argument("-v", "--verbose", dest="serve_verbose", action="count", default=0,
+                       help="-v: the bridge's debug lines too; -vv: every library's (as python -m bridge -v serve)")
     serve.set_defaults(func=_cmd_serve)
 
     send = sub.add_parser(
@@ -551,7 +554,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--write-settings needs --sandbox (it writes the settings that point at the stand-ins)")
     # serve shows one line per alert; the others print their own results, so only warnings.
     default: Level = "info" if args.command == "serve" else "warning"
-    restore = configure(level_for(args.verbose, default), getattr(args, "log_format", "text"))
+    verbosity = args.verbose + getattr(args, "serve_verbose", 0)
+    restore = configure(level_for(verbosity, default), getattr(args, "log_format", "text"))
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

@@ -325,6 +325,8 @@ def test_dash_v_counts_into_a_level() -> None:
     args = _parser().parse_args(["-vv", "serve", "--log-format", "json"])
     assert args.verbose == 2 and args.log_format == "json"
     assert _parser().parse_args(["serve"]).log_format == "text"
+    after = _parser().parse_args(["-v", "serve", "-v"])
+    assert after.verbose + after.serve_verbose == 2
     with pytest.raises(SystemExit):
         _parser().parse_args(["serve", "--log-format", "xml"])
 
@@ -422,7 +424,7 @@ def test_serve_log_format_json_is_one_object_per_line_with_the_alerts_fields() -
 
 @pytest.mark.integration
 def test_serve_dash_v_adds_the_bridges_debug_but_no_urllib3_flood() -> None:
-    answers, lines, token = serve_and_send("-v", "serve")
+    answers, lines, token = serve_and_send("serve", "-v")
 
     assert [a["action"] for a in answers] == ["created", "resolved"]
     assert sum(1 for line in lines if ALERT_LINE.match(line)) == 2
