@@ -14,6 +14,7 @@ import logging
 
 import azure.functions as func
 
+from bridge import telemetry
 from bridge.api import ApiRequest, ApiResponse
 from bridge.runtime import get_api, get_runtime
 
@@ -39,8 +40,13 @@ def _serve(req: func.HttpRequest, path: str) -> func.HttpResponse:
 
 @app.function_name("alerts")
 @app.route(route="alerts", methods=[func.HttpMethod.POST], auth_level=func.AuthLevel.ANONYMOUS)
-def alerts(req: func.HttpRequest) -> func.HttpResponse:
-    return _serve(req, "/api/alerts")
+def alerts(req: func.HttpRequest, context: func.Context = None) -> func.HttpResponse:  # type: ignore[assignment]
+    # The host's invocation is the parent of the alert's span (when telemetry is on). The worker
+    # always passes the context (its type must be exactly func.Context); tests call without one.
+    trace = context.trace_context if context is not None else None
+    parent, state = (trace.trace_parent, trace.trace_state) if trace is not None else (None, None)
+    with telemetry.current().invocation(parent, state):
+        return _serve(req, "/api/alerts")
 
 
 @app.function_name("health")

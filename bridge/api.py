@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-from . import __version__
+from . import __version__, telemetry
 from .alerts import Alert, parse_alert
 from .auth import TokenVerifier
 from .config import Settings
@@ -160,6 +160,17 @@ class BridgeApi(_Routed):
 
     def alerts(self, request: ApiRequest) -> ApiResponse:
         started = self._clock()
+        tel = telemetry.current()
+        # The span covers the whole answer, and the log line is written inside it so that it
+        # carries the trace id too.
+        with tel.alert() as span:
+            answer = self._answer(request, started)
+            if tel.enabled:
+                _report(tel, span, answer, self._clock() - started)
+            self._log(answer.alert, answer.delivery, answer.response, started, answer.error)
+        return answer.response
+
+    def _answer(self, request: ApiRequest, started: float) -> _Answer:
         alert: Alert | None = None
         try:
             if len(request.body) > MAX_BODY_BYTES:
@@ -169,19 +180,14 @@ class BridgeApi(_Routed):
             self._authorize_subscription(alert)
             delivery = self._deliver(alert, started)
         except BridgeError as exc:
-            response = self._error_response(exc)
-            self._log(alert, None, response, started, exc)
-            return response
-        except Exception:
+            return _Answer(self._error_response(exc), alert, error=exc, failure=type(exc).__name__)
+        except Exception as exc:
             # A bug must not lose the alert: 503 makes Azure Monitor deliver it again.
             logger.exception("unexpected failure handling an alert")
             response = unavailable("the bridge failed unexpectedly; the alert will be retried")
-            self._log(alert, None, response, started, None)
-            return response
-        response = _delivery_response(alert, delivery)
-        self._log(alert, delivery, response, started, None)
+            return _Answer(response, alert, failure=type(exc).__name__)
         logger.debug("caller app %s (token v%s)", caller.app_id, caller.version)
-        return response
+        return _Answer(_delivery_response(alert, delivery), alert, delivery)
 
     def _deliver(self, alert: Alert, started: float) -> Delivery:
         canonical = canonical_payload(alert)
@@ -243,34 +249,76 @@ class BridgeApi(_Routed):
         started: float,
         exc: BaseException | None,
     ) -> None:
-        """One structured line per alert. Never raises: logging must not turn an answer into a 500."""
+        """One structured line per alert. Never raises: logging must not turn an answer into a 500.
+
+        The fields are flat attributes of the record (``extra``): OpenTelemetry's logging handler
+        makes them ``customDimensions``, and the local formatter (:mod:`bridge.logs`) shows them.
+        """
         try:
-            fields = {
+            fields: dict[str, object] = {
                 "alertId": alert.alert_id if alert else None,
-                "correlationId": outcome.correlation_id
-                if outcome
-                else correlation_key(alert.alert_id)
-                if alert
-                else None,
+                "correlationId": _correlation_id(alert, outcome),
+                "alertType": alert.kind.value if alert else None,
                 "action": outcome.action.value if outcome and outcome.action else None,
                 "delivery": outcome.status if outcome else None,
-                "workItem": (outcome.work_item.number or outcome.work_item.id)
-                if outcome and outcome.work_item
-                else None,
+                "workItem": _work_item(outcome),
                 "status": response.status,
                 "durationMs": round((self._clock() - started) * 1000),
             }
             if exc is not None:
                 fields["error"] = f"{type(exc).__name__}: {exc}"
+            present = {k: v for k, v in fields.items() if v is not None}
             level = logging.INFO if response.status < 500 else logging.WARNING
             logger.log(
                 level,
                 "alert %s",
-                " ".join(f"{k}={v}" for k, v in fields.items() if v is not None),
-                extra={"custom_dimensions": fields},
+                " ".join(f"{k}={v}" for k, v in present.items()),
+                extra={"bridge_event": "alert", **present},
             )
         except Exception:
             logger.exception("could not log the outcome of an alert (status %s)", response.status)
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What the alerts route answered, and what it knew by then (for the log line and telemetry)."""
+
+    response: ApiResponse
+    alert: Alert | None = None
+    delivery: Delivery | None = None
+    error: BridgeError | None = None  # an expected refusal, its message safe to log
+    failure: str | None = None  # the class of what went wrong, expected or not
+
+
+def _correlation_id(alert: Alert | None, delivery: Delivery | None) -> str | None:
+    if delivery is not None:
+        return delivery.correlation_id
+    return correlation_key(alert.alert_id) if alert is not None else None
+
+
+def _work_item(delivery: Delivery | None) -> str | None:
+    if delivery is None or delivery.work_item is None:
+        return None
+    return delivery.work_item.number or delivery.work_item.id
+
+
+def _report(tel: telemetry.Telemetry, span: telemetry.Span, answer: _Answer, seconds: float) -> None:
+    """The alert's span attributes and metrics (only called while telemetry is on)."""
+    alert, delivery, status = answer.alert, answer.delivery, answer.response.status
+    alert_type = alert.kind.value if alert is not None else "unknown"
+    action = delivery.action.value if delivery is not None and delivery.action is not None else None
+    outcome = telemetry.outcome_of(status)
+    if alert is not None:
+        span.set("alert.id", alert.alert_id)
+        span.set("alert.condition", alert.monitor_condition)
+        span.set("alert.severity", alert.severity)
+    span.set("alert.correlation_id", _correlation_id(alert, delivery))
+    span.set("alert.type", alert_type)
+    span.set("bridge.action", action)
+    span.set("bridge.work_item", _work_item(delivery))
+    span.set("http.response.status_code", status)
+    span.set_outcome(outcome, failed=status >= 500, error=answer.failure)
+    tel.alert_done(alert_type, action, outcome, seconds)
 
 
 def _resource_ids(alert: Alert) -> list[tuple[str, str]]:

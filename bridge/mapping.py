@@ -33,6 +33,7 @@ from .adapters.base import ConfigurationItem, Resolution, WorkItem
 from .alerts import Alert, AlertKind, Condition, display_text, nesting_depth, thaw
 from .correlation import correlation_key, fingerprint, note_marker
 from .rules import DEFAULT_TITLE_TEMPLATE, TEMPLATE_NAMES, MappingRules, RoutingRule
+from .telemetry import REFERENCE_LABEL
 
 __all__ = [
     "DEFAULT_DESCRIPTION_LIMIT",
@@ -66,6 +67,7 @@ _JSON_TEXT_MAX_DEPTH = 16
 _PRIORITY_KEYS = ("impact", "urgency")
 
 _SUBSCRIPTION = re.compile(r"^/subscriptions/([^/]+)", re.IGNORECASE)
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _RESOURCE_GROUP = re.compile(r"/resourcegroups/([^/]+)", re.IGNORECASE)
 # A tag never contains "<": so a run of "<" without ">" costs one pass, not one pass per "<".
 _TAG = re.compile(r"<[^<>]*>")
@@ -104,8 +106,12 @@ def build_work_item(
     *,
     title_limit: int = DEFAULT_TITLE_LIMIT,
     description_limit: int = DEFAULT_DESCRIPTION_LIMIT,
+    reference: str | None = None,
 ) -> WorkItem:
-    """A new work item for a Fired alert (or a stateless alert of any condition)."""
+    """A new work item for a Fired alert (or a stateless alert of any condition).
+
+    ``reference`` (the telemetry trace id, when telemetry is on) gets a line of the first note,
+    just above the marker, so a person reading the work item can find the invocation."""
     impact, urgency = rules.impact_urgency(alert.severity)
     fields = dict(rules.fields)
     route = _first_route(alert, rules.routing)
@@ -131,6 +137,7 @@ def build_work_item(
     ]
     if ci_note:
         note_lines.append(f"CMDB: {_clean(ci_note)}")
+    note_lines.extend(_reference(reference))
     note_lines.append(f"[{marker}]")
 
     return WorkItem(
@@ -146,8 +153,9 @@ def build_work_item(
     )
 
 
-def update_note(alert: Alert) -> str:
-    """The work note added to the open work item when the alert fires again."""
+def update_note(alert: Alert, reference: str | None = None) -> str:
+    """The work note added to the open work item when the alert fires again (with the
+    ``reference`` line, as in :func:`build_work_item`)."""
     if alert.is_stateless:
         heading = "Azure Monitor sent a new notification for this alert"
         if alert.is_resolved:
@@ -168,7 +176,7 @@ def update_note(alert: Alert) -> str:
     )
     lines.extend(_summary(alert))
     body = [_line(line) for line in lines]
-    tail = [_line(f"Portal: {alert.portal_link}"), f"[{note_marker(fingerprint(alert))}]"]
+    tail = [_line(f"Portal: {alert.portal_link}"), *_reference(reference), f"[{note_marker(fingerprint(alert))}]"]
     # The marker is what recognises a redelivery: it always ends the note, however long the rest.
     budget = DEFAULT_DESCRIPTION_LIMIT - sum(len(line) + 1 for line in tail)
     if sum(len(line) + 1 for line in body) > budget:
@@ -176,8 +184,9 @@ def update_note(alert: Alert) -> str:
     return "\n".join([*body, *tail])
 
 
-def resolution(alert: Alert, rules: MappingRules) -> Resolution:
-    """How to resolve the open work item when its alert resolves."""
+def resolution(alert: Alert, rules: MappingRules, reference: str | None = None) -> Resolution:
+    """How to resolve the open work item when its alert resolves (its note with the ``reference``
+    line, as in :func:`build_work_item`)."""
     when = _iso(alert.resolved_at) if alert.resolved_at else "an unreported time"
     rule = _quoted(_rule_name(alert))
     target = _target(alert)
@@ -194,6 +203,7 @@ def resolution(alert: Alert, rules: MappingRules) -> Resolution:
         (
             f"Azure Monitor reported the alert as resolved at {when}; the bridge resolved this work item{how}.",
             _line(f"Portal: {alert.portal_link}"),
+            *_reference(reference),
             f"[{note_marker(fingerprint(alert))}]",
         )
     )
@@ -397,6 +407,14 @@ def _resource_type(alert: Alert) -> str:
             # namespace/type[/name/subtype/name...] -> namespace/type[/subtype...]
             return "/".join([parts[0], *parts[1::2]])
     return ""
+
+
+def _reference(reference: str | None) -> list[str]:
+    """The line naming the telemetry operation, when there is one. Only a trace id (hex) is
+    written: whatever else came would be text in someone's work item."""
+    if reference is None or not _TRACE_ID.fullmatch(reference):
+        return []
+    return [f"{REFERENCE_LABEL} {reference}"]
 
 
 # --------------------------------------------------------------------------- description

@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
+from . import telemetry
 from .adapters.base import ItsmAdapter, WorkItemRecord, WorkItemRef, WorkItemStatus
 from .alerts import Alert, parse_alert
 from .cmdb import CmdbBinder
@@ -272,16 +273,40 @@ class Reconciler:
     # ------------------------------------------------------------------ outbox path
 
     def run(self, key: str) -> PassResult:
-        """One outbox pass over ``key``; schedules the next one when work remains."""
+        """One outbox pass over ``key``; schedules the next one when work remains.
+
+        Logs one line (``bridge_event="outbox"``) and, with telemetry on, records the pass's span
+        and counts what it wrote.
+        """
+        tel = telemetry.current()
+        started = self._clock()
+        seen = _PassSeen()
+        with tel.outbox_pass({"alert.correlation_id": key}) as span:
+            try:
+                result = self._run(key, seen)
+            except Exception as exc:
+                outcome = "unavailable" if isinstance(exc, StateUnavailable) else "failed"
+                span.set_outcome(outcome, failed=True, error=type(exc).__name__)
+                self._log_pass(key, None, seen, outcome, started, f"{type(exc).__name__}: {exc}")
+                raise
+            outcome = _pass_outcome(result, seen)
+            if tel.enabled:
+                self._report_pass(tel, span, key, result, seen, outcome)
+            self._log_pass(key, result, seen, outcome, started, str(result.error) if result.error else None)
+        return result
+
+    def _run(self, key: str, seen: _PassSeen) -> PassResult:
         current = self.store.load(key)
         if current is None:
             return PassResult(None)
+        seen.attempt = current.record.attempts + 1
         due = current.record.due
         if due is not None and due > self._wall() + 1.0 and current.record.claim is None:
             # An early wake-up (a duplicate queue message): keep to the back-off the record says.
             self.store.schedule(key, due - self._wall())
+            seen.early = True
             return PassResult(current.record)
-        result = self._pass(key, {}, self.timing.pass_seconds, lease=self.timing.pass_seconds)
+        result = self._pass(key, seen.alerts, self.timing.pass_seconds, lease=self.timing.pass_seconds)
         record = result.record
         if record is None:
             return result
@@ -291,6 +316,64 @@ class Reconciler:
         elif record.due is not None:
             self.store.schedule(key, max(0.0, record.due - now))
         return result
+
+    def _report_pass(
+        self, tel: telemetry.Telemetry, span: telemetry.Span, key: str, result: PassResult, seen: _PassSeen,
+        outcome: str,
+    ) -> None:
+        """The pass's span attributes and count (only called while telemetry is on)."""
+        record = result.record
+        action = _strongest(result.wrote)
+        if action is not None and not seen.alerts and record is not None:
+            # Adopted without reading the payload (a create whose answer was lost): read it for its type.
+            try:
+                self._alert(key, next(iter(result.wrote)), seen.alerts)
+            except Exception:  # noqa: S110 - the type is "unknown" then; telemetry never fails a pass
+                pass
+        alert_type = seen.alert_type() or "unknown"
+        span.set("alert.id", record.alert_id if record is not None else None)
+        span.set("alert.type", alert_type)
+        span.set("bridge.action", action)
+        span.set("bridge.work_item", _item_label(record))
+        span.set("bridge.attempt", seen.attempt or None)
+        failed = outcome == "rejected"
+        span.set_outcome(outcome, failed=failed, error=result.error.reason.value if result.error else None)
+        if action is not None or failed:
+            tel.pass_done(alert_type, action, outcome)
+
+    def _log_pass(
+        self, key: str, result: PassResult | None, seen: _PassSeen, outcome: str, started: float, error: str | None
+    ) -> None:
+        """One line per outbox pass, with the fields of the alerts route's line where they apply.
+        Never raises."""
+        try:
+            record = result.record if result is not None else None
+            fields: dict[str, object] = {
+                "alertId": record.alert_id if record is not None else None,
+                "correlationId": key,
+                "alertType": seen.alert_type(),
+                "action": _strongest(result.wrote) if result is not None else None,
+                "delivery": outcome,
+                "workItem": _item_label(record),
+                "attempt": seen.attempt or None,
+                "durationMs": round((self._clock() - started) * 1000),
+                "error": error,
+            }
+            present = {k: v for k, v in fields.items() if v is not None}
+            if outcome in ("gone", "not_due"):
+                level = logging.DEBUG
+            elif outcome in ("rejected", "unavailable", "failed"):
+                level = logging.WARNING
+            else:
+                level = logging.INFO
+            logger.log(
+                level,
+                "outbox %s",
+                " ".join(f"{k}={v}" for k, v in present.items()),
+                extra={"bridge_event": "outbox", **present},
+            )
+        except Exception:
+            logger.exception("could not log an outbox pass over %s", key)
 
     def replay(self, key: str) -> Record | None:
         """Make a held, failing or dead-lettered record due now, with a fresh retry horizon."""
@@ -415,6 +498,7 @@ class Reconciler:
             ci_note,
             title_limit=self.adapter.title_limit,
             description_limit=self.adapter.description_limit,
+            reference=telemetry.current().current_reference(),
         )
         self._update(key, owner, lambda r: _intend(r, "create", self._wall(), latest.fingerprint))
         try:
@@ -491,7 +575,11 @@ class Reconciler:
             return
         if sent:
             self._hold_if_unsettled(record)
-        how = resolution(self._alert(key, resolved_event.fingerprint, cache), self._rules)
+        how = resolution(
+            self._alert(key, resolved_event.fingerprint, cache),
+            self._rules,
+            telemetry.current().current_reference(),
+        )
         self._update(key, owner, lambda r: _intend(r, "resolve", self._wall(), resolved_event.fingerprint))
         try:
             # Exact duplicates of one alert (from before the record) describe the same condition.
@@ -547,7 +635,7 @@ class Reconciler:
         alert = self._alert(key, latest.fingerprint, cache)
         self._update(key, owner, lambda r: _intend(r, "note", self._wall(), latest.fingerprint))
         try:
-            self.adapter.add_note(ours.ref, update_note(alert))
+            self.adapter.add_note(ours.ref, update_note(alert, telemetry.current().current_reference()))
         except ItsmError as exc:
             self._after_write_failed(key, owner, exc)
             raise
@@ -727,6 +815,52 @@ def _resolved(record: Record, resolved_event: Event, wrote: dict[str, str]) -> N
         else:
             record.mark(event.fingerprint, Action.IGNORED, "the alert resolved before this update was written")
         wrote[event.fingerprint] = record.written[event.fingerprint]
+
+
+class _PassSeen:
+    """What an outbox pass learnt on its way, for its log line and span."""
+
+    __slots__ = ("alerts", "attempt", "early")
+
+    def __init__(self) -> None:
+        self.attempt = 0  # which attempt at the key's work this pass is (0: no record)
+        self.early = False
+        self.alerts: dict[str, Alert] = {}  # the payloads the pass parsed, by fingerprint
+
+    def alert_type(self) -> str | None:
+        return next(iter(self.alerts.values())).kind.value if self.alerts else None
+
+
+# What a pass wrote, most telling first: the log line and span name one action.
+_ACTION_RANK = (Action.CREATED, Action.RESOLVED, Action.REOPENED, Action.UPDATED, Action.IGNORED)
+
+
+def _strongest(wrote: Mapping[str, str]) -> str | None:
+    done = set(wrote.values())
+    return next((action.value for action in _ACTION_RANK if action in done), None)
+
+
+def _pass_outcome(result: PassResult, seen: _PassSeen) -> str:
+    """``bridge.outcome`` of an outbox pass (see :mod:`bridge.telemetry`)."""
+    record = result.record
+    if record is None:
+        return "gone"
+    if seen.early:
+        return "not_due"
+    if result.busy_until is not None:
+        return "busy"
+    if record.dead is not None:
+        return "rejected"
+    if record.held:
+        return "held"
+    if record.due is not None:
+        return "queued"
+    return "processed"
+
+
+def _item_label(record: Record | None) -> str | None:
+    ref = _ref(record) if record is not None else None
+    return _label(ref) if ref is not None else None
 
 
 def _ref(record: Record) -> WorkItemRef | None:

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from . import telemetry
 from .adapters import build_adapter
 from .adapters.registry import settings_of
 from .api import BridgeApi, UnavailableApi
@@ -57,6 +58,8 @@ def build_runtime(env: Mapping[str, str], *, sleep: Callable[[float], None] = ti
 
     ``sleep`` is what retry back-off waits with (tests record the waits instead).
     """
+    # First, so that even a start-up refused for bad settings is reported (when telemetry is on).
+    telemetry.configure(env)
     settings = Settings.from_env(env)
     unresolved = _tolerated_references(settings)
     adapter = build_adapter(settings, new_session())

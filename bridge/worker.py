@@ -14,8 +14,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from . import telemetry
 from .reconcile import Reconciler
 from .state.base import DueWork, StateUnavailable
+from .state.stats import outbox_stats
 
 __all__ = ["OutboxWorker"]
 
@@ -72,9 +74,9 @@ class OutboxWorker:
     def _run(self, work: DueWork) -> None:
         try:
             self._reconciler.run(work.key)
-        except StateUnavailable as exc:
-            # The lease runs out and the key is handed out again; nothing is lost.
-            logger.warning("outbox: %s could not be worked on: %s", work.key, exc)
+        except StateUnavailable:
+            # The lease runs out and the key is handed out again; nothing is lost. (The pass's
+            # own line said why.)
             return
         except Exception:
             logger.exception("outbox: unexpected failure on %s; it will be tried again", work.key)
@@ -102,8 +104,21 @@ class OutboxWorker:
             taken = self.drain_once()
             total += taken
             if taken < self._batch:
-                return total
+                break
+        self._report_outbox()
         return total
+
+    def _report_outbox(self) -> None:
+        """The outbox gauges, from every record: only while telemetry is on (it reads them all)."""
+        tel = telemetry.current()
+        if not tel.enabled:
+            return
+        try:
+            stats = outbox_stats(self._store.records(), self._wall())
+        except StateUnavailable as exc:
+            logger.warning("outbox: could not count the records for telemetry: %s", exc)
+            return
+        tel.outbox(stats, self._reconciler.credential_status() is not None)
 
     def handle_message(self, body: str | bytes) -> None:
         """The queue trigger's body: one reconcile pass for the message's key.

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 import requests
 
+from .. import telemetry
 from ..deadline import remaining
 from ..errors import ItsmError, Reason, classify_status
 from ..httpclient import error_from_exception, new_session, parse_retry_after
@@ -159,12 +160,17 @@ class ItsmHttpClient:
 
     def post_form(self, url: str, form: Mapping[str, str]) -> requests.Response:
         """A form POST to ``url`` without the client's authenticator (an OAuth token endpoint)."""
-        try:
-            return self.session.post(url, data=dict(form), timeout=self.timeouts(), allow_redirects=False)
-        except requests.RequestException as exc:
-            raise self.scrubbed(
-                error_from_exception(exc, system=f"{self.system} OAuth", method="POST", url=url)
-            ) from None
+        timeout = self.timeouts()
+        # The span names the endpoint only: never the form, which carries the client secret.
+        with telemetry.current().itsm_call(self.system, "POST", url) as call:
+            try:
+                response = self.session.post(url, data=dict(form), timeout=timeout, allow_redirects=False)
+            except requests.RequestException as exc:
+                error = error_from_exception(exc, system=f"{self.system} OAuth", method="POST", url=url)
+                call.error(error.reason.value)
+                raise self.scrubbed(error) from None
+            call.status(response.status_code)
+            return response
 
     def _send(
         self,
@@ -179,20 +185,27 @@ class ItsmHttpClient:
         auth_headers, basic = self.auth.apply(self)
         merged = {**self._headers, **(headers or {}), **auth_headers}
         timeout = self.timeouts()
-        try:
-            return self.session.request(
-                method,
-                url,
-                params=dict(params) if params is not None else None,
-                json=json,
-                data=dict(data) if data is not None else None,
-                headers=merged,
-                auth=basic,
-                timeout=timeout,
-                allow_redirects=False,
-            )
-        except requests.RequestException as exc:
-            raise self.scrubbed(error_from_exception(exc, system=self.system, method=method, url=url)) from None
+        # After the authenticator: a token it had to fetch is a call (and a span) of its own. The
+        # span sees the URL without its query, whose values may be anything the adapter searched.
+        with telemetry.current().itsm_call(self.system, method, url) as call:
+            try:
+                response = self.session.request(
+                    method,
+                    url,
+                    params=dict(params) if params is not None else None,
+                    json=json,
+                    data=dict(data) if data is not None else None,
+                    headers=merged,
+                    auth=basic,
+                    timeout=timeout,
+                    allow_redirects=False,
+                )
+            except requests.RequestException as exc:
+                error = error_from_exception(exc, system=self.system, method=method, url=url)
+                call.error(error.reason.value)
+                raise self.scrubbed(error) from None
+            call.status(response.status_code)
+            return response
 
     def timeouts(self) -> tuple[float, float]:
         """(connect, read) timeouts, shortened to the alert's remaining time (bridge.deadline)."""
