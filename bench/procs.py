@@ -3,7 +3,7 @@
 Three processes keep the figures honest: the client (this one), the stand-ins
 (:mod:`bench.standin_host`) and the bridge (``python -m bridge serve``, the production code path
 with its outbox worker). None shares an interpreter lock with another, and the bridge's memory
-and CPU time are its own (``os.wait4`` gives its peak RSS when it exits).
+and CPU time are its own (read from /proc while it runs; ``os.wait4`` when it exits).
 
 Both start from a minimal environment plus the sandbox's settings, so a developer's own bridge
 settings (or ``APPLICATIONINSIGHTS_CONNECTION_STRING``) never change what is measured.
@@ -162,7 +162,8 @@ class StandIns:
 
 @dataclass(frozen=True)
 class BridgeUsage:
-    """What the bridge process used, read when it exited."""
+    """What the bridge process used, read when it exited. ``max_rss_mib`` is ``ru_maxrss``, which
+    includes the spawning process's resident size (see :meth:`BridgeProcess.peak_rss_mib`)."""
 
     max_rss_mib: float
     cpu_seconds: float
@@ -221,9 +222,21 @@ class BridgeProcess:
 
     def rss_mib(self) -> float | None:
         """Resident memory now (Linux /proc; None elsewhere)."""
+        return self._status_mib("VmRSS:")
+
+    def peak_rss_mib(self) -> float | None:
+        """The highest resident memory so far (Linux /proc ``VmHWM``; None elsewhere).
+
+        Unlike ``ru_maxrss`` this is the bridge's own: a child's ``ru_maxrss`` starts at the
+        resident size of the process that spawned it (Linux carries the old image's high-water
+        mark over ``exec``), so a big client would pass for a big bridge.
+        """
+        return self._status_mib("VmHWM:")
+
+    def _status_mib(self, field: str) -> float | None:
         try:
             for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+                if line.startswith(field):
                     return int(line.split()[1]) / 1024
         except OSError:
             return None
