@@ -21,60 +21,65 @@ span                        what it is
                             path shown as ``{id}``; the OAuth token request is one too
 =========================== =============================================================================
 
-=============================== ==================================================================================
-span attribute                  meaning
-=============================== ==================================================================================
-``alert.id``                    the alert's ``essentials.alertId``
-``alert.correlation_id``        the correlation key (the work item's correlation id)
-``alert.type``                  the alert's kind, from ``monitoringService`` (``metric``, ``log``, ``activity_log``
-                                ...; ``unknown`` before the payload is parsed)
-``alert.condition``             ``Fired`` or ``Resolved``
-``alert.severity``              ``Sev0`` ... ``Sev4``
-``bridge.action``               what was done: ``created``, ``updated``, ``resolved``, ``reopened``, ``ignored``
-``bridge.outcome``              how it ended (see below)
-``bridge.work_item``            the work item's number (or id when it has no number)
-``bridge.attempt``              outbox passes: which attempt at the key's work this pass was (1 = first)
-``http.response.status_code``   ``alert``: the answer's status; ITSM calls: the ITSM's status
-``error.type``                  why it failed: an error class (``ItsmError``...), or for ITSM calls the status
-                                code or the transport failure (``timeout``, ``network``)
-``http.request.method``,        ITSM calls: method, ITSM host and port, the path (never the query string),
-``server.address``,             the URL without query string, the ITSM (``itsm``) and the path template
-``server.port``, ``url.path``,  (``bridge.itsm.operation``)
-``url.full``, ``bridge.itsm``,
-``bridge.itsm.operation``
-=============================== ==================================================================================
+=================================== ===========================================================================
+span attribute                      meaning
+=================================== ===========================================================================
+``alert.id``                        the alert's ``essentials.alertId``
+``alert.correlation_id``            the correlation key (the work item's correlation id)
+``alert.type``                      the alert's kind, from ``monitoringService`` (``metric``, ``log``,
+                                    ``activity_log``...; ``unknown`` before the payload is parsed)
+``alert.condition``                 ``Fired`` or ``Resolved``
+``alert.severity``                  ``Sev0`` ... ``Sev4``
+``bridge.action``                   what was done: ``created``, ``updated``, ``resolved``, ``reopened``,
+                                    ``ignored``
+``bridge.outcome``                  how it ended (see below)
+``bridge.work_item``                the work item's number (or id when it has no number)
+``bridge.attempt``                  outbox passes: which attempt at the key's work this pass was (1 = first)
+``http.response.status_code``       ``alert``: the answer's status; ITSM calls: the ITSM's status
+``error.type``                      why it failed: ``alert``, the error's class (``InvalidToken``,
+                                    ``PayloadError``, ``ItsmError``, ``StateUnavailable``...); ``outbox pass``,
+                                    the ITSM error's reason (``server_error``, ``auth_error``, ``timeout``...);
+                                    ITSM calls, the status code or the transport failure (``timeout``,
+                                    ``network``)
+``http.request.method``             ITSM calls: the method
+``server.address``, ``server.port`` ITSM calls: the ITSM's host and port
+``url.path``, ``url.full``          ITSM calls: the path, and the URL without user info or query string
+``bridge.itsm``                     ITSM calls: the ITSM (its name, lower case)
+``bridge.itsm.operation``           ITSM calls: the path with record ids as ``{id}``
+=================================== ===========================================================================
 
 ``bridge.outcome`` on the HTTP path is ``processed`` (200), ``queued`` (202), ``invalid`` (400), ``unauthorized``
 (401), ``forbidden`` (403), ``too_large`` (413), ``rejected`` (502) or ``unavailable`` (503); on an outbox pass
 ``processed`` (nothing left), ``queued`` (tried again later), ``held`` (the ITSM refuses the bridge's credential),
-``rejected`` (dead-lettered), ``busy`` (another instance holds the key), ``not_due``, ``gone`` or
-``unavailable`` (the state store failed).
+``rejected`` (dead-lettered), ``busy`` (another instance holds the key), ``not_due``, ``gone``,
+``unavailable`` (the state store failed) or ``failed`` (an unexpected error; it is tried again).
 
 **Metrics** (``customMetrics``)
 
-================================== ============= ====================================================================
-metric                             kind          attributes
-================================== ============= ====================================================================
-``bridge.alerts``                  counter       ``alert_type``, ``action`` (``none`` when nothing was done),
-                                                 ``outcome``, ``path`` (``http`` per delivery; ``outbox`` per pass
-                                                 that wrote or dead-lettered)
-``bridge.itsm.calls``              counter       ``itsm``, ``method``, ``operation`` (the path template),
-                                                 ``status`` (the HTTP status as a string, or ``error``)
-``bridge.alert.duration``          histogram ms  ``outcome``: the HTTP path, from request to answer
-``bridge.outbox.pending``          gauge         records whose work is due or held
-``bridge.outbox.oldest_pending_age`` gauge s     how long the oldest of them has waited
-``bridge.outbox.dead_letters``     gauge         dead-lettered records
-``bridge.credential.refused``      gauge 0/1     1 while the ITSM refuses the bridge's credential
-================================== ============= ====================================================================
+==================================== ============= ============================================================
+metric                               kind          attributes / meaning
+==================================== ============= ============================================================
+``bridge.alerts``                    counter       ``alert_type``, ``action`` (``none`` when nothing was done),
+                                                   ``outcome``, ``path`` (``http`` per delivery; ``outbox`` per
+                                                   pass that wrote or dead-lettered)
+``bridge.itsm.calls``                counter       ``itsm``, ``method``, ``operation`` (the path template),
+                                                   ``status`` (the HTTP status as a string, or ``error``)
+``bridge.alert.duration``            histogram, ms ``outcome``: the HTTP path, from request to answer
+``bridge.outbox.pending``            gauge         records whose work is due or held
+``bridge.outbox.oldest_pending_age`` gauge, s      how long the oldest of them has waited
+``bridge.outbox.dead_letters``       gauge         dead-lettered records
+``bridge.credential.refused``        gauge, 0/1    1 while the ITSM refuses the bridge's credential
+==================================== ============= ============================================================
 
 The gauges are computed by the outbox worker's ``tick()`` (every 5 minutes in Azure) and reported
 from then on.
 
 **Logs**: one record per alert (``bridge_event="alert"``) and one per outbox pass
 (``bridge_event="outbox"``), with flat fields ``alertId``, ``correlationId``, ``alertType``, ``action``,
-``delivery``, ``workItem``, ``status``, ``durationMs``, ``error`` (and ``attempt`` on passes); they become
-``customDimensions`` of ``traces``. The trace id (Application Insights' ``operation_Id``) is written into
-the notes the bridge adds to work items (:data:`REFERENCE_LABEL`).
+``delivery``, ``workItem``, ``durationMs``, ``error``, and ``status`` (the HTTP answer) on alerts or
+``attempt`` on passes, each only when it has a value; they become ``customDimensions`` of ``traces``.
+The trace id (Application Insights' ``operation_Id``) is written into the notes the bridge adds to
+work items (:data:`REFERENCE_LABEL`).
 
 No token, password, client secret, query string or request body is ever put in any of them.
 """
