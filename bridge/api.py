@@ -166,7 +166,11 @@ class BridgeApi(_Routed):
         with tel.alert() as span:
             answer = self._answer(request, started)
             if tel.enabled:
-                _report(tel, span, answer, self._clock() - started)
+                try:
+                    _report(tel, span, answer, self._clock() - started)
+                except Exception:
+                    # Telemetry must not turn an answer into a 500.
+                    logger.exception("could not record the telemetry of an alert (status %s)", answer.response.status)
             self._log(answer.alert, answer.delivery, answer.response, started, answer.error)
         return answer.response
 

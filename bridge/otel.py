@@ -280,7 +280,10 @@ class _Target:
 
     @classmethod
     def of(cls, url: str) -> _Target:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # an unparseable URL: its call fails on its own; the span says nothing of it
+            return cls("", 0, "/", "")
         scheme = parts.scheme.lower() or "https"
         default = 443 if scheme == "https" else 80
         host = parts.hostname or ""

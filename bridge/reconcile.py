@@ -291,7 +291,11 @@ class Reconciler:
                 raise
             outcome = _pass_outcome(result, seen)
             if tel.enabled:
-                self._report_pass(tel, span, key, result, seen, outcome)
+                try:
+                    self._report_pass(tel, span, key, result, seen, outcome)
+                except Exception:
+                    # The pass is done and recorded; only its telemetry is lost.
+                    logger.exception("could not record the telemetry of an outbox pass over %s", key)
             self._log_pass(key, result, seen, outcome, started, str(result.error) if result.error else None)
         return result
 

@@ -115,10 +115,12 @@ class OutboxWorker:
             return
         try:
             stats = outbox_stats(self._store.records(), self._wall())
+            tel.outbox(stats, self._reconciler.credential_status() is not None)
         except StateUnavailable as exc:
             logger.warning("outbox: could not count the records for telemetry: %s", exc)
-            return
-        tel.outbox(stats, self._reconciler.credential_status() is not None)
+        except Exception:
+            # The sweep's real work is done; a failure here costs only the gauges.
+            logger.exception("outbox: could not report the outbox gauges")
 
     def handle_message(self, body: str | bytes) -> None:
         """The queue trigger's body: one reconcile pass for the message's key.

@@ -561,3 +561,28 @@ def test_off_nothing_is_recorded_and_the_no_op_allocates_no_span() -> None:
         assert first is second and first.reference() is None
     assert off.alert() is off.alert() and off.itsm_call("X", "GET", "https://x/y") is off.itsm_call("X", "GET", "z")
     assert telemetry.configure({}) is off  # no connection string: stays off
+
+
+# ---------------------------------------------------------------------- telemetry never fails the work
+
+
+def test_a_telemetry_failure_never_changes_an_answer_or_a_pass(
+    bridge: Bridge, exported: Exported, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bridge import api as api_module
+    from bridge import reconcile as reconcile_module
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("telemetry bug")
+
+    monkeypatch.setattr(api_module, "_report", broken)
+    monkeypatch.setattr(reconcile_module.Reconciler, "_report_pass", broken)
+    monkeypatch.setattr(exported.telemetry, "outbox", broken)
+    bridge.snow.faults.status(503, path=r"/api/now/table/incident")
+    assert bridge.post(metric_alert(KEY)).status == 202
+    bridge.snow.faults.clear()
+    assert bridge.rt.reconciler.run(KEY).wrote  # the pass still writes, and says so
+    bridge.rt.worker.tick()  # and the sweep still sweeps
+    assert [r.attributes["delivery"] for r in exported.records("alert")] == ["queued"]
+    assert [r.attributes["delivery"] for r in exported.records("outbox")] == ["processed"]
+    assert bridge.incident()["state"] == "1"

@@ -239,7 +239,10 @@ def test_itsm_call_url_never_carries_user_info_or_query() -> None:
         call.status(200)
     with pytest.raises(RuntimeError), made.itsm_call("Tracker", "POST", "http://[::1]/token"):
         raise RuntimeError("boom")
-    first, second = (dict(s.attributes or {}) for s in spans.get_finished_spans())
+    with made.itsm_call("Tracker", "GET", "http://[::1/unparseable") as call:  # no exception from telemetry
+        call.status(200)
+    first, second, third = (dict(s.attributes or {}) for s in spans.get_finished_spans())
+    assert (third["url.full"], third["http.response.status_code"]) == ("", 200)
     assert first["url.full"] == "https://itsm.example.com:8443/api/x/123456"
     assert (first["server.address"], first["server.port"]) == ("itsm.example.com", 8443)
     assert first["url.path"] == "/api/x/123456"
