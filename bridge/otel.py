@@ -53,6 +53,8 @@ _UNWANTED_INSTRUMENTATIONS = (
     "requests", "urllib", "urllib3", "httpx", "httpx2", "azure_sdk", "django", "fastapi", "flask", "psycopg2",
 )
 
+# Span attributes come partly from the payload (an alertId is the sender's text): keep them short.
+_MAX_TEXT = 1024
 _ALERT_SPAN = "alert"
 _OUTBOX_SPAN = "outbox pass"
 _GAUGES: tuple[tuple[str, str, str, str], ...] = (
@@ -94,6 +96,8 @@ class _OtelSpan(Span):
         self._span = span
 
     def set(self, key: str, value: AttrValue | None) -> None:
+        if isinstance(value, str) and len(value) > _MAX_TEXT:
+            value = value[: _MAX_TEXT - 1] + "\u2026"
         if value is not None:
             self._span.set_attribute(key, value)
 

@@ -250,3 +250,18 @@ def test_itsm_call_url_never_carries_user_info_or_query() -> None:
     assert (second["url.full"], second["server.port"]) == ("http://[::1]/token", 80)
     assert second["error.type"] == "RuntimeError"
     assert "pa55" not in repr(first) and "secret" not in repr(first)
+
+
+def test_long_attribute_texts_are_cut() -> None:
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    made = otel.OtelTelemetry(provider, MeterProvider())
+    with made.alert() as span:
+        span.set("alert.id", "/subscriptions/" + "x" * 5000)
+        span.set("bridge.attempt", 3)
+        span.set("bridge.work_item", None)
+    [done] = spans.get_finished_spans()
+    attributes = dict(done.attributes or {})
+    assert len(attributes["alert.id"]) == 1024 and attributes["alert.id"].endswith("\u2026")
+    assert attributes["bridge.attempt"] == 3 and "bridge.work_item" not in attributes
