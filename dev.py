@@ -7,6 +7,7 @@
     python3 dev.py lint    # ruff and mypy
     python3 dev.py serve   # python -m bridge serve --sandbox
     python3 dev.py send FILE... --url URL --sandbox-entra URL   # python -m bridge send
+    python3 dev.py compile # bytecode for the deployment package (azd deploy runs it; run it before func publish)
 
 Extra arguments are passed on (``python3 dev.py test -k auth``, ``python3 dev.py serve --port 7072``).
 """
@@ -106,6 +107,42 @@ def _ensure_node_modules() -> None:
     stamp.write_text(digest)
 
 
+# What the deployment package runs (.funcignore leaves out the rest, bridge/sandbox included).
+PACKAGED_SOURCES = ("function_app.py", "bridge")
+# The Python the Function app runs (infra/app/api.bicep: runtime python 3.11).
+AZURE_PYTHON = (3, 11)
+
+
+def compile_package(root: Path = ROOT, python_version: tuple[int, int] | None = None) -> int:
+    """Write bytecode for the packaged modules, validated by source hash rather than by mtime.
+
+    The deployment package is unpacked (new mtimes) onto a read-only mount, so without bytecode in
+    it every cold start compiles the bridge from source, and timestamp-checked bytecode would be
+    ignored. Hash-checked bytecode is used wherever its source is unchanged and never when it is
+    not (a source edited after compiling is simply compiled at import, as without this step).
+    """
+    import compileall
+    import py_compile
+
+    version = python_version or sys.version_info[:2]
+    if version != AZURE_PYTHON:
+        print(
+            f"dev.py compile: this is Python {version[0]}.{version[1]}; the Function runs "
+            f"{AZURE_PYTHON[0]}.{AZURE_PYTHON[1]}, which would not use its bytecode (nothing written)",
+            file=sys.stderr,
+        )
+        return 0
+    mode = py_compile.PycInvalidationMode.CHECKED_HASH
+    ok = compileall.compile_file(str(root / "function_app.py"), quiet=1, force=True, invalidation_mode=mode)
+    ok &= compileall.compile_dir(
+        str(root / "bridge"), quiet=1, force=True, invalidation_mode=mode, rx=re.compile(r"[/\\]sandbox[/\\]")
+    )
+    if not ok:
+        return 1
+    print("dev.py compile: hash-checked bytecode written for function_app.py and bridge/", flush=True)
+    return 0
+
+
 def _installed(python: str, packages: list[str]) -> dict[str, str]:
     """The versions of ``packages`` installed for ``python``."""
     script = "import sys\nfrom importlib.metadata import version\nfor p in sys.argv[1:]: print(p, version(p))"
@@ -160,6 +197,8 @@ def main(argv: list[str]) -> int:
         pins = sorted(_requirements("requirements-min.txt", "=="))
         print("testing with " + ", ".join(f"{p}=={v}" for p, v in sorted(_installed(python, pins).items())), flush=True)
         return _run([python, "-m", "pytest", *(rest or ["-q", "tests"])])
+    if command == "compile":
+        return compile_package()
     if command == "lint":
         _ensure_venv("requirements-dev.txt")
         code = _run([str(BIN / "ruff"), "check", "."])

@@ -10,10 +10,11 @@ and Entra ID that are never called: building the runtime at import sends nothing
 ``APPLICATIONINSIGHTS_CONNECTION_STRING``.
 
 The Function is imported from a staged copy of what the deployment package holds (``host.json``,
-``function_app.py``, ``bridge/`` without ``bridge/sandbox``). When ``.funcignore`` leaves out
-``*.pyc``/``__pycache__`` (as it did when this was written), the copy has no bytecode and none is
-written, so the bridge compiles from source at every start, as in Azure; otherwise the copy is
-compiled first. The same import from the working tree (bytecode cached) is reported too.
+``function_app.py``, ``bridge/`` without ``bridge/sandbox``), and no bytecode is written while it
+runs (the package is read-only in Azure). When ``.funcignore`` leaves out ``*.pyc``/``__pycache__``
+(as it did before ``dev.py compile``), the copy has no bytecode, so the bridge compiles from source
+at every start; otherwise the copy is compiled first, hash-checked, as ``dev.py compile`` does. The
+same import from the working tree (bytecode cached) is reported too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import compileall
 import json
+import py_compile
 import shutil
 import statistics
 import subprocess
@@ -61,7 +63,11 @@ def _stage(into: Path, *, compiled: bool) -> None:
         + (["sandbox"] if Path(folder).name == "bridge" else []),
     )
     if compiled:
-        compileall.compile_dir(into / "bridge", quiet=1)
+        # As `python3 dev.py compile` writes it for the package: validated by source hash, so the
+        # copy's new mtimes (like an unpacked deployment's) do not make Python compile again.
+        mode = py_compile.PycInvalidationMode.CHECKED_HASH
+        compileall.compile_file(str(into / "function_app.py"), quiet=1, invalidation_mode=mode)
+        compileall.compile_dir(into / "bridge", quiet=1, invalidation_mode=mode)
 
 
 def _settings(state: Path) -> dict[str, str]:

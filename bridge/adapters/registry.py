@@ -54,7 +54,10 @@ def references() -> dict[str, str]:
 
 def adapter_class(name: str) -> type[Any]:
     """The adapter class registered as ``name``; ConfigError("ITSM_ADAPTER") when there is none."""
-    reference = references().get(name.strip().lower())
+    key = name.strip().lower()
+    # A built-in name is never a plugin's (references() refuses that), so the built-ins need no scan
+    # of the installed distributions' metadata: that scan is the dearest part of a cold start.
+    reference = BUILTIN.get(key) or references().get(key)
     if reference is None:
         known = ", ".join(sorted(references()))
         # The value is not echoed: the message is shown by the health route.

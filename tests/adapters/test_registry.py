@@ -217,6 +217,18 @@ class TestRegistry:
         if value.strip():
             assert value not in str(caught.value)  # the value is not echoed
 
+    @pytest.mark.parametrize("name", sorted(registry.BUILTIN))
+    def test_a_builtin_is_loaded_without_scanning_installed_distributions(
+        self, name: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The scan reads every installed distribution's metadata: tens of milliseconds of a cold start.
+        def no_scan(*, group: str) -> list[EntryPoint]:
+            raise AssertionError("entry points scanned for a built-in adapter")
+
+        monkeypatch.setattr(registry, "entry_points", no_scan)
+        assert registry.adapter_class(f" {name.upper()} ").name == name
+        assert registry.settings_of(name)
+
     def test_build_adapter_with_an_unknown_itsm_adapter(self) -> None:
         with pytest.raises(ConfigError) as caught:
             registry.build_adapter(_settings(ITSM_ADAPTER="remedy"))

@@ -1062,7 +1062,17 @@ def test_azd_variables_are_named_like_the_settings_they_become(setting: str) -> 
 
 def test_azure_yaml_deploys_the_repo_as_a_python_function() -> None:
     project = yaml.safe_load((ROOT / "azure.yaml").read_text())
-    assert project["services"] == {"api": {"project": ".", "language": "python", "host": "function"}}
+    api = dict(project["services"]["api"])
+    hooks = api.pop("hooks")
+    assert project["services"].keys() == {"api"}
+    assert api == {"project": ".", "language": "python", "host": "function"}
+    # Hash-checked bytecode goes into the package (tests/test_packaging.py), on every platform.
+    assert hooks == {
+        "prepackage": {
+            "posix": {"shell": "sh", "run": "python3 dev.py compile"},
+            "windows": {"shell": "pwsh", "run": "python dev.py compile"},
+        }
+    }
     assert project["infra"] == {"provider": "bicep", "path": "infra", "module": "main"}
 
 
@@ -1086,6 +1096,8 @@ def test_funcignore_keeps_only_what_runs() -> None:
         "requirements.txt",
         "bridge/__init__.py",
         "bridge/adapters/base.py",
+        "bridge/__pycache__/config.cpython-311.pyc",  # bytecode from `dev.py compile`
+        "__pycache__/function_app.cpython-311.pyc",
     ):
         assert not _ignored(patterns, kept), kept
     for dropped in (
@@ -1099,8 +1111,8 @@ def test_funcignore_keeps_only_what_runs() -> None:
         "local.settings.json",
         "requirements-dev.txt",
         "dev.py",
-        "bridge/__pycache__/config.cpython-311.pyc",
         "bridge/sandbox/entra.py",
+        "bridge/sandbox/__pycache__/entra.cpython-311.pyc",
         "bridge/sandbox/samples/metric_static_fired.testaction.json",
         "package.json",
         "node_modules/azurite/package.json",
