@@ -26,9 +26,12 @@ message (which may quote token content).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -37,6 +40,9 @@ from typing import Any, TypeGuard
 
 import jwt
 import requests
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from .config import Settings, url_problem
 from .deadline import remaining
@@ -57,6 +63,11 @@ _VERSIONS = ("1.0", "2.0")
 # Entra access tokens live 60-90 minutes by default and at most a day with a lifetime policy; a
 # token valid for longer is not one of them (and a stolen one must not be good for years).
 _MAX_LIFETIME_SECONDS = 24 * 3600.0
+# Compact JWS: three base64url segments, each with at most two '=' of padding (some issuers pad).
+# One match checks the whole token's alphabet (and so excludes whitespace and non-ASCII) in C.
+_COMPACT_JWS = re.compile(r"([A-Za-z0-9_-]*)(=*)\.([A-Za-z0-9_-]*)(=*)\.([A-Za-z0-9_-]*)(=*)")
+# The one header extension a signature may declare critical (RFC 7515 4.1.11); see _decode_jws.
+_SUPPORTED_CRIT = frozenset({"b64"})
 
 
 @dataclass(frozen=True)
@@ -101,7 +112,7 @@ class _KeySource:
     """One discovery document and the signing keys its ``jwks_uri`` published."""
 
     metadata_url: str
-    keys: dict[str, jwt.PyJWK] | None = None
+    keys: dict[str, rsa.RSAPublicKey] | None = None
     issuer: str | None = None
     fetched_at: float = 0.0
     last_attempt: float | None = None
@@ -139,7 +150,6 @@ class TokenVerifier:
         self._tenant = settings.tenant_id.lower()
         self._audiences = {a.casefold(): a for a in settings.audiences}
         self._allowed_apps = frozenset(a.lower() for a in settings.allowed_app_ids)
-        self._jws = jwt.PyJWS()
         # Taken only to refresh: requests that need fresh keys wait for the one fetch instead of
         # each starting their own, while tokens with known keys never wait (see _signing_key).
         self._lock = threading.Lock()
@@ -208,17 +218,17 @@ class TokenVerifier:
 
     def _verify(self, authorization: str | None) -> Caller:
         token = self._bearer_token(authorization)
-        try:
-            unverified = self._jws.decode_complete(token, options={"verify_signature": False})
-        except (jwt.PyJWTError, ValueError, TypeError):
-            raise InvalidToken("malformed token") from None
-        header = unverified["header"]
+        # Decoded once: the claims read before the signature is checked are the very bytes it
+        # covers, so nothing needs decoding again once it is.
+        jws = _decode_jws(token)
+        header = jws.header
         if header.get("alg") != _ALGORITHM:
             raise InvalidToken("token algorithm not accepted")
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid or len(kid) > _MAX_KID_CHARS:
             raise InvalidToken("token has no usable key id")
-        version = self._claims(unverified["payload"]).get("ver")
+        claims = self._claims(jws.payload)
+        version = claims.get("ver")
         if version not in _VERSIONS:
             raise InvalidToken("token version not accepted")
         assert isinstance(version, str)
@@ -227,14 +237,13 @@ class TokenVerifier:
         if key is None:
             raise InvalidToken("signing key not found")
         try:
-            verified = self._jws.decode_complete(token, key=key, algorithms=[_ALGORITHM])
-        except jwt.InvalidSignatureError:
+            # The algorithm is fixed here, never taken from the header: RS256 with the key
+            # published for this kid (loaded as RSA of at least _MIN_RSA_BITS).
+            key.verify(jws.signature, jws.signing_input, padding.PKCS1v15(), hashes.SHA256())
+        except InvalidSignature:
             raise InvalidToken("invalid token signature") from None
-        except (jwt.PyJWTError, ValueError, TypeError):
+        except (ValueError, TypeError):
             raise InvalidToken("malformed token") from None
-        claims = self._claims(verified["payload"])
-        if claims.get("ver") != version:  # the signed payload is what counts
-            raise InvalidToken("token version not accepted")
 
         self._check_times(claims)
         tenant = self._check_issuer(claims, version)
@@ -251,7 +260,8 @@ class TokenVerifier:
         token = parts[1].strip() if len(parts) == 2 else ""
         if not token:
             raise InvalidToken("missing bearer token")
-        if len(token) > _MAX_TOKEN_CHARS or any(c.isspace() for c in token):
+        # Whitespace inside the token is refused by _decode_jws's alphabet (same message).
+        if len(token) > _MAX_TOKEN_CHARS:
             raise InvalidToken("malformed token")
         return token
 
@@ -344,7 +354,7 @@ class TokenVerifier:
 
     # -------------------------------------------------------------- key cache
 
-    def _signing_key(self, version: str, kid: str) -> jwt.PyJWK | None:
+    def _signing_key(self, version: str, kid: str) -> rsa.RSAPublicKey | None:
         """The published key ``kid`` for this token version, refreshing within the limits.
 
         Returns None only when the keys were confirmed recently and ``kid`` is not among them
@@ -409,7 +419,7 @@ class TokenVerifier:
         source.fetched_at, source.issuer, source.keys = now, issuer, keys
         logger.info("loaded %d signing keys from %s", len(keys), source.metadata_url)
 
-    def _fetch(self, metadata_url: str) -> tuple[str | None, dict[str, jwt.PyJWK]]:
+    def _fetch(self, metadata_url: str) -> tuple[str | None, dict[str, rsa.RSAPublicKey]]:
         metadata = self._get_json(metadata_url, "metadata")
         jwks_uri = metadata.get("jwks_uri")
         if not _fetchable_url(jwks_uri):
@@ -420,7 +430,7 @@ class TokenVerifier:
         entries = jwks.get("keys")
         if not isinstance(entries, list):
             raise _Unavailable("jwks has no keys list")
-        keys: dict[str, jwt.PyJWK] = {}
+        keys: dict[str, rsa.RSAPublicKey] = {}
         for entry in entries:
             parsed = _rsa_signing_key(entry)
             if parsed is not None:
@@ -466,7 +476,7 @@ def _is_number(value: object) -> TypeGuard[int | float]:
         return False
 
 
-def _rsa_signing_key(entry: object) -> tuple[str, jwt.PyJWK] | None:
+def _rsa_signing_key(entry: object) -> tuple[str, rsa.RSAPublicKey] | None:
     """(kid, key) for a usable RSA signature key entry of a JWKS, else None."""
     if not isinstance(entry, dict):
         return None
@@ -476,9 +486,67 @@ def _rsa_signing_key(entry: object) -> tuple[str, jwt.PyJWK] | None:
     if entry.get("use", "sig") != "sig" or entry.get("alg", _ALGORITHM) != _ALGORITHM:
         return None
     try:
-        key = jwt.PyJWK(entry, algorithm=_ALGORITHM)
+        key = jwt.PyJWK(entry, algorithm=_ALGORITHM).key
     except (jwt.PyJWTError, ValueError, TypeError):
         return None
-    if getattr(key.key, "key_size", 0) < _MIN_RSA_BITS:
+    if not isinstance(key, rsa.RSAPublicKey) or key.key_size < _MIN_RSA_BITS:
         return None
     return kid, key
+
+
+@dataclass(frozen=True)
+class _Jws:
+    """A compact JWS taken apart, nothing verified yet."""
+
+    header: dict[str, Any]
+    payload: bytes
+    signing_input: bytes
+    signature: bytes
+
+
+def _decode_jws(token: str) -> _Jws:
+    """Split and decode a compact JWS, or raise InvalidToken("malformed token").
+
+    The rules are PyJWT's (``PyJWS.decode_complete`` as of 2.10), so the tokens refused are the
+    same as when it decoded them: each segment base64url with at most two '=' of padding (then
+    a multiple of 4 long) and in canonical form (no stray bits after the last byte), the header a
+    JSON object whose ``kid``, if any, is a string and whose ``crit``, if any, lists only
+    extensions that are present and supported (``b64``); ``b64: false`` (a detached payload) is
+    never what Entra sends and is refused.
+    """
+    match = _COMPACT_JWS.fullmatch(token)
+    if match is None:
+        raise InvalidToken("malformed token")
+    head, payload, signature = (_segment(match.group(i), match.group(i + 1)) for i in (1, 3, 5))
+    try:
+        header = json.loads(head)
+    except (ValueError, RecursionError):
+        raise InvalidToken("malformed token") from None
+    if not isinstance(header, dict) or header.get("b64", True) is False:
+        raise InvalidToken("malformed token")
+    if "kid" in header and not isinstance(header["kid"], str):
+        raise InvalidToken("malformed token")
+    if "crit" in header:
+        crit = header["crit"]
+        if not isinstance(crit, list) or not crit:
+            raise InvalidToken("malformed token")
+        for name in crit:
+            if not isinstance(name, str) or name not in _SUPPORTED_CRIT or name not in header:
+                raise InvalidToken("malformed token")
+    signing_input = token[: match.end(4)].encode("ascii")
+    return _Jws(header, payload, signing_input, signature)
+
+
+def _segment(text: str, pad: str) -> bytes:
+    """One base64url segment (alphabet already checked) decoded, or InvalidToken."""
+    if len(pad) > 2 or (pad and (len(text) + len(pad)) % 4) or len(text) % 4 == 1:
+        raise InvalidToken("malformed token")
+    try:
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        raise InvalidToken("malformed token") from None
+    # Canonical only: a segment whose last character carries bits beyond the data is refused,
+    # so one token has exactly one spelling.
+    if base64.urlsafe_b64encode(data).rstrip(b"=") != text.encode("ascii"):
+        raise InvalidToken("malformed token")
+    return data

@@ -12,16 +12,18 @@ import hashlib
 import hmac
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import jwt
 import pytest
 import requests
 import responses
 
-from bridge.auth import Caller, TokenVerifier
+from bridge.auth import Caller, TokenVerifier, _decode_jws
 from bridge.config import AZURE_MONITOR_APP_ID, Settings
 from bridge.errors import AuthError, AuthUnavailable, Forbidden, InvalidToken
 from bridge.sandbox.entra import EntraStandIn
@@ -400,6 +402,134 @@ def test_algorithm_is_refused_before_any_key_is_fetched(verifier: TokenVerifier,
             verifier.verify(f"Bearer {forged}")
 
     assert entra.request_count == {}
+
+
+# ------------------------------------------------------------------------ token shapes
+# The verifier takes the compact JWS apart itself (once) instead of letting PyJWT decode it twice;
+# the shapes it refuses as "malformed token" must stay exactly those PyJWT refused.
+
+
+def _pyjwt_accepts(token: str) -> dict[str, Any] | None:
+    try:
+        decoded: dict[str, Any] = jwt.PyJWS().decode_complete(token, options={"verify_signature": False})
+    except (jwt.PyJWTError, ValueError, TypeError):
+        return None
+    return decoded
+
+
+def _with_header(token: str, header: Any) -> str:
+    return f"{b64url(json.dumps(header).encode())}.{token.split('.', 1)[1]}"
+
+
+def _token_shapes(token: str) -> list[str]:
+    head, body, signature = token.split(".")
+    header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+
+    def padded(segment: str, pad: str) -> str:
+        return segment + pad
+
+    def last_char_bumped(segment: str) -> str:
+        # The next letter differs only in the lowest bit: stray bits unless the length is 0 mod 4.
+        return segment[:-1] + chr(ord(segment[-1]) ^ 1)
+
+    shapes = [
+        token, f"{head}.{body}", f"{head}.{body}.", f".{body}.{signature}", "..", "", ".", "a.b.c",
+        f"{head}.{body}.{signature}.{signature}", f"{head}.{body}.{signature} ", f"{head} .{body}.{signature}",
+        f"{head}.{body}.{signature}\u00e9", f"{head}.{body}.{signature}\ud800", f"{head}.{body}+.{signature}",
+        f"{head}.{body}/.{signature}", f"{head}=.{body}.{signature}", f"{head}.{body}.{signature}=",
+        f"{head}.{body}.{signature}==", f"{head}.{body}.{signature}===", f"{head}.{body}.{signature}====",
+        f"{head}.{body[:-1]}.{signature}", f"{head}.{body}.{signature[:-1]}", f"{head}.{body}.{signature[:-2]}",
+        f"{head}.{body}.{signature[:-3]}", f"{head}.{body[:5]}={body[5:]}.{signature}",
+        f"{head}.{last_char_bumped(body)}.{signature}", f"{head}.{body}.{last_char_bumped(signature)}",
+        f"{last_char_bumped(head)}.{body}.{signature}",
+    ]
+    for segment_index in range(3):
+        parts = [head, body, signature]
+        stem = parts[segment_index]
+        for pad in ("=", "==", "==="):
+            parts[segment_index] = padded(stem, "=" * (-len(stem) % 4) if pad == "=" else pad)
+            shapes.append(".".join(parts))
+    headers: list[Any] = [
+        [], "text", 7, None, {**header, "kid": 7}, {**header, "kid": None}, {**header, "crit": []},
+        {**header, "crit": "b64"}, {**header, "crit": ["b64"]}, {**header, "crit": ["b64"], "b64": True},
+        {**header, "crit": ["b64"], "b64": False}, {**header, "b64": False}, {**header, "crit": ["exp"], "exp": 1},
+        {**header, "crit": [1]}, {**header, "b64": "no"}, {**header, "alg": None}, {"kid": header["kid"]},
+    ]
+    shapes += [_with_header(token, h) for h in headers]
+    shapes += [f"{b64url(json.dumps(header).encode('utf-16'))}.{body}.{signature}",
+               f"{b64url(b'{')}.{body}.{signature}", f"{b64url(b'[' * 100_000)}.{body}.{signature}",
+               f"{b64url(json.dumps({**header, 'b64': False}).encode())}..{signature}"]
+    rng = random.Random(12)
+    alphabet = "AZaz09-_=.+/ \t\u00e9"
+    for _ in range(300):
+        chars = list(token)
+        for _ in range(rng.randint(1, 3)):
+            chars[rng.randrange(len(chars))] = rng.choice(alphabet)
+        shapes.append("".join(chars))
+    return shapes
+
+
+def test_token_shapes_are_judged_as_pyjwt_judges_them(entra: EntraStandIn) -> None:
+    shapes = _token_shapes(entra.mint(audience=CLIENT_ID))
+    accepted = 0
+    for shape in shapes:
+        expected = _pyjwt_accepts(shape)
+        if expected is None:
+            with pytest.raises(InvalidToken, match=r"^malformed token$"):
+                _decode_jws(shape)
+            continue
+        accepted += 1
+        decoded = _decode_jws(shape)
+        assert (decoded.header, decoded.payload, decoded.signature) == (
+            expected["header"], expected["payload"], expected["signature"]
+        ), shape
+        assert decoded.signing_input == shape.rsplit(".", 1)[0].encode()
+    # Both outcomes are exercised: padded and crit/b64-true forms pass, the rest do not.
+    assert 8 <= accepted < len(shapes) - 100
+
+
+def test_padding_is_read_but_the_signed_text_is_as_sent(verifier: TokenVerifier, entra: EntraStandIn) -> None:
+    head, body, signature = entra.mint(audience=CLIENT_ID).split(".")
+    assert len(signature) % 4 and len(body) % 4
+
+    # A padded signature is the same signature; a padded payload is other text than was signed.
+    assert verifier.verify(f"Bearer {head}.{body}.{signature}{'=' * (-len(signature) % 4)}").version == "2.0"
+    with pytest.raises(InvalidToken, match=r"^invalid token signature$"):
+        verifier.verify(f"Bearer {head}.{body}{'=' * (-len(body) % 4)}.{signature}")
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({"crit": ["b64"], "b64": True}, None),
+        ({"crit": ["exp"], "exp": 1}, "malformed token"),
+        ({"crit": ["b64"], "b64": False}, "malformed token"),
+        ({"kid": 17}, "malformed token"),
+    ],
+    ids=["crit b64 true", "crit unsupported", "detached payload", "kid a number"],
+)
+def test_signed_header_extensions(
+    verifier: TokenVerifier, entra: EntraStandIn, headers: dict[str, Any], message: str | None
+) -> None:
+    header = f"Bearer {entra.mint(audience=CLIENT_ID, headers=headers)}"
+    if message is None:
+        assert verifier.verify(header).version == "2.0"
+        return
+    with pytest.raises(InvalidToken) as raised:
+        verifier.verify(header)
+    assert str(raised.value) == message
+
+
+def test_a_stray_bit_in_the_signature_spelling_is_malformed(verifier: TokenVerifier, entra: EntraStandIn) -> None:
+    head, body, signature = entra.mint(audience=CLIENT_ID).split(".")
+    assert len(signature) % 4 == 2  # 256 bytes: the last character carries 4 bits beyond the data
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    stray = signature[:-1] + alphabet[alphabet.index(signature[-1]) | 1]
+    # The same signature bytes, spelled differently: lenient base64 decoding would accept it.
+    assert base64.urlsafe_b64decode(stray + "==") == base64.urlsafe_b64decode(signature + "==")
+
+    with pytest.raises(InvalidToken, match=r"^malformed token$"):
+        verifier.verify(f"Bearer {head}.{body}.{stray}")
 
 
 def _assert_no_token_text(header: str | None, *texts: str) -> None:
