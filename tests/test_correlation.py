@@ -130,6 +130,56 @@ def test_fingerprint_handles_non_ascii() -> None:
     assert re.fullmatch(r"[0-9a-f]{16}", fingerprint(parse_alert(body)))
 
 
+# Fingerprints recorded by earlier versions: a record's "written" map and every work note's marker
+# hold them, so the same payload must keep its fingerprint whatever the implementation does.
+KNOWN_FINGERPRINTS = [
+    ("activity_log_administrative_fired.testaction.json", "7b9d872d8844e980"),
+    ("activity_log_autoscale_fired.constructed.json", "7998a6d8c7701bf7"),
+    ("activity_log_policy_fired.constructed.json", "75c4896e75db067d"),
+    ("activity_log_security_fired.constructed.json", "f9fc4db6c76baaf1"),
+    ("budget_forecasted.testaction.json", "ef9e24aa5b822c67"),
+    ("log_alerts_v2_fired.testaction.json", "6ea05704ee415b3e"),
+    ("log_alerts_v2_simple_fired.constructed.json", "ebc990f18fa80a6c"),
+    ("log_v1_application_insights_fired.constructed.json", "7d8a020225330818"),
+    ("log_v1_log_analytics_fired.testaction.json", "3ac6365f271a9359"),
+    ("metric_availability_fired.testaction.json", "d0d299551648f1ee"),
+    ("metric_dynamic_fired.testaction.json", "9e204d434dfb77f5"),
+    ("metric_static_fired.testaction.json", "3ba063abcb116dc2"),
+    ("metric_static_resolved.json", "e94ac09706a17524"),
+    ("prometheus_fired.constructed.json", "0de0eb1aed430fce"),
+    ("resource_health_fired.testaction.json", "5cefeee53e2485d3"),
+    ("resource_health_nospace_fired.constructed.json", "541d5aec54269cba"),
+    ("service_health_incident.testaction.json", "a40053644da19a64"),
+    ("service_health_maintenance.constructed.json", "c0a1157059dff423"),
+    ("smart_detector_fired.testaction.json", "2bcab651837be7e3"),
+]
+
+
+@pytest.mark.parametrize(("name", "expected"), KNOWN_FINGERPRINTS, ids=[n for n, _ in KNOWN_FINGERPRINTS])
+def test_known_fingerprints_never_change(name: str, expected: str) -> None:
+    raw = (FIXTURES / name).read_bytes()
+    alert = parse_alert(raw)
+    assert fingerprint(alert) == expected
+    assert fingerprint(alert, canonical_payload(alert)) == expected
+    # What the outbox stores (the canonical form) parses again into the same fingerprint.
+    assert fingerprint(parse_alert(canonical_payload(alert))) == expected
+
+
+def test_known_fingerprint_of_awkward_values_from_bytes_text_and_a_mapping() -> None:
+    body = json.loads((FIXTURES / "metric_static_fired.testaction.json").read_text(encoding="utf-8"))
+    body["data"]["essentials"]["description"] = "Überlast \u2013 サーバー \U0001f600"
+    body["data"]["customProperties"] = {
+        "float": 1.5e-7, "big": 12345678901234567890, "neg": -0.0, "t": True, "n": None,
+        "nested": [{"b": 1, "a": [2.0, "x"]}],
+    }
+    for given in (json.dumps(body).encode(), json.dumps(body, ensure_ascii=False), body):
+        alert = parse_alert(given)
+        assert fingerprint(alert) == "5ddbf784cc87a55c"
+        assert canonical_payload(alert).endswith(
+            b'"severity":"Sev4","signalType":"Metric"}},"schemaId":"azureMonitorCommonAlertSchema"}'
+        )
+
+
 def test_note_marker() -> None:
     assert note_marker("0123456789abcdef") == "AzMonBridge-0123456789abcdef"
 
