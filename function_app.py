@@ -11,6 +11,7 @@ the ``bridge`` package, shared with ``python -m bridge serve``:
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager
 
 import azure.functions as func
 
@@ -38,14 +39,19 @@ def _serve(req: func.HttpRequest, path: str) -> func.HttpResponse:
     )
 
 
+def _invocation(context: func.Context | None) -> AbstractContextManager[None]:
+    """The host's invocation as the parent of what the bridge records (when telemetry is on), so
+    the host's request and the bridge's spans share one operation id. The worker always passes
+    the context (its parameter's type must be exactly func.Context); tests may call without one."""
+    trace = context.trace_context if context is not None else None
+    parent, state = (trace.trace_parent, trace.trace_state) if trace is not None else (None, None)
+    return telemetry.current().invocation(parent, state)
+
+
 @app.function_name("alerts")
 @app.route(route="alerts", methods=[func.HttpMethod.POST], auth_level=func.AuthLevel.ANONYMOUS)
 def alerts(req: func.HttpRequest, context: func.Context = None) -> func.HttpResponse:  # type: ignore[assignment]
-    # The host's invocation is the parent of the alert's span (when telemetry is on). The worker
-    # always passes the context (its type must be exactly func.Context); tests call without one.
-    trace = context.trace_context if context is not None else None
-    parent, state = (trace.trace_parent, trace.trace_state) if trace is not None else (None, None)
-    with telemetry.current().invocation(parent, state):
+    with _invocation(context):
         return _serve(req, "/api/alerts")
 
 
@@ -57,19 +63,21 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
 
 @app.function_name("outbox")
 @app.queue_trigger(arg_name="msg", queue_name="%OUTBOX_QUEUE_NAME%", connection="AzureWebJobsStorage")
-def outbox(msg: func.QueueMessage) -> None:
+def outbox(msg: func.QueueMessage, context: func.Context = None) -> None:  # type: ignore[assignment]
     runtime = get_runtime()
     if runtime is None:
         # Bad settings: raising lets the runtime retry later; the record keeps the work meanwhile.
         raise RuntimeError("the bridge is misconfigured; see its logs and GET /api/health")
-    runtime.worker.handle_message(msg.get_body())
+    with _invocation(context):
+        runtime.worker.handle_message(msg.get_body())
 
 
 @app.function_name("outbox_sweep")
 @app.timer_trigger(arg_name="timer", schedule="0 */5 * * * *", run_on_startup=False, use_monitor=False)
-def outbox_sweep(timer: func.TimerRequest) -> None:
+def outbox_sweep(timer: func.TimerRequest, context: func.Context = None) -> None:  # type: ignore[assignment]
     runtime = get_runtime()
     if runtime is None:
         logging.getLogger(__name__).warning("outbox sweep skipped: the bridge is misconfigured")
         return
-    runtime.worker.tick()
+    with _invocation(context):
+        runtime.worker.tick()

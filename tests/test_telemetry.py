@@ -477,6 +477,29 @@ def test_the_host_invocation_is_the_parent_of_the_alert_span(
     assert format_trace_id(second.context.trace_id) != trace_id
 
 
+def test_the_host_invocation_is_the_parent_of_an_outbox_pass(
+    bridge: Bridge, exported: Exported, user_functions: dict[str, Callable[..., Any]]
+) -> None:
+    import azure.functions as func
+
+    bridge.snow.faults.status(503, path=r"/api/now/table/incident")
+    assert bridge.post(metric_alert(KEY)).status == 202
+    bridge.snow.faults.clear()
+    runtime.install(bridge.rt.api, bridge.rt)
+    try:
+        trace_id, parent_id = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+        trace = SimpleNamespace(trace_parent=f"00-{trace_id}-{parent_id}-01", trace_state=None)
+        context = SimpleNamespace(trace_context=trace)
+        user_functions["outbox"](func.QueueMessage(body=json.dumps({"key": KEY}).encode()), context)
+    finally:
+        runtime.reset()
+    (passed,) = [s for s in exported.named("outbox pass") if s.attributes.get("bridge.action") == "created"]
+    assert format_trace_id(passed.context.trace_id) == trace_id
+    assert passed.parent is not None and format_span_id(passed.parent.span_id) == parent_id
+    assert passed.kind is SpanKind.INTERNAL
+    assert REFERENCE.findall(bridge.notes()[0]) == [trace_id]
+
+
 def test_itsm_calls_are_not_recorded_twice_when_requests_is_instrumented(bridge: Bridge, exported: Exported) -> None:
     """The Functions worker's distro instruments requests; the bridge's own spans suppress it."""
     from opentelemetry.instrumentation.requests import RequestsInstrumentor
