@@ -30,6 +30,7 @@ __all__ = [
     "Alert",
     "AlertKind",
     "Condition",
+    "canonical_json",
     "display_text",
     "nesting_depth",
     "parse_alert",
@@ -151,6 +152,10 @@ class Alert:
     payload: Mapping[str, Any] = field(repr=False, hash=False)
     kind: AlertKind = AlertKind.UNKNOWN
     conditions: tuple[Condition, ...] = ()
+    # The payload as canonical JSON (see correlation.canonical_payload), written at parse time
+    # from the decoded document, which costs half of thawing the frozen view again; None when it
+    # was not made there (a mapping handed over, or a value that cannot be written as UTF-8).
+    canonical: bytes | None = field(default=None, repr=False, compare=False, hash=False)
 
     @property
     def is_resolved(self) -> bool:
@@ -263,6 +268,9 @@ def _parse(body: bytes | str | Mapping[str, Any]) -> Alert:
     loaded = _load(body)
     if not isinstance(loaded, Mapping):
         _fail("body", "must be a JSON object")
+    # Only what json.loads made is plain JSON as it stands; a mapping handed over may hold other
+    # keys or views, and is canonicalised from its frozen copy when asked (as before).
+    canonical = None if isinstance(body, Mapping) else canonical_json(loaded)
     # Frozen once, whole (the depth is checked on the way), and read from the frozen views only.
     document: Mapping[str, Any] = _freeze(loaded)
     schema_id = document.get("schemaId")
@@ -315,7 +323,21 @@ def _parse(body: bytes | str | Mapping[str, Any]) -> Alert:
         payload=document,
         kind=kind,
         conditions=_conditions(kind, context),
+        canonical=canonical,
     )
+
+
+def canonical_json(document: Any) -> bytes | None:
+    """``document`` (plain JSON values) as canonical JSON: keys sorted, no spaces, UTF-8.
+
+    None when it cannot be written here (an unpaired surrogate from a text body, or a stack too
+    deep for the encoder): whoever needs it then makes it from the frozen view, and meets the
+    same problem where it always met it.
+    """
+    try:
+        return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except (UnicodeEncodeError, RecursionError):
+        return None
 
 
 def _load(body: bytes | str | Mapping[str, Any]) -> Any:

@@ -46,7 +46,13 @@ def correlation_key(alert_id: str) -> str:
 
 
 def canonical_payload(alert: Alert) -> bytes:
-    """The payload as canonical JSON (keys sorted, no spaces): what is fingerprinted and stored."""
+    """The payload as canonical JSON (keys sorted, no spaces): what is fingerprinted and stored.
+
+    Taken as made at parse time when it was (the same text: the frozen view is a copy of that
+    document), else written from a thawed copy of the view.
+    """
+    if alert.canonical is not None:
+        return alert.canonical
     return json.dumps(thaw(alert.payload), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(
         "utf-8"
     )

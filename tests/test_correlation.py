@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import pytest
 
-from bridge.alerts import parse_alert
+from bridge.alerts import parse_alert, thaw
 from bridge.correlation import canonical_payload, correlation_key, fingerprint, note_marker
 
 T = TypeVar("T")
@@ -178,6 +178,29 @@ def test_known_fingerprint_of_awkward_values_from_bytes_text_and_a_mapping() -> 
         assert canonical_payload(alert).endswith(
             b'"severity":"Sev4","signalType":"Metric"}},"schemaId":"azureMonitorCommonAlertSchema"}'
         )
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in FIXTURES.glob("*.json")))
+def test_canonical_json_made_at_parse_time_is_the_thawed_views(name: str) -> None:
+    raw = (FIXTURES / name).read_bytes()
+    from_bytes, from_mapping = parse_alert(raw), parse_alert(json.loads(raw))
+    thawed = json.dumps(thaw(from_bytes.payload), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    assert from_bytes.canonical == thawed.encode("utf-8")
+    # A mapping handed over is canonicalised from its frozen copy, to the same text.
+    assert from_mapping.canonical is None
+    assert canonical_payload(from_mapping) == canonical_payload(from_bytes) == thawed.encode("utf-8")
+
+
+def test_a_text_body_with_a_raw_lone_surrogate_fails_where_it_always_did() -> None:
+    # Only a str body can carry one (bytes are decoded as UTF-8): parsing succeeds, and writing the
+    # canonical form is what fails, as before it was made at parse time.
+    text = (FIXTURES / "metric_static_fired.testaction.json").read_text(encoding="utf-8")
+    alert = parse_alert(text.replace('"Sev4"', '"Sev4 \ud800"'))
+
+    assert alert.canonical is None
+    with pytest.raises(UnicodeEncodeError):
+        canonical_payload(alert)
 
 
 def test_note_marker() -> None:
