@@ -8,7 +8,8 @@ path runs one pass within a short budget, the outbox worker runs the later ones
 Order of arrival does not matter because the gap is computed from the whole record:
 
 - a Fired and no work item: look it up by correlation key (it may predate the record, or be a
-  create whose answer was lost), else create it, already resolved when the Resolved is known;
+  create whose answer was lost), else create it, already resolved when the Resolved is known.
+  The lookup is skipped only when the key provably has no item (:mod:`bridge.epoch`);
 - a Resolved and an open item: re-read the item (a person may have closed it), then resolve;
 - a new Fired payload and an open item: re-read, then add a work note;
 - a payload already written, or an item no longer open: nothing, no ITSM call.
@@ -37,6 +38,7 @@ from .alerts import Alert, parse_alert
 from .cmdb import CmdbBinder
 from .correlation import correlation_key, note_marker
 from .deadline import deadline
+from .epoch import StoreEpoch
 from .errors import ItsmError
 from .mapping import build_work_item, resolution, update_note
 from .retry import RetryPolicy, call_with_retry
@@ -127,8 +129,11 @@ class Reconciler:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         rand: Callable[[], float] = random.random,
+        epoch: StoreEpoch | None = None,
     ) -> None:
         self.store = store
+        # Whether a new key can have no work item (then its Fired skips the lookup).
+        self.epoch = epoch if epoch is not None else StoreEpoch(store, wall=wall)
         self.adapter = adapter
         self._rules = rules
         self._policy = policy
@@ -152,8 +157,13 @@ class Reconciler:
         started = self._clock()
         key = correlation_key(alert.alert_id)
         condition = "Resolved" if alert.is_resolved else "Fired"
-        stored, new = self._record(key, alert, Event(fingerprint, condition, self._wall()), canonical)
+        stored, new, inserted = self._record(key, alert, Event(fingerprint, condition, self._wall()), canonical)
         record = stored.record
+        # Only the delivery that inserted the record, with a Fired first (a Resolved first keeps
+        # its lookup), may skip the lookup; see bridge.epoch for why that is safe.
+        fresh = inserted and (alert.is_stateless or not alert.is_resolved) and self.epoch.provably_new(alert.fired_at)
+        if not fresh:
+            self.epoch.recover()
         if not new and fingerprint in record.written and record.due is None and record.dead is None:
             # An identical redelivery of what is already written: nothing to do, no ITSM call.
             return self._processed(record, fingerprint, Action.IGNORED, "identical alert already recorded")
@@ -161,7 +171,7 @@ class Reconciler:
             return Delivery("rejected", key, reason=record.dead.reason)
 
         budget = self.timing.inline_seconds - (self._clock() - started)
-        result = self._drive_inline(key, {fingerprint: alert}, budget)
+        result = self._drive_inline(key, {fingerprint: alert}, budget, fresh=fresh)
         record = result.record or record
         return self._answer(record, fingerprint, new, result)
 
@@ -171,11 +181,22 @@ class Reconciler:
 
         Only a finished write may be answered 2xx here; anything that would have to wait for the
         outbox raises :class:`StateUnavailable` (503), and Azure Monitor delivers it again.
+
+        Before any ITSM call the store is *tainted* (:meth:`StoreEpoch.taint`): an item made here
+        has no record, so no alert fired until now may skip its lookup later. When the taint
+        cannot be recorded, nothing is written (503).
         """
         from .state.sqlite import SqliteStore
 
+        try:
+            self.epoch.taint()
+        except OSError as exc:
+            raise StateUnavailable(
+                f"the state store is unreachable and the write could not be marked for later: {exc}"
+            ) from None
+        private = SqliteStore(":memory:")
         scratch = Reconciler(
-            SqliteStore(":memory:"),
+            private,
             self.adapter,
             self._rules,
             self._policy,
@@ -185,6 +206,8 @@ class Reconciler:
             clock=self._clock,
             wall=self._wall,
             rand=self._rand,
+            # The throw-away record says nothing about the ITSM: always look up.
+            epoch=StoreEpoch(private, wall=self._wall, enabled=False),
         )
         try:
             delivery = scratch.deliver(alert, canonical, fingerprint)
@@ -230,8 +253,9 @@ class Reconciler:
             reason = record.reasons.get(fingerprint)
         return Delivery("processed", record.key, action, _ref(record), reason)
 
-    def _record(self, key: str, alert: Alert, event: Event, canonical: bytes) -> tuple[Versioned, bool]:
-        """Add ``event`` to the key's record (creating it); False when it was already there."""
+    def _record(self, key: str, alert: Alert, event: Event, canonical: bytes) -> tuple[Versioned, bool, bool]:
+        """Add ``event`` to the key's record (creating it): the record, whether the event is new
+        to it, and whether this call inserted the record (no record existed)."""
         safety = self.timing.inline_seconds + self.timing.lease_margin_seconds
         for _ in range(_CONFLICT_RETRIES):
             now = self._wall()
@@ -245,10 +269,10 @@ class Reconciler:
                     etag = self.store.insert(record, {event.fingerprint: canonical})
                 except StateConflict:
                     continue
-                return Versioned(record, etag), True
+                return Versioned(record, etag), True, True
             record = current.record
             if not record.add_event(event):
-                return current, False
+                return current, False, False
             if record.dead is not None:
                 # A new change of the alert is worth one more try.
                 record.dead, record.attempts, record.failing_since = None, 0, None
@@ -258,16 +282,16 @@ class Reconciler:
                 etag = self.store.replace(record, current.etag, {event.fingerprint: canonical})
             except StateConflict:
                 continue
-            return Versioned(record, etag), True
+            return Versioned(record, etag), True, False
         raise StateUnavailable(f"the record of {key} kept changing; could not record the alert")
 
-    def _drive_inline(self, key: str, cache: dict[str, Alert], budget: float) -> PassResult:
+    def _drive_inline(self, key: str, cache: dict[str, Alert], budget: float, *, fresh: bool = False) -> PassResult:
         """Passes until the gap is closed, another holder finishes, or the budget is spent."""
         end = self._clock() + max(0.0, budget)
-        result = self._pass(key, cache, budget, lease=self.timing.inline_seconds)
+        result = self._pass(key, cache, budget, lease=self.timing.inline_seconds, fresh=fresh)
         while result.busy_until is not None and result.error is None and self._clock() + _BUSY_POLL_SECONDS < end:
             self._sleep(_BUSY_POLL_SECONDS)
-            result = self._pass(key, cache, end - self._clock(), lease=self.timing.inline_seconds)
+            result = self._pass(key, cache, end - self._clock(), lease=self.timing.inline_seconds, fresh=fresh)
         return result
 
     # ------------------------------------------------------------------ outbox path
@@ -300,6 +324,7 @@ class Reconciler:
         return result
 
     def _run(self, key: str, seen: _PassSeen) -> PassResult:
+        self.epoch.recover()
         current = self.store.load(key)
         if current is None:
             return PassResult(None)
@@ -400,7 +425,9 @@ class Reconciler:
 
     # ------------------------------------------------------------------ one pass
 
-    def _pass(self, key: str, cache: dict[str, Alert], budget: float, *, lease: float) -> PassResult:
+    def _pass(
+        self, key: str, cache: dict[str, Alert], budget: float, *, lease: float, fresh: bool = False
+    ) -> PassResult:
         wrote: dict[str, str] = {}
         owner = f"{self._instance}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
         claim_seconds = lease + self.timing.lease_margin_seconds
@@ -408,7 +435,7 @@ class Reconciler:
         try:
             with deadline(max(0.0, budget), self._clock):
                 record = call_with_retry(
-                    lambda: self._steps(key, owner, claim_seconds, cache, wrote),
+                    lambda: self._steps(key, owner, claim_seconds, cache, wrote, fresh),
                     policy,
                     sleep=self._sleep,
                     clock=self._clock,
@@ -438,9 +465,18 @@ class Reconciler:
         return PassResult(record, wrote, error=exc)
 
     def _steps(
-        self, key: str, owner: str, claim_seconds: float, cache: dict[str, Alert], wrote: dict[str, str]
+        self,
+        key: str,
+        owner: str,
+        claim_seconds: float,
+        cache: dict[str, Alert],
+        wrote: dict[str, str],
+        fresh: bool = False,
     ) -> Record | None:
-        """Close the record's gap one step at a time; return the record once nothing is left."""
+        """Close the record's gap one step at a time; return the record once nothing is left.
+
+        ``fresh``: the key provably had no work item when its record was inserted (see
+        :meth:`_ensure_item`)."""
         while True:
             current = self.store.load(key)
             if current is None:
@@ -458,7 +494,7 @@ class Reconciler:
             if step == "search":
                 self._search(key, owner, record, wrote)
             elif step == "ensure":
-                self._ensure_item(key, owner, record, cache, wrote)
+                self._ensure_item(key, owner, record, cache, wrote, fresh)
             elif step == "resolve":
                 self._resolve(key, owner, record, cache, wrote)
             else:
@@ -477,9 +513,20 @@ class Reconciler:
     # ------------------------------------------------------------------ steps
 
     def _ensure_item(
-        self, key: str, owner: str, record: Record, cache: dict[str, Alert], wrote: dict[str, str]
+        self, key: str, owner: str, record: Record, cache: dict[str, Alert], wrote: dict[str, str], fresh: bool
     ) -> None:
-        found = [r for r in self.adapter.find(key)]
+        """Find the key's work item, or create it.
+
+        The lookup is skipped when ``fresh`` (this delivery inserted the record, and
+        :meth:`StoreEpoch.provably_new` rules out every item made without it) and the record,
+        read under our claim, shows no create: no intent, no item. Every create through the
+        record writes its intent first, and only a failure that cannot have landed clears it,
+        so a create by another pass, or an uncertain one of ours, is looked for as before.
+        """
+        if fresh and record.intent is None and record.item is None:
+            found: list[WorkItemRecord] = []
+        else:
+            found = list(self.adapter.find(key))
         if found:
             self._adopt(key, owner, record, found, wrote)
             return

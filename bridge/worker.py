@@ -94,8 +94,14 @@ class OutboxWorker:
         if swept:
             logger.warning("outbox: %d record(s) were due but not scheduled; scheduled again", swept)
         self._last_sweep = now
+        # A fallback write of this machine is recorded as soon as the store answers again.
+        self._reconciler.epoch.recover()
         if now - self._last_purge >= PURGE_EVERY_SECONDS:
-            purged = self._store.purge(now - self._retention)
+            before = now - self._retention
+            # Written before the purge: a key whose record is gone must not pass for new
+            # (bridge.epoch). Should this fail, nothing is purged.
+            self._reconciler.epoch.note_purge(before)
+            purged = self._store.purge(before)
             self._last_purge = now
             if purged:
                 logger.info("state: forgot %d record(s) finished over %.0f days ago", purged, self._retention / 86400)

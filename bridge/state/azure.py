@@ -135,6 +135,12 @@ class AzureStore:
         self._credential: Any = None
         self._table, self._queue = self._clients(max(0, retries))
 
+    @property
+    def identity(self) -> str:
+        """Which table holds the records (endpoint and name, never a credential): state kept
+        beside the store on a machine, such as a fallback marker, is named after it."""
+        return f"{self._connection.table_endpoint.rstrip('/')}/{self._table_name}"
+
     def _clients(self, retries: int) -> tuple[TableClient, QueueClient]:
         connection = self._connection
         timeouts: dict[str, Any] = {
