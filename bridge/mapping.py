@@ -16,6 +16,7 @@ are dropped; the portal link is only ever a link to the Azure portal (see ``Aler
 
 from __future__ import annotations
 
+import functools
 import heapq
 import html
 import json
@@ -93,6 +94,12 @@ _UNSAFE_URL = re.compile(
 _UNSAFE_URL_REPLACEMENT = "(unsafe link removed)"
 # Control characters but tab and line breaks: nothing a person reads, and they hide the above.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]+")
+# For _may_need_safing: the URL pattern's optional tab and line breaks dropped, and every character
+# _CONTROL removes turned into NUL (one mark to look for).
+_URL_SCAN = {
+    **{c: None for c in (0x09, 0x0A, 0x0D)},
+    **{c: "\x00" for c in (*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F)},
+}
 
 
 # --------------------------------------------------------------------------- public API
@@ -144,7 +151,7 @@ def build_work_item(
         correlation_id=correlation_key(alert.alert_id),
         title=render_title(rules.title_template, alert, title_limit),
         description=_description(alert, ci, ci_note, description_limit),
-        note="\n".join(_line(line) for line in note_lines),
+        note="\n".join(_written(note_lines)),
         severity=alert.severity,
         impact=impact,
         urgency=urgency,
@@ -175,7 +182,7 @@ def update_note(alert: Alert, reference: str | None = None) -> str:
         )
     )
     lines.extend(_summary(alert))
-    body = [_line(line) for line in lines]
+    body = _written(lines)
     tail = [_line(f"Portal: {alert.portal_link}"), *_reference(reference), f"[{note_marker(fingerprint(alert))}]"]
     # The marker is what recognises a redelivery: it always ends the note, however long the rest.
     budget = DEFAULT_DESCRIPTION_LIMIT - sum(len(line) + 1 for line in tail)
@@ -253,10 +260,18 @@ def render_title(template: str, alert: Alert, limit: int = DEFAULT_TITLE_LIMIT) 
 # --------------------------------------------------------------------------- templates
 
 
-def _render(template: str, values: Mapping[str, str]) -> str | None:
+@functools.lru_cache(maxsize=16)
+def _parsed(template: str) -> tuple[tuple[str, str | None, str | None, str | None], ...] | None:
+    """The template's parts, parsed once per template (the rules hold one or two), or None."""
     try:
-        parsed = list(string.Formatter().parse(template))
+        return tuple(string.Formatter().parse(template))
     except ValueError:
+        return None
+
+
+def _render(template: str, values: Mapping[str, str]) -> str | None:
+    parsed = _parsed(template)
+    if parsed is None:
         return None
     parts: list[str] = []
     unknown: list[str] = []
@@ -478,7 +493,7 @@ def _description(alert: Alert, ci: ConfigurationItem | None, ci_note: str | None
         lines.append("")
         add("Alert context", _compact(alert.context))
 
-    return _fit([_line(line) for line in lines], limit)
+    return _fit(_written(lines), limit)
 
 
 def _condition_lines(alert: Alert) -> list[str]:
@@ -836,6 +851,9 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 def _text(value: Any) -> str | None:
     """Payload values as display text (see :func:`display_text`); empty values as None."""
+    if type(value) is str:
+        # Most values are; display_text returns them as they are, without the container checks.
+        return value[:_TEXT_MAX_CHARS].strip() or None
     if isinstance(value, Mapping | tuple | list) and not value:
         return None
     text = display_text(value)
@@ -852,7 +870,12 @@ def _plain(markup: str) -> str:
 
 def _clean(text: str) -> str:
     """One line: payload text must not break the description's line structure."""
-    return _SPACES.sub(" ", text[:_TEXT_MAX_CHARS]).strip()
+    text = text[:_TEXT_MAX_CHARS]
+    # Every whitespace character but the space is unprintable, so printable text without a double
+    # space has nothing for the substitution to change (the usual case, found without a regex).
+    if text.isprintable() and "  " not in text:
+        return text.strip()
+    return _SPACES.sub(" ", text).strip()
 
 
 def _safe(text: str) -> str:
@@ -868,6 +891,37 @@ def _unbracket(match: re.Match[str]) -> str:
 def _line(text: str) -> str:
     """One written line: bounded before any work, made safe, then capped."""
     return _cap(_safe(text[:_TEXT_MAX_CHARS]))
+
+
+def _written(lines: Sequence[str]) -> list[str]:
+    """``[_line(line) for line in lines]``, with one look at all of them first.
+
+    Nearly every alert has nothing to make safe, and one search per pattern over the joined
+    lines costs far less than three substitutions per line. Any match within a line is also a
+    match in the joined text (the patterns have no anchors and need nothing after the match),
+    so "no match there" means :func:`_safe` would return every line unchanged.
+    """
+    joined = "\n".join(lines)
+    if _may_need_safing(joined):
+        return [_line(line) for line in lines]
+    return [_cap(line[:_TEXT_MAX_CHARS]) for line in lines]
+
+
+def _may_need_safing(text: str) -> bool:
+    """False only when :func:`_safe` would leave every part of ``text`` unchanged.
+
+    The URL pattern is slow to search (every position tried, case-insensitively), so ASCII text
+    is first looked at with plain string operations: a script or data URL there needs, once the
+    tabs and line breaks the pattern allows are dropped and the case folded, "script:" or
+    "data:" (non-ASCII text could spell them with letters such as U+017F, which the pattern's
+    case folding matches: it is searched as ever).
+    """
+    if _CODE_TAG.search(text):
+        return True
+    if not text.isascii():
+        return _CONTROL.search(text) is not None or _UNSAFE_URL.search(text) is not None
+    folded = text.translate(_URL_SCAN).lower()
+    return "\x00" in folded or "script:" in folded or "data:" in folded
 
 
 def _bounded(items: Sequence[str], total: int | None = None) -> list[str]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bridge import mapping
 from bridge.adapters.base import ConfigurationItem
 from bridge.alerts import SCHEMA_ID, Alert, parse_alert
 from bridge.correlation import correlation_key, fingerprint, note_marker
@@ -630,3 +632,51 @@ def test_a_title_stays_within_its_limit_when_made_safe() -> None:
     alert = with_rule("javascript:x " * 40)
     title = build_work_item(alert, RULES).title
     assert len(title) <= 160 and "javascript" not in title.lower()
+
+
+# --------------------------------------------------------------------------- fast paths
+# _written and _clean skip the regular expressions when one cheap look shows they would change
+# nothing; whatever the text, the result must be what the expressions give.
+
+_PIECES = [
+    "Alert rule: ", "javascript", "JaVaScRiPt", "java\tscript", "jav\u017fcript", "vbscr\u0130pt", "livescript",
+    "data", "DATA", "d\na\rta", "meta", ":", " :", "\t:", "text/html", ",", ";", "[code]", "[ / C o d e ]", "[cod",
+    "\x01", "\x7f", "\x1f", "\t", "\n", "\r", " ", "  ", "\u00a0", "\u2028", "\u3000", "\x85", "é", "サーバー",
+    "https://portal.azure.com/x", "Sev3", "0",
+]
+
+
+def _random_lines(seed: int, count: int) -> list[list[str]]:
+    rng = random.Random(seed)
+    return [
+        ["".join(rng.choice(_PIECES) for _ in range(rng.randint(0, 12))) for _ in range(rng.randint(1, 6))]
+        for _ in range(count)
+    ]
+
+
+def test_written_lines_are_the_lines_made_safe_one_by_one() -> None:
+    cases = [
+        [f"Description: {variant}" for variant in [*URL_VARIANTS, *CODE_VARIANTS, PAYLOAD]],
+        ["Alert rule: jav\u017fcript:alert(1)"],  # only the pattern's case folding sees this one
+        ["Fired at: 2025-01-01T00:00:00Z", "Missing data: 5 points", "metadata: none"],
+        ["x" * (mapping._TEXT_MAX_CHARS + 10) + "javascript:x"],  # beyond the bound: never reached
+        *_random_lines(7, 3000),
+    ]
+    changed = 0
+    for lines_ in cases:
+        expected = [mapping._line(line) for line in lines_]
+        assert mapping._written(lines_) == expected, lines_
+        changed += expected != [mapping._cap(line[: mapping._TEXT_MAX_CHARS]) for line in lines_]
+    # Both ways are taken: most random lines have something to make safe, the plain ones not.
+    assert 100 < changed < len(cases) - 100
+
+
+def test_clean_collapses_whitespace_as_the_expression_does() -> None:
+    spaces = re.compile(r"\s+")
+    every_space = [chr(c) for c in range(0x110000) if spaces.fullmatch(chr(c))]
+    # What the shortcut rests on: the space is the only printable whitespace character.
+    assert [c for c in every_space if c.isprintable()] == [" "]
+    samples = ["".join(line) for line in _random_lines(11, 2000)]
+    samples += [f"a{c}b" for c in every_space] + [f" {c} x{c}{c}" for c in every_space] + ["", " ", "a  b", " a "]
+    for text in samples:
+        assert mapping._clean(text) == spaces.sub(" ", text[: mapping._TEXT_MAX_CHARS]).strip(), repr(text)
