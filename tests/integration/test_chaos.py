@@ -5,10 +5,14 @@ ServiceNow faults (429, 500, 503, slow, dropped, committed-then-dropped), a Serv
 a SIGKILLed process, with a sender that retries like Azure Monitor (waits scaled down). Then:
 0 lost, 0 duplicates, 0 wrong states, no work note written twice. The figures are printed
 (``pytest -s``) for the README and the session notes.
+
+The alerts fire "now" and the store has kept records for a day, so new Fireds take the one-call
+path (create without a lookup, bridge/epoch.py) through all of it; the run checks they did.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -16,11 +20,13 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bridge.epoch import RECORDS_SINCE
 from bridge.sandbox.servicenow import FaultInjector
 from bridge.sandbox.stack import SANDBOX_SUBSCRIPTION, SandboxStack, load_sample
 
@@ -34,6 +40,8 @@ SENDERS = 8
 OUTAGE_SECONDS = 6.0
 # The ITSM calls that are faulted: every work-item call (not OAuth, not the CMDB).
 WORK_ITEM_PATHS = {"servicenow": r"^/api/now/table/incident", "jira": r"^/rest/api/3/(issue|search)"}
+# Where a create is POSTed.
+CREATE_PATHS = {"servicenow": "/api/now/table/incident", "jira": "/rest/api/3/issue"}
 
 
 @dataclass
@@ -49,8 +57,13 @@ def alert_id(guid: str) -> str:
     return f"/subscriptions/{SANDBOX_SUBSCRIPTION}/providers/Microsoft.AlertsManagement/alerts/{guid}"
 
 
+def stamp(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def plan(rng: random.Random) -> list[Lifecycle]:
     lifecycles = []
+    now = time.time()
     for _ in range(LIFECYCLES):
         guid = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         stateless = rng.random() < 0.15
@@ -58,16 +71,17 @@ def plan(rng: random.Random) -> list[Lifecycle]:
             "metric_static_fired.testaction.json"
         )
         life = Lifecycle(guid, stateless)
-        fired = load_sample(sample, alertId=alert_id(guid))
+        fired_at = now - rng.uniform(0, 120)  # Azure stamps the firing just before it sends
+        fired = load_sample(sample, alertId=alert_id(guid), firedDateTime=stamp(fired_at))
         life.events.append(fired)
         if rng.random() < 0.4:
-            again = load_sample(sample, alertId=alert_id(guid), firedDateTime="2025-04-15T18:40:00.0000000Z")
+            again = load_sample(sample, alertId=alert_id(guid), firedDateTime=stamp(fired_at + 480))
             life.events.append(again)
         if not stateless and rng.random() < 0.7:
             life.resolves = True
             resolved = load_sample(
                 sample, alertId=alert_id(guid), monitorCondition="Resolved",
-                resolvedDateTime="2025-04-15T18:52:12.0000000Z",
+                firedDateTime=stamp(fired_at), resolvedDateTime=stamp(fired_at + 720),
             )
             if rng.random() < 0.15:
                 life.events.insert(0, resolved)  # the Resolved overtakes its Fired
@@ -101,9 +115,27 @@ def inject_faults(cluster: Cluster) -> dict[str, Any]:
     }
 
 
+def created_without_lookup(cluster: Cluster, guids: list[str]) -> int:
+    """How many keys the ITSM saw created before anything looked for them (the one-call path)."""
+    create_path = CREATE_PATHS[cluster.stack.itsm.name]
+    first_seen: dict[str, bool] = {}  # guid -> its first mention was a create
+    for request in list(cluster.standin.requests):
+        text = json.dumps([request.query, request.body], default=str)
+        for guid in guids:
+            if guid not in first_seen and guid in text:
+                first_seen[guid] = request.method == "POST" and request.path == create_path
+    return sum(first_seen.values())
+
+
 def test_chaos_loses_nothing_and_duplicates_nothing(cluster: Cluster) -> None:
     rng = random.Random(SEED)
     lifecycles = plan(rng)
+    # The store has kept records for a day: alerts fired now are provably new.
+    store = cluster.store()
+    try:
+        store.put_meta(RECORDS_SINCE, {"at": time.time() - 86400})
+    finally:
+        store.close()
     rules = inject_faults(cluster)
     deliveries = 0
     counter = threading.Lock()
@@ -178,14 +210,20 @@ def test_chaos_loses_nothing_and_duplicates_nothing(cluster: Cluster) -> None:
         for answer in life.answers:
             statuses[str(answer.status)] = statuses.get(str(answer.status), 0) + 1
 
+    one_call = created_without_lookup(cluster, [life.guid for life in lifecycles])
+    fired_first = sum(1 for life in lifecycles if life.events[0]["data"]["essentials"]["monitorCondition"] == "Fired")
     print(
         f"\nchaos ({cluster.stack.itsm.display_name}): {LIFECYCLES} lifecycles, "
         f"{sum(len(life.events) for life in lifecycles)} events, "
         f"{deliveries} deliveries (answers {statuses}); faults {fault_counts}; {', '.join(chaos_log)}; "
         f"sending {sending:.1f} s, drained {drain:.1f} s after the last delivery; "
         f"lost {len(lost)}, duplicates {len(duplicated)}, wrong states {len(wrong)}, "
-        f"repeated notes {len(repeated_notes)}, answers Azure would drop {len(refused)}"
+        f"repeated notes {len(repeated_notes)}, answers Azure would drop {len(refused)}; "
+        f"created without a lookup {one_call} of {fired_first} that fired first"
     )
     assert sum(fault_counts.values()) > deliveries * 0.1, fault_counts
     assert refused == []
     assert lost == [] and duplicated == [] and wrong == [] and repeated_notes == []
+    # Most new Fireds took the one-call path (faults, the outage and the kill send some back
+    # through the lookup, as they should).
+    assert one_call > fired_first / 2, (one_call, fired_first)

@@ -6,22 +6,27 @@ stand-in stopped for outages (connections refused) and faulted for refusals.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
+from bridge.epoch import RECORDS_SINCE
 from bridge.sandbox.stack import SandboxStack
 from bridge.sandbox.stack import metric_alert as metric
+from bridge.state.connection import DEVELOPMENT_ACCOUNT, DEVELOPMENT_KEY
+from tests.azurite import azurite_executable, free_port
 
-from .cluster import REPO, Cluster, running
+from .cluster import REPO, Cluster, Instance, running
 
 pytestmark = pytest.mark.integration
 
@@ -161,3 +166,133 @@ def test_a_dead_letter_is_listed_and_replayed(cluster: Cluster) -> None:
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     assert len(cluster.incidents_by_key()[guid]) == 1
     assert "1 done" in outbox(cluster, "list").stdout
+
+
+# --- a write made while the state store was down --------------------------------------------------
+
+
+class PinnedAzurite:
+    """Azurite on ports fixed for its whole life, so it can be stopped and started again at the
+    same address (the state store going away and coming back, its data kept in ``location``)."""
+
+    def __init__(self, location: Path) -> None:
+        self.location = location
+        self.ports = {"blob": free_port(), "queue": free_port(), "table": free_port()}
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={DEVELOPMENT_ACCOUNT};AccountKey={DEVELOPMENT_KEY};"
+            f"QueueEndpoint=http://127.0.0.1:{self.ports['queue']}/{DEVELOPMENT_ACCOUNT};"
+            f"TableEndpoint=http://127.0.0.1:{self.ports['table']}/{DEVELOPMENT_ACCOUNT};"
+        )
+
+    def start(self) -> None:
+        self.location.mkdir(parents=True, exist_ok=True)
+        command = [str(azurite_executable()), "--silent", "--location", str(self.location), "--disableTelemetry",
+                   "--skipApiVersionCheck"]
+        for service, port in self.ports.items():
+            command += [f"--{service}Port", str(port)]
+        self._process = subprocess.Popen(  # noqa: S603 - fixed arguments
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, cwd=self.location
+        )
+        deadline = time.monotonic() + 60
+        while not all(_listening(self.ports[s]) for s in ("queue", "table")):
+            assert self._process.poll() is None, "Azurite exited"
+            assert time.monotonic() < deadline, "Azurite did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=10)
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def test_a_fallback_create_whose_answer_was_lost_is_found_by_the_next_process_after_the_store_returns(
+    stack: SandboxStack, tmp_path: Path
+) -> None:
+    """The store down, ServiceNow up: the fallback creates the incident without a record, and the
+    process is killed before it answers. The store comes back (with its data) and Azure's
+    redelivery reaches another process on the same machine. The alert fired just now, after the
+    store's epoch: only the fallback's marker keeps the new process from skipping the lookup."""
+    azurite = PinnedAzurite(tmp_path / "azurite")
+    machine_tmp = tmp_path / "tmp"  # the machine's temp directory, where the marker is left
+    machine_tmp.mkdir()
+    azurite.start()
+    cluster: Cluster | None = None
+    try:
+        suffix = uuid.uuid4().hex[:10]
+        cluster = Cluster(
+            stack,
+            tmp_path / "unused.sqlite3",
+            instances=1,
+            STATE_STORE="azure",
+            AzureWebJobsStorage=azurite.connection_string,
+            STATE_TABLE_NAME=f"state{suffix}",
+            OUTBOX_QUEUE_NAME=f"outbox-{suffix}",
+            ITSM_INLINE_SECONDS="4",
+            ITSM_TIMEOUT_SECONDS="4",
+        )
+        epoch = time.time() - 86400
+        store = cluster.store()
+        store.put_meta(RECORDS_SINCE, {"at": epoch})  # the store has kept records for a day
+        store.close()
+        cluster.env["TMPDIR"] = str(machine_tmp)
+        cluster.instances[0].stop()
+        cluster.instances[0] = Instance(cluster.env, "bridge-0")
+
+        guid = str(uuid.uuid4())
+        payload = metric(guid)
+        payload["data"]["essentials"]["firedDateTime"] = (
+            datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        )
+        azurite.stop()  # the state store is gone
+        # The create lands 6 s after it is sent; the process is killed before then.
+        cluster.snow.faults.latency(6.0, method="POST", path=INCIDENTS)
+        answers: list[Any] = []
+        sender = threading.Thread(target=lambda: answers.append(cluster.post(0, payload, timeout=20)))
+        sender.start()
+        deadline = time.monotonic() + 15
+        while not any(r.method == "GET" and guid in str(r.query) for r in cluster.snow.requests):
+            assert time.monotonic() < deadline, "the fallback never looked the alert up"
+            time.sleep(0.02)
+        time.sleep(0.5)  # its create is on its way
+        assert len(list(machine_tmp.glob("bridge-taint-*/*.json"))) == 1  # marked before the create
+        cluster.instances[0].kill()
+        sender.join()
+        assert answers[0].status is None  # no answer: Azure will deliver it again
+        while not cluster.incidents_by_key().get(guid):
+            assert time.monotonic() < deadline + 10, "the create never landed"
+            time.sleep(0.1)
+        cluster.snow.faults.clear()
+
+        azurite.start()  # the store is back, with its records and meta
+        store = cluster.store()
+        if store.get_meta(RECORDS_SINCE) is None:
+            store.put_meta(RECORDS_SINCE, {"at": epoch})  # Azurite may not have saved it yet
+        store.close()
+        cluster.instances.append(Instance(cluster.env, "bridge-1"))  # another process, same machine
+        again = cluster.post(1, payload, timeout=15)
+        assert again.status == 200, again.body
+        assert len(cluster.incidents_by_key()[guid]) == 1
+        assert creates(cluster) == 1
+        assert again.body["workItem"]["number"] == cluster.incidents_by_key()[guid][0]["number"]
+        assert list(machine_tmp.glob("bridge-taint-*/*.json")) == []  # recorded in the store
+        store = cluster.store()
+        raised = store.get_meta(RECORDS_SINCE)
+        store.close()
+        assert raised is not None and raised["at"] > epoch + 3600
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        azurite.stop()
