@@ -28,7 +28,8 @@ firing. So every item of cases 2-5 belongs to an alert fired before
 ``max(records_since, purged_before, taint) + margin``. The margin (:data:`MARGIN_SECONDS`)
 covers the upgrade overlap and the clock skew between Azure, the bridge's hosts and the store.
 An alert fired later than that, whose record this delivery inserted, has no work item. An
-alert without ``firedDateTime`` never qualifies.
+alert without ``firedDateTime``, or stamped later than now plus the margin (a sender's clock
+that is off), never qualifies.
 
 What is left: an instance makes a fallback write, then is gone for good (host lost, marker
 with it) before the store comes back. A redelivery of that alert to *another machine* after
@@ -149,7 +150,9 @@ class StoreEpoch:
         except (StateUnavailable, OSError, _NoEpoch) as exc:
             logger.debug("the epoch is not known (%s); the lookup is kept", exc)
             return False
-        return fired > horizon + self._margin
+        # A firing stamped later than now (beyond the skew) comes from a clock that cannot be
+        # trusted to have stamped the alert's earlier deliveries before they came.
+        return horizon + self._margin < fired <= self._wall() + self._margin
 
     def taint(self) -> None:
         """Called before a write without a record: from now on, alerts fired until now + margin

@@ -20,12 +20,21 @@ import pytest
 from bridge.alerts import parse_alert
 from bridge.cmdb import CmdbBinder
 from bridge.correlation import canonical_payload, fingerprint
-from bridge.epoch import MARGIN_SECONDS, PURGED_BEFORE, RECORDS_SINCE, REFRESH_SECONDS, StoreEpoch
+from bridge.epoch import (
+    MARGIN_SECONDS,
+    PURGED_BEFORE,
+    RECORDS_SINCE,
+    REFRESH_SECONDS,
+    StoreEpoch,
+    marker_directory,
+)
 from bridge.reconcile import Action, Delivery, Reconciler, Timing
 from bridge.retry import RetryPolicy
 from bridge.rules import MappingRules
 from bridge.sandbox.stack import load_sample
+from bridge.state.azure import AzureStore
 from bridge.state.base import StateUnavailable
+from bridge.state.connection import DEVELOPMENT_KEY, AzureConnection
 from bridge.state.sqlite import SqliteStore
 from bridge.worker import OutboxWorker
 from tests.fakes import MemoryAdapter
@@ -269,7 +278,8 @@ def test_a_fallback_write_in_this_process_makes_its_alerts_look_up(
     assert list(here.markers.rglob("*.json")) == []  # recorded in the store, then removed
     assert rec.store.get_meta(RECORDS_SINCE) == {"at": START}
     adapter.calls.clear()
-    send(rec, metric(OTHER, START + MARGIN_SECONDS + 1))  # fired after taint + margin
+    clock.advance(MARGIN_SECONDS + 120)
+    send(rec, metric(OTHER, clock() - 60))  # fired after taint + margin
     assert ops(adapter) == ["create"]
 
 
@@ -370,3 +380,19 @@ def test_concurrent_deliveries_of_a_fresh_alert_create_exactly_one_item(
     assert creates(adapter) == 1 and len(adapter.items) == 1
     assert sorted(a.action for a in answers if a.action) == [Action.CREATED] + [Action.IGNORED] * 11
     assert {a.work_item for a in answers} == {adapter.items[0].ref}
+
+
+def test_an_alert_stamped_in_the_future_is_looked_up(rec: Reconciler, adapter: MemoryAdapter) -> None:
+    send(rec, metric(KEY, START + MARGIN_SECONDS + 60))  # the sender's clock is off
+    assert ops(adapter) == ["find", "create"]
+
+
+def test_markers_are_named_after_the_store_never_its_credential(tmp_path: Path) -> None:
+    connection = AzureConnection.from_env({"AzureWebJobsStorage": "UseDevelopmentStorage=true"})
+    assert connection is not None
+    one, same, other = (AzureStore(connection, table, "outbox") for table in ("alertstate", "alertstate", "other"))
+    assert marker_directory(one, tmp_path) == marker_directory(same, tmp_path) != marker_directory(other, tmp_path)
+    assert DEVELOPMENT_KEY not in one.identity and "alertstate" in one.identity
+    files = [SqliteStore(tmp_path / name) for name in ("a.sqlite3", "b.sqlite3")]
+    assert marker_directory(files[0], tmp_path) != marker_directory(files[1], tmp_path)
+    assert marker_directory(SqliteStore(":memory:"), tmp_path) is None
