@@ -150,6 +150,10 @@ class StoreEpoch:
         except (StateUnavailable, OSError, _NoEpoch) as exc:
             logger.debug("the epoch is not known (%s); the lookup is kept", exc)
             return False
+        except Exception:
+            # Whatever went wrong, the lookup is the safe answer.
+            logger.exception("could not tell whether an alert is new; the lookup is kept")
+            return False
         # A firing stamped later than now (beyond the skew) comes from a clock that cannot be
         # trusted to have stamped the alert's earlier deliveries before they came.
         return horizon + self._margin < fired <= self._wall() + self._margin
@@ -181,6 +185,9 @@ class StoreEpoch:
                 self._recover()
         except (StateUnavailable, OSError, _NoEpoch) as exc:
             logger.warning("could not record an earlier write made without the state store yet: %s", exc)
+        except Exception:
+            # The markers stay for the next try; the delivery or pass that called goes on.
+            logger.exception("could not record an earlier write made without the state store")
 
     def note_purge(self, before: float) -> None:
         """Record the cut-off of a purge about to run. Raises :class:`StateUnavailable`, and then

@@ -396,3 +396,14 @@ def test_markers_are_named_after_the_store_never_its_credential(tmp_path: Path) 
     files = [SqliteStore(tmp_path / name) for name in ("a.sqlite3", "b.sqlite3")]
     assert marker_directory(files[0], tmp_path) != marker_directory(files[1], tmp_path)
     assert marker_directory(SqliteStore(":memory:"), tmp_path) is None
+
+
+def test_any_failure_reading_the_epoch_keeps_the_lookup(
+    rec: Reconciler, adapter: MemoryAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(name: str) -> Any:
+        raise RuntimeError("unexpected")
+
+    monkeypatch.setattr(rec.store, "get_meta", broken)
+    assert send(rec, metric(KEY, START - 60)).action is Action.CREATED
+    assert ops(adapter) == ["find", "create"]
