@@ -43,6 +43,9 @@ CREATE TABLE IF NOT EXISTS payloads (
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 _BUSY_TIMEOUT_SECONDS = 10.0
+_INSERT = "INSERT INTO records (key, version, doc, due, updated) VALUES (?, 1, ?, ?, ?)"
+# Conditional on the version read: the statement itself is the compare-and-swap.
+_REPLACE = "UPDATE records SET version = version + 1, doc = ?, due = ?, updated = ? WHERE key = ? AND version = ?"
 
 
 class SqliteStore:
@@ -84,32 +87,28 @@ class SqliteStore:
         return Versioned(Record.from_json(row[0]), str(row[1]))
 
     def insert(self, record: Record, payloads: Mapping[str, bytes] | None = None) -> str:
+        params = (record.key, record.to_json(), record.due, record.updated_at)
+
         def write(db: sqlite3.Connection) -> str:
             try:
-                db.execute(
-                    "INSERT INTO records (key, version, doc, due, updated) VALUES (?, 1, ?, ?, ?)",
-                    (record.key, record.to_json(), record.due, record.updated_at),
-                )
+                db.execute(_INSERT, params)
             except sqlite3.IntegrityError:
                 raise StateConflict(record.key) from None
             self._put_payloads(db, record.key, payloads)
             return "1"
 
-        return str(self._transaction(write))
+        return str(self._write(write, payloads))
 
     def replace(self, record: Record, etag: str, payloads: Mapping[str, bytes] | None = None) -> str:
+        params = (record.to_json(), record.due, record.updated_at, record.key, int(etag))
+
         def write(db: sqlite3.Connection) -> str:
-            cursor = db.execute(
-                "UPDATE records SET version = version + 1, doc = ?, due = ?, updated = ? "
-                "WHERE key = ? AND version = ?",
-                (record.to_json(), record.due, record.updated_at, record.key, int(etag)),
-            )
-            if cursor.rowcount != 1:
+            if db.execute(_REPLACE, params).rowcount != 1:
                 raise StateConflict(record.key)
             self._put_payloads(db, record.key, payloads)
             return str(int(etag) + 1)
 
-        return str(self._transaction(write))
+        return str(self._write(write, payloads))
 
     def payload(self, key: str, fingerprint: str) -> bytes | None:
         row = self._one("SELECT body FROM payloads WHERE key = ? AND fingerprint = ?", (key, fingerprint))
@@ -146,11 +145,8 @@ class SqliteStore:
 
     def schedule(self, key: str, delay_seconds: float) -> None:
         at = self._clock() + max(0.0, delay_seconds)
-        self._transaction(
-            lambda db: db.execute(
-                "UPDATE records SET due = MIN(COALESCE(due, ?), ?) WHERE key = ?", (at, at, key)
-            )
-        )
+        self._statement(lambda db: db.execute("UPDATE records SET due = MIN(COALESCE(due, ?), ?) WHERE key = ?",
+                                              (at, at, key)))
 
     def take_due(self, limit: int, lease_seconds: float) -> list[DueWork]:
         def take(db: sqlite3.Connection) -> list[DueWork]:
@@ -172,7 +168,7 @@ class SqliteStore:
         return works
 
     def finish(self, work: DueWork) -> None:
-        self._transaction(
+        self._statement(
             lambda db: db.execute(
                 "UPDATE records SET leased_until = NULL WHERE key = ? AND leased_until = ?", (work.key, work.receipt)
             )
@@ -189,7 +185,7 @@ class SqliteStore:
 
     def put_meta(self, name: str, value: Mapping[str, Any]) -> None:
         text = json.dumps(dict(value), separators=(",", ":"), sort_keys=True)
-        self._transaction(
+        self._statement(
             lambda db: db.execute(
                 "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
                 (name, text),
@@ -216,6 +212,23 @@ class SqliteStore:
         with self._lock:
             try:
                 return self._db.execute(sql, params).fetchone()
+            except sqlite3.Error as exc:
+                raise self._unavailable(exc) from None
+
+    def _write(self, work: Callable[[sqlite3.Connection], Any], payloads: Mapping[str, bytes] | None) -> Any:
+        """A record write: with payloads, one transaction for both; without, the one statement."""
+        return self._transaction(work) if payloads else self._statement(work)
+
+    def _statement(self, work: Callable[[sqlite3.Connection], Any]) -> Any:
+        """``work`` that is a single write statement, run on its own.
+
+        A lone statement is its own transaction in SQLite: atomic, and it takes the write lock
+        when it starts, waiting for it as BEGIN IMMEDIATE would (the busy timeout applies). So
+        BEGIN and COMMIT around it would only be two more statements.
+        """
+        with self._lock:
+            try:
+                return work(self._db)
             except sqlite3.Error as exc:
                 raise self._unavailable(exc) from None
 

@@ -12,6 +12,8 @@ import base64
 import json
 import logging
 import os
+import sqlite3
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -55,6 +57,58 @@ class TestSqliteStore(StoreContract):
     @pytest.fixture
     def pass_time(self, clock: FakeClock) -> PassTime:
         return clock.advance
+
+    # A write of the record alone is one statement (its own transaction); with payloads, one
+    # transaction holds both. Fewer statements per delivery, the same atomicity.
+
+    @staticmethod
+    def _statements(store: SqliteStore) -> list[str]:
+        seen: list[str] = []
+        store._db.set_trace_callback(lambda sql: seen.append(sql.split(None, 1)[0].upper()))
+        return seen
+
+    def test_record_writes_alone_are_single_statements(self, store: SqliteStore) -> None:
+        seen = self._statements(store)
+        etag = store.insert(make_record(due=None))
+        etag = store.replace(make_record(attempts=4), etag)
+        store.schedule(KEY, 5.0)
+        with pytest.raises(StateConflict):
+            store.replace(make_record(attempts=5), "1")
+
+        assert seen == ["INSERT", "UPDATE", "UPDATE", "UPDATE"]
+        loaded = store.load(KEY)
+        assert loaded is not None and loaded.etag == etag == "2" and loaded.record.attempts == 4
+
+    def test_record_and_payloads_are_written_in_one_transaction(self, store: SqliteStore) -> None:
+        seen = self._statements(store)
+        etag = store.insert(make_record(), {"f" * 64: b"{}"})
+        store.replace(make_record(attempts=4), etag, {"e" * 64: b"[]"})
+
+        assert seen == ["BEGIN", "INSERT", "INSERT", "COMMIT", "BEGIN", "UPDATE", "INSERT", "COMMIT"]
+
+    def test_a_lone_write_waits_for_another_writer_instead_of_failing(self, store: SqliteStore, tmp_path: Path) -> None:
+        etag = store.insert(make_record())
+        other = sqlite3.connect(tmp_path / "state.sqlite3", isolation_level=None, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock for a while
+        release = threading.Timer(0.3, other.execute, ("COMMIT",))
+        release.start()
+        started = time.monotonic()
+        try:
+            assert store.replace(make_record(attempts=9), etag) == "2"
+        finally:
+            release.join()
+            other.close()
+
+        assert time.monotonic() - started >= 0.25
+        loaded = store.load(KEY)
+        assert loaded is not None and loaded.record.attempts == 9
+
+    def test_a_failing_lone_write_is_state_unavailable(self, store: SqliteStore, tmp_path: Path) -> None:
+        etag = store.insert(make_record())
+        store._db.execute("DROP TABLE records")  # any SQLite error will do
+
+        with pytest.raises(StateUnavailable, match=r"^SQLite state store failed: OperationalError"):
+            store.replace(make_record(attempts=9), etag)
 
 
 # ---------------------------------------------------------------------- Azure
