@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
 from collections.abc import Callable, Iterable
@@ -308,3 +309,61 @@ def test_policy_from_settings() -> None:
 def test_policy_rejects_nonsense(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_the_wait_is_drawn_for_every_retryable_failure_even_the_last(time: FakeTime) -> None:
+    # As with the tenacity loop this replaced: the wait is computed before the stop is decided, so
+    # a jitter source shared by many calls advances the same way.
+    draws: list[float] = []
+
+    def rand() -> float:
+        draws.append(0.5)
+        return 0.5
+
+    script = Script([http_error(503)] * 3)
+    with pytest.raises(ItsmError):
+        call_with_retry(script, RetryPolicy(attempts=3), sleep=time.sleep, clock=time.clock, rand=rand)
+    assert (len(draws), len(time.sleeps)) == (3, 2)
+
+    draws.clear()
+    with pytest.raises(ItsmError):
+        call_with_retry(Script([http_error(404)]), RetryPolicy(), sleep=time.sleep, clock=time.clock, rand=rand)
+    assert draws == []
+
+
+def test_only_the_error_that_propagates_gets_the_attempt_count(time: FakeTime) -> None:
+    first, last = http_error(503), http_error(502)
+    default = http_error(500).attempts
+
+    with pytest.raises(ItsmError) as caught:
+        run(Script([first, last]), time, RetryPolicy(attempts=2))
+
+    assert caught.value is last and last.attempts == 2
+    assert first.attempts == default
+
+
+def _raise_fresh(status: int) -> Callable[[], str]:
+    """An ITSM call failing ``status`` once, then answering; it keeps no reference to its error."""
+    calls = [0]
+
+    def call() -> str:
+        calls[0] += 1
+        if calls[0] == 1:
+            raise http_error(status)
+        return "ok"
+
+    return call
+
+
+def test_retrying_leaves_no_reference_cycles(time: FakeTime) -> None:
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(200):
+            assert run(lambda: "ok", time) == "ok"
+            assert run(_raise_fresh(503), time) == "ok"
+        unreachable = gc.collect()
+    finally:
+        gc.enable()
+
+    assert unreachable == 0
