@@ -420,13 +420,15 @@ def _rebuild(
         for entry in items:
             if is_mapping:
                 key, item = entry
-                if keys_as_text:
+                if keys_as_text and type(key) is not str:
                     key = str(key)
             else:
                 key, item = None, entry
             if isinstance(item, _SCALARS):
                 pass
-            elif isinstance(item, Mapping):
+            # dict and list first by exact type: the Mapping check is an ABC's (slow), and a list
+            # is never a Mapping.
+            elif type(item) is dict or (type(item) is not list and isinstance(item, Mapping)):
                 if limit is not None and len(stack) >= limit:
                     raise PayloadError(_TOO_DEEP, field="body")
                 keys.append(key)

@@ -4,7 +4,7 @@ can be unusable. Fixtures and their provenance: tests/fixtures/alerts/README.md.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from types import MappingProxyType
@@ -358,6 +358,44 @@ def test_bytes_text_and_mapping_inputs_agree() -> None:
     assert parse_alert(data.decode("utf-8")) == from_bytes
     assert parse_alert(json.loads(data)) == from_bytes
     assert parse_alert(b"\xef\xbb\xbf" + data) == from_bytes  # a UTF-8 byte-order mark is tolerated
+
+
+class _Key(str):
+    """A key of a str subclass, as a caller's mapping may hold."""
+
+
+class _Plain(Mapping[str, Any]):
+    """A Mapping that is no dict, to freeze like any other."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = data
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+def test_a_mapping_handed_over_is_frozen_whatever_its_kinds() -> None:
+    body = minimal()
+    body["data"]["customProperties"] = {
+        _Key("sub"): "a", 7: "int key", "view": MappingProxyType({"x": [1, (2, 3)]}),
+        "plain": _Plain({"y": [{"z": None}]}), "tuple": (True, 1.5), "set": {1},
+    }
+    custom = parse_alert(body).custom_properties
+    assert custom is not None
+
+    assert sorted(custom) == ["7", "plain", "set", "sub", "tuple", "view"]
+    assert all(type(key) is str for key in custom)
+    assert isinstance(custom["view"], MappingProxyType) and custom["view"]["x"] == (1, (2, 3))
+    assert isinstance(custom["plain"], MappingProxyType) and custom["plain"]["y"][0] == {"z": None}
+    assert isinstance(custom["plain"]["y"][0], MappingProxyType)
+    assert custom["tuple"] == (True, 1.5) and custom["set"] == {1}  # other kinds are kept as they are
+    assert thaw(custom)["view"] == {"x": [1, [2, 3]]}
 
 
 def test_views_are_deeply_read_only_and_detached() -> None:
