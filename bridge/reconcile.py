@@ -28,7 +28,6 @@ import os
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
@@ -429,7 +428,7 @@ class Reconciler:
         self, key: str, cache: dict[str, Alert], budget: float, *, lease: float, fresh: bool = False
     ) -> PassResult:
         wrote: dict[str, str] = {}
-        owner = f"{self._instance}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
+        owner = f"{self._instance}:{threading.get_ident()}:{os.urandom(4).hex()}"
         claim_seconds = lease + self.timing.lease_margin_seconds
         policy = replace(self._policy, budget_seconds=max(0.0, budget))
         try:

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
+import tenacity
+
 from .errors import ItsmError
 
 if TYPE_CHECKING:
@@ -84,38 +86,84 @@ def call_with_retry(
     propagates at once with ``attempts`` set; any other exception propagates untouched.
     ``sleep``, ``clock`` and ``rand`` (uniform in ``[0, 1)``) are injectable for tests.
     """
-    what = describe or "ITSM call"
     start = clock()
-    # A plain loop, not a tenacity.Retrying: that object and its closures, built per call (so per
-    # alert), left reference cycles for the collector, while the rules fit in these lines. The
-    # order is tenacity's as configured before: the wait is drawn (consuming ``rand``) before the
-    # stop is decided, and the warning is logged only for a wait that will be slept.
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return fn()
-        except ItsmError as exc:
-            if not exc.retryable:
-                exc.attempts = attempt
-                raise
-            delay = backoff_delay(policy, attempt, rand)
-            if exc.retry_after is not None:
-                # The server said when it will be ready; earlier would only be refused again.
-                delay = max(delay, exc.retry_after)
-            if attempt >= policy.attempts or clock() - start + delay > policy.budget_seconds:
-                exc.attempts = attempt
-                log.info("%s: giving up after %d attempt(s) (%s)", what, attempt, _describe_error(exc))
-                raise
-            log.warning(
-                "%s failed on attempt %d of %d (%s); retrying in %.2f s",
-                what,
-                attempt,
-                policy.attempts,
-                _describe_error(exc),
-                delay,
-            )
-            sleep(delay)
+    try:
+        # The first attempt outside tenacity: most calls succeed at once, and a tenacity.Retrying
+        # with its closures, built per call (so per alert), leaves reference cycles for the
+        # collector. Only a call that failed goes on to the retry loop below.
+        return fn()
+    except ItsmError as exc:
+        first_failure = exc
+    return _retry(fn, first_failure, start, policy, sleep=sleep, clock=clock, what=describe or "ITSM call", rand=rand)
+
+
+def _retry(
+    fn: Callable[[], T],
+    first_failure: ItsmError,
+    start: float,
+    policy: RetryPolicy,
+    *,
+    sleep: Callable[[float], None],
+    clock: Callable[[], float],
+    what: str,
+    rand: Callable[[], float],
+) -> T:
+    """The retries after a first attempt that raised ``first_failure``, with tenacity: the first
+    attempt tenacity sees is that failure (replayed, not called again), so its rules and counts
+    are exactly those of a loop that had made the first call itself."""
+    attempts_made = 0
+
+    def attempt() -> T:
+        nonlocal attempts_made
+        attempts_made += 1
+        if attempts_made == 1:
+            raise first_failure
+        return fn()
+
+    def should_retry(state: tenacity.RetryCallState) -> bool:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        return isinstance(exc, ItsmError) and exc.retryable
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        delay = backoff_delay(policy, state.attempt_number, rand)
+        exc = _last_error(state)
+        if exc is not None and exc.retry_after is not None:
+            # The server said when it will be ready; earlier would only be refused again.
+            delay = max(delay, exc.retry_after)
+        return delay
+
+    def stop(state: tenacity.RetryCallState) -> bool:
+        if state.attempt_number >= policy.attempts:
+            return True
+        # tenacity computes the wait before asking whether to stop, so it is known here.
+        return clock() - start + state.upcoming_sleep > policy.budget_seconds
+
+    def before_sleep(state: tenacity.RetryCallState) -> None:
+        exc = _last_error(state)
+        log.warning(
+            "%s failed on attempt %d of %d (%s); retrying in %.2f s",
+            what,
+            state.attempt_number,
+            policy.attempts,
+            _describe_error(exc) if exc is not None else "unknown error",
+            state.upcoming_sleep,
+        )
+
+    retrying = tenacity.Retrying(
+        retry=should_retry, wait=wait, stop=stop, sleep=sleep, before_sleep=before_sleep, reraise=True
+    )
+    try:
+        return retrying(attempt)
+    except ItsmError as exc:
+        exc.attempts = attempts_made
+        if exc.retryable:
+            log.info("%s: giving up after %d attempt(s) (%s)", what, attempts_made, _describe_error(exc))
+        raise
+
+
+def _last_error(state: tenacity.RetryCallState) -> ItsmError | None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    return exc if isinstance(exc, ItsmError) else None
 
 
 def _describe_error(exc: ItsmError) -> str:
