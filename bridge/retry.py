@@ -16,11 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
-import tenacity
-
 from .errors import ItsmError
 
 if TYPE_CHECKING:
+    import tenacity
+
     from .config import Settings
 
 __all__ = ["RetryPolicy", "backoff_delay", "call_with_retry"]
@@ -111,6 +111,8 @@ def _retry(
     """The retries after a first attempt that raised ``first_failure``, with tenacity: the first
     attempt tenacity sees is that failure (replayed, not called again), so its rules and counts
     are exactly those of a loop that had made the first call itself."""
+    import tenacity  # only once a call has failed: a cold start need not load it
+
     attempts_made = 0
 
     def attempt() -> T:
