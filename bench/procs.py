@@ -170,9 +170,23 @@ class BridgeUsage:
     exit_code: int
 
 
+def _season(path: Path) -> None:
+    """Make the state file one that has kept records for a day: the steady state. A store in its
+    first 15 minutes can vouch for no alert fired since (bridge/epoch.py), so every new Fired
+    would keep its lookup, as it does for a bridge deployed minutes ago."""
+    from bridge.epoch import RECORDS_SINCE
+    from bridge.state.sqlite import SqliteStore
+
+    store = SqliteStore(path)
+    try:
+        store.put_meta(RECORDS_SINCE, {"at": time.time() - 86400})
+    finally:
+        store.close()
+
+
 class BridgeProcess:
     """``python -m bridge serve`` on a free port, with ``env`` over a minimal environment and a
-    fresh SQLite state file; ``stop()`` ends it with SIGTERM (as a service manager would) and
+    SQLite state file that has kept records for a day; ``stop()`` ends it with SIGTERM (as a service manager would) and
     returns its :class:`BridgeUsage`."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
@@ -180,6 +194,7 @@ class BridgeProcess:
         self._stderr_path = self._dir / "stderr.txt"
         self._stderr = self._stderr_path.open("w", encoding="utf-8")
         settings = {**env, "STATE_STORE": "sqlite", "STATE_SQLITE_PATH": str(self._dir / "state.sqlite3")}
+        _season(self._dir / "state.sqlite3")
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "bridge", "serve", "--host", "127.0.0.1", "--port", "0"],
             cwd=ROOT,
