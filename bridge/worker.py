@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 SWEEP_GRACE_SECONDS = 120.0
 # Finished records older than the retention are deleted at most this often.
 PURGE_EVERY_SECONDS = 3600.0
+# How often the loop lets the store do its housekeeping (StateStore.maintain).
+MAINTAIN_EVERY_SECONDS = 1.0
 
 
 class OutboxWorker:
@@ -55,6 +57,7 @@ class OutboxWorker:
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._last_sweep = 0.0
+        self._last_maintain = 0.0
 
     # ------------------------------------------------------------------ one round
 
@@ -163,6 +166,9 @@ class OutboxWorker:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
+                if self._wall() - self._last_maintain >= MAINTAIN_EVERY_SECONDS:
+                    self._last_maintain = self._wall()
+                    self._store.maintain()
                 if self._wall() - self._last_sweep >= self._sweep_every:
                     self.tick()
                     taken = 0

@@ -442,6 +442,9 @@ class AzureStore:
         with _failures("Queue", "ping"):
             queue.get_queue_properties()
 
+    def maintain(self) -> None:
+        """Nothing to do: the storage service keeps itself."""
+
     def close(self) -> None:
         self._table.close()
         self._queue.close()

@@ -111,4 +111,9 @@ class StateStore(Protocol):
         """Raise :class:`StateUnavailable` unless the store answers."""
         ...
 
+    def maintain(self) -> None:
+        """Housekeeping kept off the request path, called by the outbox worker about once a
+        second (SQLite: a WAL checkpoint). Cheap when there is nothing to do."""
+        ...
+
     def close(self) -> None: ...

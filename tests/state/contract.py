@@ -301,6 +301,14 @@ class StoreContract:
     def test_ping_answers(self, store: StateStore) -> None:
         store.ping()
 
+    def test_maintain_keeps_everything(self, store: StateStore, peer: StateStore) -> None:
+        etag = store.insert(make_record(attempts=1), {"a" * 64: b"{}"})
+        store.maintain()
+        store.maintain()  # twice, and with nothing to do, is fine
+        loaded = peer.load(KEY)
+        assert loaded is not None and loaded.etag == etag and loaded.record.attempts == 1
+        assert peer.payload(KEY, "a" * 64) == b"{}"
+
     # ------------------------------------------------------------------ outbox
 
     def test_scheduled_now_is_handed_out_once_while_leased(self, store: StateStore, peer: StateStore) -> None:
