@@ -52,7 +52,6 @@ import math
 import os
 import tempfile
 import threading
-import uuid
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -170,7 +169,7 @@ class StoreEpoch:
         if self._markers is None:
             return
         self._markers.mkdir(parents=True, exist_ok=True)
-        name = f"{os.getpid()}-{uuid.uuid4().hex}"
+        name = f"{os.getpid()}-{os.urandom(16).hex()}"
         scratch = self._markers / f".{name}.tmp"
         scratch.write_text(json.dumps({"at": now}), encoding="utf-8")
         # Atomic: a reader sees a whole marker or none.
