@@ -27,7 +27,7 @@ def counting(self, data, path, *, _optimize=-1):
     return original(self, data, path, _optimize=_optimize)
 ext.SourceLoader.source_to_code = counting
 import function_app
-print(json.dumps({"compiled": compiled, "bridge": sys.modules["bridge"].__file__}))
+print(json.dumps({"compiled": compiled, "bridge": sys.modules["bridge"].__file__, "modules": sorted(sys.modules)}))
 """
 
 SETTINGS = {
@@ -121,3 +121,17 @@ def test_another_python_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFix
     assert dev.compile_package(package, python_version=(3, 99)) == 0
     assert not list(package.rglob("*.pyc"))
     assert "would not use its bytecode" in capsys.readouterr().err
+
+
+def test_a_cold_start_imports_only_what_it_uses(tmp_path: Path) -> None:
+    package = tmp_path / "package"
+    package.mkdir()
+    stage(package)
+    modules = import_function(package, tmp_path)["modules"]
+    assert isinstance(modules, list)
+    # Each is imported when first needed: tenacity once an ITSM call fails, the Azure SDKs with
+    # STATE_STORE=azure, OpenTelemetry with a connection string; uuid (and platform) not at all.
+    unused = ("tenacity", "uuid", "platform", "opentelemetry", "azure.monitor", "azure.data", "azure.storage",
+              "azure.identity", "bridge.sandbox", "bridge.otel", "bridge.adapters.jira")
+    assert [m for m in modules if m.startswith(unused)] == []
+    assert "bridge.adapters.servicenow" in modules and "bridge.runtime" in modules
