@@ -196,7 +196,7 @@ def measure(iterations: int = 2000, rounds: int = 3) -> Part:
                 part.add(f"{name} p99", cpu[99], "ms", note=f"wall clock {wall[99]:.3f} ms; SQLite :memory:")
                 part.details[name] = {"cpu_p50_ms": cpu[50], "cpu_p99_ms": cpu[99], "wall_p99_ms": wall[99]}
                 if set(stages.answers) != {"handle 200"}:
-                    raise RuntimeError(f"not every alert was processed inline with the state in memory: {stages.answers}")
+                    raise RuntimeError(f"not every alert was processed inline, state in memory: {stages.answers}")
             finally:
                 memory.close()
     finally:
