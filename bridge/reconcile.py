@@ -22,6 +22,7 @@ looks up before creating again, and gives the ITSM ``settle`` seconds to land a 
 
 from __future__ import annotations
 
+import copy
 import enum
 import logging
 import os
@@ -108,6 +109,59 @@ class _ClaimLost(Exception):
         self.until = until
 
 
+class _Owner:
+    """One pass: the id its claim carries, and the record as the pass last read or wrote it.
+
+    The pass reads that copy instead of the store (a SELECT, or an HTTP GET with Azure Table)
+    until it writes again or a write of its conflicts. Why that decides exactly as a read would:
+
+    - Every write is conditional on the version it was based on. A write based on the copy
+      after someone else wrote fails with :class:`StateConflict`, and is redone from the store.
+    - A read of the copy is a read of the store just after the pass's own last read or write.
+      Anything another writer did since is concurrent with the pass and could as well have
+      landed just after a real read. The pass cannot have seen it elsewhere first: other
+      writers make no ITSM call while this pass holds the claim (a write that needs no claim
+      is a *fact* about a call already made, or an appended event), and the pass reads no
+      other record state in between.
+    - The copy is never older than the pass's latest successful write, so what the pass knew
+      "under the claim" (after its claim write) is what the store held at that moment.
+
+    Any attempt that ends in an exception (a retry after a wait, a lost claim, a held pass)
+    starts again from the store (:meth:`forget`). Kept per pass, never shared: the copy is
+    private, and every caller gets its own (:func:`_copy`).
+    """
+
+    __slots__ = ("_known", "id")
+
+    def __init__(self, owner_id: str, known: Versioned | None = None) -> None:
+        self.id = owner_id
+        self._known = known
+
+    def known(self) -> Versioned | None:
+        known = self._known
+        return Versioned(_copy(known.record), known.etag) if known is not None else None
+
+    def keep(self, record: Record, etag: str) -> None:
+        self._known = Versioned(_copy(record), etag)
+
+    def forget(self) -> None:
+        self._known = None
+
+
+def _copy(record: Record) -> Record:
+    """A record equal to what the store returns for ``record`` written: the same values, its
+    maps in the key order of the stored JSON (sorted), and no list or map shared with it.
+
+    Cheaper than a JSON round trip; nested values (events, intent, claim, ...) are immutable."""
+    twin = copy.copy(record)
+    for name, value in vars(record).items():
+        if isinstance(value, list):
+            setattr(twin, name, list(value))
+        elif isinstance(value, dict):
+            setattr(twin, name, dict(sorted(value.items())))
+    return twin
+
+
 _CONFLICT_RETRIES = 50
 _BUSY_POLL_SECONDS = 0.05
 
@@ -170,7 +224,9 @@ class Reconciler:
             return Delivery("rejected", key, reason=record.dead.reason)
 
         budget = self.timing.inline_seconds - (self._clock() - started)
-        result = self._drive_inline(key, {fingerprint: alert}, budget, fresh=fresh)
+        # The inline pass starts from the record as recorded just now (see _Owner).
+        known = Versioned(_copy(record), stored.etag)
+        result = self._drive_inline(key, {fingerprint: alert}, budget, fresh=fresh, known=known)
         record = result.record or record
         return self._answer(record, fingerprint, new, result)
 
@@ -284,10 +340,15 @@ class Reconciler:
             return Versioned(record, etag), True, False
         raise StateUnavailable(f"the record of {key} kept changing; could not record the alert")
 
-    def _drive_inline(self, key: str, cache: dict[str, Alert], budget: float, *, fresh: bool = False) -> PassResult:
-        """Passes until the gap is closed, another holder finishes, or the budget is spent."""
+    def _drive_inline(
+        self, key: str, cache: dict[str, Alert], budget: float, *, fresh: bool = False, known: Versioned | None = None
+    ) -> PassResult:
+        """Passes until the gap is closed, another holder finishes, or the budget is spent.
+
+        ``known``: the record as this delivery just read or wrote it, for the first pass only
+        (a pass after waiting for another holder reads the store)."""
         end = self._clock() + max(0.0, budget)
-        result = self._pass(key, cache, budget, lease=self.timing.inline_seconds, fresh=fresh)
+        result = self._pass(key, cache, budget, lease=self.timing.inline_seconds, fresh=fresh, known=known)
         while result.busy_until is not None and result.error is None and self._clock() + _BUSY_POLL_SECONDS < end:
             self._sleep(_BUSY_POLL_SECONDS)
             result = self._pass(key, cache, end - self._clock(), lease=self.timing.inline_seconds, fresh=fresh)
@@ -334,7 +395,9 @@ class Reconciler:
             self.store.schedule(key, due - self._wall())
             seen.early = True
             return PassResult(current.record)
-        result = self._pass(key, seen.alerts, self.timing.pass_seconds, lease=self.timing.pass_seconds)
+        # The pass starts from the record just read (see _Owner).
+        known = Versioned(_copy(current.record), current.etag)
+        result = self._pass(key, seen.alerts, self.timing.pass_seconds, lease=self.timing.pass_seconds, known=known)
         record = result.record
         if record is None:
             return result
@@ -425,16 +488,23 @@ class Reconciler:
     # ------------------------------------------------------------------ one pass
 
     def _pass(
-        self, key: str, cache: dict[str, Alert], budget: float, *, lease: float, fresh: bool = False
+        self,
+        key: str,
+        cache: dict[str, Alert],
+        budget: float,
+        *,
+        lease: float,
+        fresh: bool = False,
+        known: Versioned | None = None,
     ) -> PassResult:
         wrote: dict[str, str] = {}
-        owner = f"{self._instance}:{threading.get_ident()}:{os.urandom(4).hex()}"
+        owner = _Owner(f"{self._instance}:{threading.get_ident()}:{os.urandom(4).hex()}", known)
         claim_seconds = lease + self.timing.lease_margin_seconds
         policy = replace(self._policy, budget_seconds=max(0.0, budget))
         try:
             with deadline(max(0.0, budget), self._clock):
                 record = call_with_retry(
-                    lambda: self._steps(key, owner, claim_seconds, cache, wrote, fresh),
+                    lambda: self._attempt(key, owner, claim_seconds, cache, wrote, fresh),
                     policy,
                     sleep=self._sleep,
                     clock=self._clock,
@@ -454,7 +524,7 @@ class Reconciler:
         return PassResult(record, wrote)
 
     def _after(
-        self, key: str, owner: str, wrote: dict[str, str], change: Callable[[Record], None], exc: ItsmError | None
+        self, key: str, owner: _Owner, wrote: dict[str, str], change: Callable[[Record], None], exc: ItsmError | None
     ) -> PassResult:
         """Write when to try again (and why) and let go of the claim."""
         try:
@@ -463,10 +533,26 @@ class Reconciler:
             return PassResult(self._load(key), wrote, error=exc, busy_until=busy.until)
         return PassResult(record, wrote, error=exc)
 
+    def _attempt(
+        self,
+        key: str,
+        owner: _Owner,
+        claim_seconds: float,
+        cache: dict[str, Alert],
+        wrote: dict[str, str],
+        fresh: bool,
+    ) -> Record | None:
+        """One attempt at the steps; an attempt that fails leaves the next read to the store."""
+        try:
+            return self._steps(key, owner, claim_seconds, cache, wrote, fresh)
+        except BaseException:
+            owner.forget()
+            raise
+
     def _steps(
         self,
         key: str,
-        owner: str,
+        owner: _Owner,
         claim_seconds: float,
         cache: dict[str, Alert],
         wrote: dict[str, str],
@@ -477,7 +563,7 @@ class Reconciler:
         ``fresh``: the key provably had no work item when its record was inserted (see
         :meth:`_ensure_item`)."""
         while True:
-            current = self.store.load(key)
+            current = self._read(key, owner)
             if current is None:
                 return None
             record = current.record
@@ -499,7 +585,7 @@ class Reconciler:
             else:
                 self._note(key, owner, record, cache, wrote)
 
-    def _settle(self, key: str, owner: str, current: Versioned) -> Record:
+    def _settle(self, key: str, owner: _Owner, current: Versioned) -> Record:
         """Nothing left to write: clear the outbox bookkeeping (and our claim) if any is set."""
         record = current.record
         if record.due is None and record.claim is None and record.last_error is None and record.held is None:
@@ -512,7 +598,7 @@ class Reconciler:
     # ------------------------------------------------------------------ steps
 
     def _ensure_item(
-        self, key: str, owner: str, record: Record, cache: dict[str, Alert], wrote: dict[str, str], fresh: bool
+        self, key: str, owner: _Owner, record: Record, cache: dict[str, Alert], wrote: dict[str, str], fresh: bool
     ) -> None:
         """Find the key's work item, or create it.
 
@@ -572,7 +658,7 @@ class Reconciler:
 
         self._update(key, owner, created, fact=True)
 
-    def _search(self, key: str, owner: str, record: Record, wrote: dict[str, str]) -> None:
+    def _search(self, key: str, owner: _Owner, record: Record, wrote: dict[str, str]) -> None:
         """A Resolved with no Fired recorded: resolve a work item from before the record, if any."""
         found = list(self.adapter.find(key))
         if found:
@@ -585,7 +671,7 @@ class Reconciler:
         self._update(key, owner, searched, fact=True)
 
     def _adopt(
-        self, key: str, owner: str, record: Record, found: list[WorkItemRecord], wrote: dict[str, str]
+        self, key: str, owner: _Owner, record: Record, found: list[WorkItemRecord], wrote: dict[str, str]
     ) -> None:
         """Take over an item found by lookup: our own lost create, or one that predates the record."""
         open_items = [r for r in found if r.is_open]
@@ -608,7 +694,7 @@ class Reconciler:
         self._update(key, owner, adopt, fact=True)
 
     def _resolve(
-        self, key: str, owner: str, record: Record, cache: dict[str, Alert], wrote: dict[str, str]
+        self, key: str, owner: _Owner, record: Record, cache: dict[str, Alert], wrote: dict[str, str]
     ) -> None:
         resolved_event = record.resolved_event
         assert resolved_event is not None
@@ -655,13 +741,13 @@ class Reconciler:
                 f"a {intent.operation} whose answer was lost is given time to land before it is sent again",
             )
 
-    def _after_write_failed(self, key: str, owner: str, exc: ItsmError) -> None:
+    def _after_write_failed(self, key: str, owner: _Owner, exc: ItsmError) -> None:
         """A write refused before any work cannot have landed: forget the intent. Otherwise keep
         it, so the next pass looks before it writes again."""
         if not exc.maybe_applied:
             self._update(key, owner, _forget_intent)
 
-    def _note(self, key: str, owner: str, record: Record, cache: dict[str, Alert], wrote: dict[str, str]) -> None:
+    def _note(self, key: str, owner: _Owner, record: Record, cache: dict[str, Alert], wrote: dict[str, str]) -> None:
         pending = [e for e in record.fired_events if e.fingerprint not in record.written]
         latest = pending[-1]
         item_id = (record.item or {}).get("id")
@@ -739,8 +825,17 @@ class Reconciler:
         current = self.store.load(key)
         return current.record if current is not None else None
 
+    def _read(self, key: str, owner: _Owner) -> Versioned | None:
+        """The record as the pass knows it (see :class:`_Owner`), else from the store."""
+        current = owner.known()
+        if current is None:
+            current = self.store.load(key)
+            if current is not None:
+                owner.keep(current.record, current.etag)
+        return current
+
     def _update(
-        self, key: str, owner: str, change: Callable[[Record], None], *, release: bool = False, fact: bool = False
+        self, key: str, owner: _Owner, change: Callable[[Record], None], *, release: bool = False, fact: bool = False
     ) -> Record | None:
         """Apply ``change`` to the latest record and write it conditionally, again on conflict.
 
@@ -750,21 +845,24 @@ class Reconciler:
         the claim, and losing it would make the next holder repeat the call.
         """
         for _ in range(_CONFLICT_RETRIES):
-            current = self.store.load(key)
+            current = self._read(key, owner)
             if current is None:
                 return None
             record = current.record
             now = self._wall()
-            if not fact and record.claim is not None and record.claim.owner != owner and record.claim.until > now:
+            if not fact and record.claim is not None and record.claim.owner != owner.id and record.claim.until > now:
                 raise _ClaimLost(record.claim.until)
             change(record)
-            if release and record.claim is not None and record.claim.owner == owner:
+            if release and record.claim is not None and record.claim.owner == owner.id:
                 record.claim = None
             record.updated_at = now
             try:
-                self.store.replace(record, current.etag)
+                etag = self.store.replace(record, current.etag)
             except StateConflict:
+                # Someone else wrote since (or the copy is stale): redo from the store.
+                owner.forget()
                 continue
+            owner.keep(record, etag)
             return record
         raise StateUnavailable(f"the record of {key} kept changing; could not write it")
 
@@ -796,12 +894,12 @@ def _plan(record: Record) -> str | None:
     return None
 
 
-def _mine(record: Record, owner: str, now: float) -> bool:
-    return record.claim is not None and record.claim.owner == owner and record.claim.until > now
+def _mine(record: Record, owner: _Owner, now: float) -> bool:
+    return record.claim is not None and record.claim.owner == owner.id and record.claim.until > now
 
 
-def _claim(record: Record, owner: str, until: float) -> None:
-    record.claim = Claim(owner, until)
+def _claim(record: Record, owner: _Owner, until: float) -> None:
+    record.claim = Claim(owner.id, until)
     # Should this pass die, the outbox picks the key up once the claim has expired.
     record.due = max(record.due or 0.0, until)
 

@@ -8,21 +8,25 @@ retry horizon are exercised without sleeping. The same scenarios run through the
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from bridge import reconcile
 from bridge.alerts import Alert, parse_alert
 from bridge.cmdb import CmdbBinder
 from bridge.correlation import canonical_payload, correlation_key, fingerprint, note_marker
-from bridge.epoch import StoreEpoch
+from bridge.epoch import RECORDS_SINCE, StoreEpoch
 from bridge.errors import Reason
 from bridge.reconcile import Action, Delivery, Reconciler, Timing
 from bridge.retry import RetryPolicy
 from bridge.rules import MappingRules
 from bridge.sandbox.stack import load_sample
-from bridge.state.record import Claim, Event
+from bridge.state.base import Versioned
+from bridge.state.record import Claim, Event, Record
 from bridge.state.sqlite import SqliteStore
 from bridge.worker import OutboxWorker
 from tests.fakes import MemoryAdapter
@@ -85,6 +89,11 @@ def send(reconciler: Reconciler, payload: dict[str, Any]) -> Delivery:
     alert = parse_alert(payload)
     canonical = canonical_payload(alert)
     return reconciler.deliver(alert, canonical, fingerprint(alert, canonical))
+
+
+def fingerprint_of(payload: dict[str, Any]) -> str:
+    alert = parse_alert(payload)
+    return fingerprint(alert, canonical_payload(alert))
 
 
 def itsm_ops(adapter: MemoryAdapter) -> list[str]:
@@ -472,3 +481,136 @@ def test_the_hourly_duty_forgets_finished_records_after_the_retention(
     assert rec.store.load(METRIC_KEY) is None
     assert rec.store.load("0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9") is not None
     assert len(adapter.items) == 2
+
+
+# --- reads per pass (issue #12): a pass reads its record from the store once --------------------
+
+
+class CountingStore(SqliteStore):
+    """The SQLite store, counting record reads and writes (an HTTP call each with Azure Table)."""
+
+    def __init__(self, path: Path, *, clock: FakeTime) -> None:
+        super().__init__(path, clock=clock)
+        self.loads = self.writes = 0
+
+    def load(self, key: str) -> Versioned | None:
+        self.loads += 1
+        return super().load(key)
+
+    def insert(self, record: Record, payloads: Mapping[str, bytes] | None = None) -> str:
+        self.writes += 1
+        return super().insert(record, payloads)
+
+    def replace(self, record: Record, etag: str, payloads: Mapping[str, bytes] | None = None) -> str:
+        self.writes += 1
+        return super().replace(record, etag, payloads)
+
+    def taken(self) -> tuple[int, int]:
+        """(loads, writes) since the last call."""
+        counts = (self.loads, self.writes)
+        self.loads = self.writes = 0
+        return counts
+
+
+def counted(adapter: MemoryAdapter, path: Path, clock: FakeTime) -> tuple[Reconciler, CountingStore]:
+    store = CountingStore(path, clock=clock)
+    reconciler = Reconciler(
+        store,
+        adapter,
+        MappingRules(),
+        RetryPolicy(attempts=3, budget_seconds=8),
+        CmdbBinder(adapter, ttl_seconds=300, clock=clock),
+        sleep=clock.sleep,
+        clock=clock,
+        wall=clock,
+        rand=lambda: 0.5,
+        epoch=StoreEpoch(store, wall=clock, marker_root=path.parent / "machine"),
+    )
+    store.put_meta(RECORDS_SINCE, {"at": START - 86400})  # a store that has kept records for a day
+    return reconciler, store
+
+
+def fired_now(condition: str = "Fired", value: float | None = None) -> dict[str, Any]:
+    """The metric alert, fired a minute ago: after the store's epoch, so provably new."""
+    data = metric(condition, value)
+    data["data"]["essentials"]["firedDateTime"] = datetime.fromtimestamp(START - 60, UTC).isoformat()
+    return data
+
+
+def test_each_delivery_reads_its_record_once(adapter: MemoryAdapter, state_path: Path, clock: FakeTime) -> None:
+    rec, store = counted(adapter, state_path, clock)
+    # The record is read when the event is recorded; the pass then works from what it wrote
+    # (claim, intent, the created fact, settle). It used to read it 8 times.
+    assert send(rec, fired_now()).action is Action.CREATED and itsm_ops(adapter) == ["create"]
+    assert store.taken() == (1, 5)
+    assert send(rec, fired_now()).action is Action.IGNORED
+    assert store.taken() == (1, 0)
+    assert send(rec, fired_now(value=99.0)).action is Action.UPDATED
+    assert store.taken() == (1, 5)
+    assert send(rec, fired_now("Resolved")).action is Action.RESOLVED
+    assert store.taken() == (1, 5)
+    assert itsm_ops(adapter) == ["create", "find", "add_note", "find", "resolve"]
+
+
+def test_an_outbox_pass_reads_its_record_once(adapter: MemoryAdapter, state_path: Path, clock: FakeTime) -> None:
+    rec, store = counted(adapter, state_path, clock)
+    for _ in range(3):
+        adapter.fail("create")
+    assert send(rec, fired_now()).status == "queued"
+    store.taken()
+    clock.advance(record_of(rec).due - clock())
+    store.taken()
+    assert rec.run(METRIC_KEY).wrote == {fingerprint_of(fired_now()): Action.CREATED}
+    # The due check's read, then claim, intent, created fact and settle from what was written.
+    assert store.taken() == (1, 4)
+
+
+def test_what_a_pass_knows_of_its_record_is_what_the_store_holds(
+    adapter: MemoryAdapter, state_path: Path, clock: FakeTime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each read a pass takes from what it knows is compared with the store (one writer here, so
+    they must agree): the same document, in the stored form, at the same version."""
+    rec, _ = counted(adapter, state_path, clock)
+    witness = SqliteStore(state_path, clock=clock)
+    known = reconcile._Owner.known
+    compared: list[str] = []
+
+    def checked(owner: Any) -> Versioned | None:
+        copy = known(owner)
+        if copy is not None:
+            stored = witness.load(copy.record.key)
+            assert stored is not None and stored.etag == copy.etag
+            assert copy.record.to_json() == stored.record.to_json() and copy.record == stored.record
+            assert list(copy.record.written) == list(stored.record.written)  # trimming keeps this order
+            compared.append(copy.etag)
+        return copy
+
+    monkeypatch.setattr(reconcile._Owner, "known", checked)
+    send(rec, fired_now())
+    send(rec, fired_now(value=99.0))
+    adapter.fail("add_note", commit=True)  # landed, but its answer was lost
+    send(rec, fired_now(value=98.0))
+    clock.advance(rec.timing.settle_seconds)
+    rec.run(METRIC_KEY)
+    send(rec, fired_now("Resolved"))
+    assert len(compared) > 10
+    record = record_of(rec)
+    assert record.resolution_written and record.due is None and record.claim is None
+    assert sorted(record.written.values()) == ["created", "resolved", "updated", "updated"]
+
+
+def test_a_write_on_a_stale_copy_is_redone_from_the_store(adapter: MemoryAdapter, state_path: Path) -> None:
+    """Another delivery records a new payload while the create is in flight: the created fact,
+    written on what the pass knew, meets a conflict and is written again on the record as stored."""
+    clock = FakeTime(START)
+    rec, store = counted(adapter, state_path, clock)
+    other = make(adapter, state_path, clock, inline_seconds=0)
+    answers: list[Delivery] = []
+    adapter.before_create.append(lambda: answers.append(send(other, fired_now(value=99.0))))
+    first = send(rec, fired_now())
+    assert first.action is Action.CREATED and answers[0].status == "queued"
+    assert store.taken()[0] == 2  # the record, then again after the conflict
+    record = record_of(rec)
+    assert len(adapter.items) == 1 and record.item["id"] == adapter.items[0].ref.id
+    assert set(record.written) == {fingerprint_of(fired_now()), fingerprint_of(fired_now(value=99.0))}
+    assert record.claim is None and record.intent is None
