@@ -512,7 +512,8 @@ def _decode_jws(token: str) -> _Jws:
     a multiple of 4 long) and in canonical form (no stray bits after the last byte), the header a
     JSON object whose ``kid``, if any, is a string and whose ``crit``, if any, lists only
     extensions that are present and supported (``b64``); ``b64: false`` (a detached payload) is
-    never what Entra sends and is refused.
+    never what Entra sends and is refused. Unlike PyJWT, whitespace anywhere is refused: its base64
+    skips it for some segment lengths, and in the signature segment it would not even be signed.
     """
     match = _COMPACT_JWS.fullmatch(token)
     if match is None:

@@ -473,7 +473,10 @@ def test_token_shapes_are_judged_as_pyjwt_judges_them(entra: EntraStandIn) -> No
     shapes = _token_shapes(entra.mint(audience=CLIENT_ID))
     accepted = 0
     for shape in shapes:
-        expected = _pyjwt_accepts(shape)
+        # A deliberate difference: whitespace is refused outright, where pyjwt's base64 skips it or
+        # not depending on the segment's length (so on the key id's), and a signature with a space
+        # in it would verify. Entra never sends one.
+        expected = None if any(c.isspace() for c in shape) else _pyjwt_accepts(shape)
         if expected is None:
             with pytest.raises(InvalidToken, match=r"^malformed token$"):
                 _decode_jws(shape)
