@@ -569,7 +569,10 @@ class Reconciler:
             record = current.record
             step = _plan(record)
             if step is None:
-                return self._settle(key, owner, current)
+                settled = self._settle(key, owner, current)
+                if _plan(settled) is not None:
+                    continue  # new work arrived while settling: the claim is still ours
+                return settled
             if step == "ignore":
                 self._update(key, owner, _ignore_rest)
                 continue
@@ -593,7 +596,18 @@ class Reconciler:
         if record.claim is not None and not _mine(record, owner, self._wall()):
             if record.claim.until > self._wall():
                 raise _ClaimLost(record.claim.until)
-        return self._update(key, owner, _done, release=True) or record
+
+        def done(r: Record) -> None:
+            # Decided again on what is written: if the write conflicted, the record was read
+            # again and may hold an event that arrived meanwhile. Its work is then not done:
+            # it stays due, and the claim stays with this pass, which goes on to it.
+            if _plan(r) is not None:
+                return
+            _done(r)
+            if r.claim is not None and r.claim.owner == owner.id:
+                r.claim = None
+
+        return self._update(key, owner, done) or record
 
     # ------------------------------------------------------------------ steps
 

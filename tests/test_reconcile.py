@@ -614,3 +614,34 @@ def test_a_write_on_a_stale_copy_is_redone_from_the_store(adapter: MemoryAdapter
     assert len(adapter.items) == 1 and record.item["id"] == adapter.items[0].ref.id
     assert set(record.written) == {fingerprint_of(fired_now()), fingerprint_of(fired_now(value=99.0))}
     assert record.claim is None and record.intent is None
+
+
+def test_an_event_recorded_while_a_pass_settles_is_not_dropped(
+    adapter: MemoryAdapter, state_path: Path, clock: FakeTime
+) -> None:
+    """The settle write (nothing left: not due, claim released) conflicts with a new payload that
+    another delivery recorded just before it. The pass reads again and writes the note; the new
+    event is never left unwritten with nothing due."""
+    rec = make(adapter, state_path, clock)
+    other = make(adapter, state_path, clock)
+    second = metric(value=99.0)
+    original = rec.store.replace
+    injected: list[str] = []
+
+    def replace(record: Record, etag: str, payloads: Any = None) -> str:
+        if not injected and record.due is None and record.claim is None and record.item is not None:
+            alert = parse_alert(second)
+            canonical = canonical_payload(alert)
+            event = Event(fingerprint(alert, canonical), "Fired", clock())
+            other._record(METRIC_KEY, alert, event, canonical)
+            injected.append(event.fingerprint)
+        return original(record, etag, payloads)
+
+    rec.store.replace = replace  # type: ignore[method-assign]
+    assert send(rec, metric()).action is Action.CREATED
+    assert injected, "the settle write was never reached"
+    record = record_of(rec)
+    assert record.written.get(injected[0]) == "updated"  # its note was written in the same pass
+    assert record.unwritten == [] and record.due is None and record.claim is None
+    (item,) = adapter.items
+    assert note_marker(injected[0]) in item.notes[-1]
