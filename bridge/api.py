@@ -271,14 +271,8 @@ class BridgeApi(_Routed):
             }
             if exc is not None:
                 fields["error"] = f"{type(exc).__name__}: {exc}"
-            present = {k: v for k, v in fields.items() if v is not None}
             level = logging.INFO if response.status < 500 else logging.WARNING
-            logger.log(
-                level,
-                "alert %s",
-                " ".join(f"{k}={v}" for k, v in present.items()),
-                extra={"bridge_event": "alert", **present},
-            )
+            telemetry.log_event(logger, level, "alert", fields)
         except Exception:
             logger.exception("could not log the outcome of an alert (status %s)", response.status)
 

@@ -25,26 +25,16 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import IO, Any, Literal
 
+from . import telemetry
+
 __all__ = ["EVENT_FIELDS", "Format", "JsonFormatter", "Level", "TextFormatter", "configure", "level_for"]
 
 Level = Literal["warning", "info", "debug", "all"]
 Format = Literal["text", "json"]
 
-# The flat attributes an alert or outbox record carries (bridge/api.py, bridge/worker.py);
-# absent or None means "not known for this one".
-EVENT_FIELDS = (
-    "bridge_event",
-    "alertId",
-    "correlationId",
-    "alertType",
-    "action",
-    "delivery",
-    "workItem",
-    "status",
-    "durationMs",
-    "attempt",
-    "error",
-)
+# The flat attributes an alert or outbox record carries (bridge.telemetry.log_event); absent or
+# None means "not known for this one".
+EVENT_FIELDS = telemetry.EVENT_FIELDS
 
 # Loggers of other libraries and the level they keep below ``all``. urllib3 stays at ERROR: its
 # "Retrying ... after connection broken" warnings would precede every one-line error the

@@ -450,19 +450,13 @@ class Reconciler:
                 "durationMs": round((self._clock() - started) * 1000),
                 "error": error,
             }
-            present = {k: v for k, v in fields.items() if v is not None}
             if outcome in ("gone", "not_due"):
                 level = logging.DEBUG
             elif outcome in ("rejected", "unavailable", "failed"):
                 level = logging.WARNING
             else:
                 level = logging.INFO
-            logger.log(
-                level,
-                "outbox %s",
-                " ".join(f"{k}={v}" for k, v in present.items()),
-                extra={"bridge_event": "outbox", **present},
-            )
+            telemetry.log_event(logger, level, "outbox", fields)
         except Exception:
             logger.exception("could not log an outbox pass over %s", key)
 

@@ -97,6 +97,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CONNECTION_STRING_SETTING",
+    "EVENT_FIELDS",
     "REFERENCE_LABEL",
     "AttrValue",
     "CallSpan",
@@ -105,6 +106,7 @@ __all__ = [
     "configure",
     "current",
     "install",
+    "log_event",
     "outcome_of",
     "reset",
 ]
@@ -116,8 +118,32 @@ CONNECTION_STRING_SETTING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
 # (the trace id) follows, so a person reading the work item can find the invocation.
 REFERENCE_LABEL = "Azure Monitor ITSM bridge operation:"
 
+# The flat attributes of the one log record per alert (``bridge_event="alert"``) and per outbox
+# pass (``"outbox"``): customDimensions in Application Insights, columns of serve's log lines.
+EVENT_FIELDS = (
+    "bridge_event",
+    "alertId",
+    "correlationId",
+    "alertType",
+    "action",
+    "delivery",
+    "workItem",
+    "status",
+    "durationMs",
+    "attempt",
+    "error",
+)
+
 AttrValue = str | bool | int | float
 _T = TypeVar("_T")
+
+
+def log_event(log: logging.Logger, level: int, event: str, fields: Mapping[str, object]) -> None:
+    """The one record of an alert or an outbox pass: ``"<event> k=v ..."`` for a person, and the
+    same fields as flat attributes (those that have a value) for structured logs."""
+    present = {k: v for k, v in fields.items() if v is not None}
+    log.log(level, f"{event} %s", " ".join(f"{k}={v}" for k, v in present.items()),
+            extra={"bridge_event": event, **present})
 
 # HTTP answer of the alerts route -> bridge.outcome.
 _OUTCOMES: Mapping[int, str] = {
