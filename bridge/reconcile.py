@@ -45,6 +45,7 @@ from .retry import RetryPolicy, call_with_retry
 from .rules import MappingRules
 from .state.base import StateConflict, StateStore, StateUnavailable, Versioned
 from .state.record import Claim, DeadLetter, Event, Intent, Record
+from .state.stats import outbox_state
 
 __all__ = ["Action", "Delivery", "PassResult", "Reconciler", "Timing"]
 
@@ -1005,13 +1006,11 @@ def _pass_outcome(result: PassResult, seen: _PassSeen) -> str:
         return "not_due"
     if result.busy_until is not None:
         return "busy"
-    if record.dead is not None:
-        return "rejected"
-    if record.held:
-        return "held"
-    if record.due is not None:
-        return "queued"
-    return "processed"
+    return _OUTCOME_OF_STATE[outbox_state(record)]
+
+
+# What the record's outbox state (bridge.state.stats) means as a pass's outcome.
+_OUTCOME_OF_STATE = {"dead": "rejected", "held": "held", "pending": "queued", "done": "processed"}
 
 
 def _item_label(record: Record | None) -> str | None:
