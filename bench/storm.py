@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import time
+from pathlib import Path
 
 from bench.alerts import bodies, new_key
 from bench.load import Answer, BareWriter, BridgeSender, run_senders, warm_up
@@ -41,16 +43,20 @@ def measure(alerts: int = 2000, senders: int = 32, latency: float = 0.050, capac
         standins.set_latency(0.0)
         capacity = _bare(writer, senders, capacity_writes)
         standins.set_latency(latency)
+        machine = _MachineCpu()
         bare = _bare(writer, senders, alerts)
+        bare_cpus = machine.busy()
 
         jobs = bodies(alerts)
         calls_before = standins.stats()["calls"]
         cpu_before = bridge.cpu_seconds()
+        machine = _MachineCpu()
         answers, began = run_senders(senders, jobs, sender.send)
         taken = [a for a in answers if a.status in (200, 202)]
         created = standins.wait_created([a.key for a in taken], timeout=120) if taken else {}
         finished = max([*created.values(), *(a.ended for a in answers)])
         cpu_after = bridge.cpu_seconds()
+        storm_cpus = machine.busy()
         stats = standins.stats()
         calls = bridge_calls(delta(stats["calls"], calls_before))
     part.seconds = time.monotonic() - started
@@ -83,6 +89,10 @@ def measure(alerts: int = 2000, senders: int = 32, latency: float = 0.050, capac
     )
     if cpu_before is not None and cpu_after is not None:
         part.add("bridge CPU per alert", (cpu_after - cpu_before) / alerts * 1000, "ms", note="whole process")
+    if bare_cpus is not None and storm_cpus is not None:
+        # Whether the machine, not the ITSM's latency, is the bound: CPUs busy (all processes).
+        part.add("machine CPUs busy: bare writes / bridge storm", storm_cpus, "CPUs",
+                 note=f"bare writes {bare_cpus:.2f} of {os.cpu_count()}; bridge storm {storm_cpus:.2f}")
     part.details = {
         "alerts": alerts,
         "senders": senders,
@@ -96,8 +106,32 @@ def measure(alerts: int = 2000, senders: int = 32, latency: float = 0.050, capac
         "standin_capacity_writes_per_second": capacity.rate,
         "duplicates": stats["duplicates"],
         "missing": alerts - len(created),
+        "machine_cpus_busy": {"bare": bare_cpus, "storm": storm_cpus},
     }
     return part
+
+
+class _MachineCpu:
+    """CPUs busy (all processes) between its creation and :meth:`busy`, from /proc/stat (Linux)."""
+
+    def __init__(self) -> None:
+        self._start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float] | None:
+        try:
+            fields = [float(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        except (OSError, ValueError, IndexError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+        return sum(fields[:8]) - idle, sum(fields[:8])
+
+    def busy(self) -> float | None:
+        end = self._read()
+        if self._start is None or end is None or end[1] <= self._start[1]:
+            return None
+        share = (end[0] - self._start[0]) / (end[1] - self._start[1])
+        return share * (os.cpu_count() or 1)
 
 
 class _Rate:
