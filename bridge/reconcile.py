@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from . import telemetry
 from .adapters.base import ItsmAdapter, WorkItemRecord, WorkItemRef, WorkItemStatus
@@ -46,6 +47,9 @@ from .rules import MappingRules
 from .state.base import StateConflict, StateStore, StateUnavailable, Versioned
 from .state.record import Claim, DeadLetter, Event, Intent, Record
 from .state.stats import outbox_state
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 __all__ = ["Action", "Delivery", "PassResult", "Reconciler", "Timing"]
 
@@ -92,6 +96,16 @@ class Timing:
     max_delay_seconds: float = 60.0
     # How long a claim outlives its pass's budget before others may take over.
     lease_margin_seconds: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Timing:
+        return cls(
+            inline_seconds=settings.inline_seconds,
+            pass_seconds=settings.retry_budget_seconds,
+            settle_seconds=settings.settle_seconds,
+            horizon_seconds=settings.outbox_horizon_seconds,
+            max_delay_seconds=settings.outbox_max_delay_seconds,
+        )
 
 
 class _Wait(Exception):

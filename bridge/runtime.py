@@ -66,16 +66,10 @@ def build_runtime(env: Mapping[str, str], *, sleep: Callable[[float], None] = ti
     cmdb = (
         CmdbBinder(adapter, ttl_seconds=settings.cmdb_cache_seconds) if settings.cmdb_lookup else None
     )
-    timing = Timing(
-        inline_seconds=settings.inline_seconds,
-        pass_seconds=settings.retry_budget_seconds,
-        settle_seconds=settings.settle_seconds,
-        horizon_seconds=settings.outbox_horizon_seconds,
-        max_delay_seconds=settings.outbox_max_delay_seconds,
-    )
     store = build_store(settings)
     reconciler = Reconciler(
-        store, adapter, settings.mapping, RetryPolicy.from_settings(settings), cmdb, timing=timing, sleep=sleep
+        store, adapter, settings.mapping, RetryPolicy.from_settings(settings), cmdb,
+        timing=Timing.from_settings(settings), sleep=sleep,
     )
     verifier = TokenVerifier(settings, new_session())
     health = HealthChecks(settings, verifier, reconciler, unresolved=unresolved)

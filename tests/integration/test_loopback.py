@@ -19,21 +19,15 @@ from typing import Any
 import pytest
 import requests
 
-from bridge.adapters import build_adapter
 from bridge.api import BridgeApi
 from bridge.auth import TokenVerifier
-from bridge.cmdb import CmdbBinder
 from bridge.config import Settings
 from bridge.correlation import correlation_key
 from bridge.httpclient import new_session
-from bridge.reconcile import Reconciler, Timing
-from bridge.retry import RetryPolicy
-from bridge.runtime import Runtime
+from bridge.runtime import Runtime, build_runtime
 from bridge.sandbox.servicenow import RequestRecord, ServiceNowStandIn
 from bridge.sandbox.stack import SANDBOX_SUBSCRIPTION, SandboxStack, load_sample, sample_names
-from bridge.state import build_store
 from bridge.state.record import Record
-from bridge.worker import OutboxWorker
 
 from .conftest import CLIENT_TIMEOUT_SECONDS, FakeClock, LocalBridge, MakeRuntime, StartBridge, client_session
 
@@ -370,23 +364,12 @@ def test_an_incident_a_person_closed_is_left_alone(bridge: LocalBridge, snow: Se
 
 def hand_built_runtime(stack: SandboxStack, clock: FakeClock, sleeps: list[float], state_path: Path) -> Runtime:
     """What ``runtime.build_runtime`` assembles, with the token verifier on a clock the test moves."""
-    settings = Settings.from_env(stack.bridge_env(STATE_SQLITE_PATH=str(state_path)))
-    adapter = build_adapter(settings, new_session())
-    cmdb = CmdbBinder(adapter, ttl_seconds=settings.cmdb_cache_seconds)
-    timing = Timing(
-        inline_seconds=settings.inline_seconds,
-        pass_seconds=settings.retry_budget_seconds,
-        settle_seconds=settings.settle_seconds,
-        horizon_seconds=settings.outbox_horizon_seconds,
-        max_delay_seconds=settings.outbox_max_delay_seconds,
-    )
-    reconciler = Reconciler(
-        build_store(settings), adapter, settings.mapping, RetryPolicy.from_settings(settings), cmdb,
-        timing=timing, sleep=sleeps.append,
-    )
+    env = stack.bridge_env(STATE_SQLITE_PATH=str(state_path))
+    built = build_runtime(env, sleep=sleeps.append)
+    settings = Settings.from_env(env)
     verifier = TokenVerifier(settings, new_session(), clock=clock)
-    api = BridgeApi(settings, verifier, reconciler, adapter_name=adapter.name)
-    return Runtime(api, reconciler, OutboxWorker(reconciler))
+    api = BridgeApi(settings, verifier, built.reconciler, adapter_name=built.reconciler.adapter.name)
+    return Runtime(api, built.reconciler, built.worker)
 
 
 def test_rotated_signing_key_is_picked_up_with_exactly_one_refresh(
