@@ -35,6 +35,7 @@ __all__ = [
     "BasicAuth",
     "BearerToken",
     "ItsmHttpClient",
+    "member_list",
 ]
 
 # Slightly above a multiple of 3 s, the TCP SYN retransmission interval (requests' advice).
@@ -253,3 +254,12 @@ def one_line(text: str) -> str:
     """Error text as one bounded line: bodies may carry newlines or whole stack traces."""
     text = " ".join(text.split())
     return text if len(text) <= _MAX_ERROR_TEXT else text[: _MAX_ERROR_TEXT - 3] + "..."
+
+
+def member_list(system: str, payload: Any, name: str, what: str = "response") -> list[Any]:
+    """``payload[name]`` when the answer is an object holding a list there; otherwise the ITSM
+    answered something else than its API promises: a retryable :class:`ItsmError`."""
+    listed = payload.get(name) if isinstance(payload, dict) else None
+    if not isinstance(listed, list):
+        raise ItsmError(f"{system}: {what} has no '{name}' list", retryable=True, reason=Reason.INVALID_RESPONSE)
+    return listed

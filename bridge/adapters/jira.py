@@ -50,7 +50,7 @@ from .base import (
     WorkItemRef,
     WorkItemStatus,
 )
-from .http import Authenticator, BasicAuth, BearerToken, ItsmHttpClient
+from .http import Authenticator, BasicAuth, BearerToken, ItsmHttpClient, member_list
 
 __all__ = [
     "JIRA_SETTINGS",
@@ -456,13 +456,7 @@ class JiraAdapter:
                 # Newest first: the marker looked for is usually the latest note.
                 params={"startAt": str(start), "maxResults": str(_COMMENT_PAGE_SIZE), "orderBy": "-created"},
             )
-            comments = payload.get("comments") if isinstance(payload, dict) else None
-            if not isinstance(comments, list):
-                raise ItsmError(
-                    f"{_SYSTEM}: comments response has no 'comments' list",
-                    retryable=True,
-                    reason=Reason.INVALID_RESPONSE,
-                )
+            comments = member_list(_SYSTEM, payload, "comments", "comments response")
             for comment in comments:
                 body = comment.get("body") if isinstance(comment, dict) else None
                 text = body if isinstance(body, str) else adf_text(body)
@@ -492,13 +486,7 @@ class JiraAdapter:
         payload = self._http.json(
             "GET", f"{self._api}/issue/{issue}/transitions", params={"expand": "transitions.fields"}
         )
-        listed = payload.get("transitions") if isinstance(payload, dict) else None
-        if not isinstance(listed, list):
-            raise ItsmError(
-                f"{_SYSTEM}: transitions response has no 'transitions' list",
-                retryable=True,
-                reason=Reason.INVALID_RESPONSE,
-            )
+        listed = member_list(_SYSTEM, payload, "transitions", "transitions response")
         transitions = [t for t in listed if isinstance(t, dict) and _text(t.get("id"))]
         chosen = self._choose_transition(transitions)
         if chosen is None:
@@ -789,12 +777,7 @@ def _transition_rank(transition: Mapping[str, Any]) -> int:
 
 
 def _issues(payload: Any) -> list[dict[str, Any]]:
-    issues = payload.get("issues") if isinstance(payload, dict) else None
-    if not isinstance(issues, list):
-        raise ItsmError(
-            f"{_SYSTEM}: search response has no 'issues' list", retryable=True, reason=Reason.INVALID_RESPONSE
-        )
-    return [issue for issue in issues if isinstance(issue, dict)]
+    return [issue for issue in member_list(_SYSTEM, payload, "issues", "search response") if isinstance(issue, dict)]
 
 
 def _age_key(issue: Mapping[str, Any], index: int) -> tuple[float, int, int]:

@@ -37,7 +37,7 @@ from .base import (
     WorkItemRef,
     WorkItemStatus,
 )
-from .http import Authenticator, BasicAuth, ItsmHttpClient
+from .http import Authenticator, BasicAuth, ItsmHttpClient, member_list
 
 __all__ = ["CORRELATION_DISPLAY", "KEY_PATTERN", "SERVICENOW_SETTINGS", "ServiceNowAdapter"]
 
@@ -484,10 +484,7 @@ def _error_text(response: requests.Response) -> str:
 
 
 def _result_list(payload: Any) -> list[dict[str, Any]]:
-    result = payload.get("result") if isinstance(payload, dict) else None
-    if not isinstance(result, list):
-        raise ItsmError(f"{_SYSTEM}: response has no 'result' list", retryable=True, reason=Reason.INVALID_RESPONSE)
-    return [row for row in result if isinstance(row, dict)]
+    return [row for row in member_list(_SYSTEM, payload, "result") if isinstance(row, dict)]
 
 
 def _result_object(payload: Any) -> dict[str, Any]:
