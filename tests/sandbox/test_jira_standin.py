@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import base64
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +15,7 @@ import requests
 from bridge.sandbox import common, servicenow
 from bridge.sandbox.jira import JiraStandIn, JqlAnd, JqlClause, JqlError, JqlOr, JqlValue, parse_jql
 from tests.kit import FakeClock
+from tests.sandbox.command_line import standin_process
 
 pytestmark = pytest.mark.integration
 
@@ -1366,27 +1363,8 @@ def test_constructor_checks_its_arguments() -> None:
 
 
 def test_runs_from_the_command_line_and_stops_on_ctrl_c() -> None:
-    root = Path(__file__).resolve().parents[2]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bridge.sandbox.jira", "--port", "0"],
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        first = process.stdout.readline()
+    with standin_process("bridge.sandbox.jira") as (first, credentials):
         assert first.startswith("Jira stand-in (cloud): http://127.0.0.1:")
         url = first.split(": ", 1)[1].strip()
-        credentials = process.stdout.readline()
         assert EMAIL in credentials and TOKEN in credentials
         assert requests.get(url + "/rest/api/3/myself", auth=(EMAIL, TOKEN), timeout=5).status_code == 200
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0, err
-    assert "stopped" in out

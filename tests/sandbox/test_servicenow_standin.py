@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +14,7 @@ import requests
 from bridge.sandbox.servicenow import FaultInjector, RequestRecord, ServiceNowStandIn
 from bridge.sandbox.snow_query import Condition, parse_query
 from tests.kit import FakeClock
+from tests.sandbox.command_line import standin_process
 
 pytestmark = pytest.mark.integration
 
@@ -903,30 +900,11 @@ def test_start_stop_and_url_lifecycle() -> None:
 
 
 def test_runs_from_the_command_line_and_stops_on_ctrl_c() -> None:
-    root = Path(__file__).resolve().parents[2]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bridge.sandbox.servicenow", "--port", "0"],
-        cwd=root,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        first = process.stdout.readline()
+    with standin_process("bridge.sandbox.servicenow") as (first, credentials):
         assert first.startswith("ServiceNow stand-in: http://127.0.0.1:")
         url = first.split(": ", 1)[1].strip()
-        credentials = process.stdout.readline()
         assert USER in credentials and PASSWORD in credentials
         assert requests.get(url + INCIDENT, auth=(USER, PASSWORD), timeout=5).status_code == 200
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=10)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == 0, err
-    assert "stopped" in out
 
 
 # ----------------------------------------------------------------------------------------------
