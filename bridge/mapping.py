@@ -33,13 +33,15 @@ from typing import Any
 from .adapters.base import ConfigurationItem, Resolution, WorkItem
 from .alerts import Alert, AlertKind, Condition, display_text, nesting_depth, thaw
 from .correlation import correlation_key, fingerprint, note_marker
-from .rules import DEFAULT_TITLE_TEMPLATE, TEMPLATE_NAMES, MappingRules, RoutingRule
+from .rules import DEFAULT_TITLE_TEMPLATE, TEMPLATE_NAMES, MappingRules, Policy, RoutingRule
 from .telemetry import REFERENCE_LABEL
 
 __all__ = [
     "DEFAULT_DESCRIPTION_LIMIT",
     "DEFAULT_TITLE_LIMIT",
     "build_work_item",
+    "fingerprint_text",
+    "policy_for",
     "render_title",
     "resolution",
     "template_values",
@@ -235,8 +237,30 @@ def template_values(alert: Alert) -> dict[str, str]:
         "description": alert.description or "",
         "firedDateTime": _iso(alert.fired_at) if alert.fired_at else "",
         "kind": alert.kind.value,
+        "alertRuleId": alert.alert_rule_id or "",
+        "targets": ",".join(sorted(t.strip().lower() for t in alert.target_ids[:_MAX_ITEMS])),
+        "dimensions": _dimensions_text(alert),
+        "trackingId": _service_health(alert, "trackingId"),
+        "incidentType": _service_health(alert, "incidentType"),
+        "stage": _service_health(alert, "stage"),
     }
     return values
+
+
+def policy_for(alert: Alert, rules: MappingRules) -> Policy:
+    """The policy of the first route matching ``alert`` that sets one, else the rules' own."""
+    route = _first_route(alert, rules.routing)
+    if route is not None and route.policy is not None:
+        return route.policy
+    return rules.policy
+
+
+def fingerprint_text(alert: Alert, template: str) -> str:
+    """``template`` filled from :func:`template_values`, case-folded: the text that says which
+    alerts are the same condition (grouping, re-fire). Resource ids are case-insensitive."""
+    values = {name: value[:_TEXT_MAX_CHARS] for name, value in template_values(alert).items()}
+    rendered = _render(template, values)
+    return (rendered if rendered is not None else "").strip().casefold()
 
 
 def render_title(template: str, alert: Alert, limit: int = DEFAULT_TITLE_LIMIT) -> str:
@@ -367,6 +391,24 @@ def _level(value: str) -> int | None:
 
 
 # --------------------------------------------------------------------------- alert facts
+
+
+def _dimensions_text(alert: Alert) -> str:
+    """The monitored dimensions (every condition's), as sorted ``name=value`` pairs."""
+    pairs = {
+        f"{name.strip().casefold()}={value.strip().casefold()}"
+        for condition in alert.conditions[:_MAX_ITEMS]
+        for name, value in condition.dimensions[:_MAX_ITEMS]
+    }
+    return ",".join(sorted(pairs))
+
+
+def _service_health(alert: Alert, name: str) -> str:
+    """A Service Health property (trackingId, incidentType, stage) as text, else ""."""
+    if alert.kind is not AlertKind.SERVICE_HEALTH:
+        return ""
+    value = _mapping(alert.context.get("properties")).get(name)
+    return value.strip()[:_TEXT_MAX_CHARS] if isinstance(value, str) else ""
 
 
 def _rule_name(alert: Alert) -> str:

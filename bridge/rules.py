@@ -18,11 +18,13 @@ from typing import Any
 from .errors import ConfigError
 
 __all__ = [
+    "DEFAULT_FINGERPRINT_TEMPLATE",
     "DEFAULT_SEVERITY",
     "DEFAULT_SEVERITY_MATRIX",
     "DEFAULT_TITLE_TEMPLATE",
     "TEMPLATE_NAMES",
     "MappingRules",
+    "Policy",
     "RoutingRule",
     "load_mapping",
 ]
@@ -44,6 +46,7 @@ TEMPLATE_NAMES = frozenset(
         "severity", "monitorCondition", "alertRule", "target", "resourceGroup", "resourceType",
         "subscriptionId", "monitoringService", "signalType", "configurationItem", "alertId",
         "correlationId", "description", "firedDateTime", "kind",
+        "alertRuleId", "targets", "dimensions", "trackingId", "incidentType", "stage",
     }
 )
 
@@ -58,12 +61,50 @@ _FIELD_SHORTHANDS = ("caller_id", "assignment_group", "category")
 _KNOWN = {"severity_matrix", "title_template", "resolution_code", "routing", "fields"}
 
 
+# What makes two alerts "the same condition" (grouping, re-fire): the rule, its targets and the
+# monitored dimensions. Rendered like the title template, then case-folded.
+DEFAULT_FINGERPRINT_TEMPLATE = "{alertRuleId}|{targets}|{dimensions}"
+
+GROUPINGS = ("per-alert", "group")
+RESOLUTIONS = ("resolve", "close", "note-only")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How a route's alerts live as work items (README "Policies"); all off by default.
+
+    ``grouping``: ``per-alert`` (one work item per alertId) or ``group`` (one per fingerprint).
+    ``reopen_window``: a new alert of the fingerprint reopens a work item the bridge resolved at
+    most this many seconds earlier (0: never; a new work item names its predecessor instead).
+    ``auto_resolve_after``: a stateless alert's work item is resolved after this many quiet
+    seconds without a repeat (0: never). ``resolution``: ``resolve``, ``close`` or ``note-only``,
+    with ``resolution_code`` and the templated ``resolve_fields`` written on resolve.
+    """
+
+    grouping: str = "per-alert"
+    fingerprint: str = DEFAULT_FINGERPRINT_TEMPLATE
+    reopen_window: float = 0.0
+    auto_resolve_after: float = 0.0
+    resolution: str = "resolve"
+    resolution_code: str | None = None
+    resolve_fields: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def threaded(self) -> bool:
+        """Whether alerts are kept by fingerprint (not alertId): grouped, or re-fired."""
+        return self.grouping == "group" or self.reopen_window > 0
+
+
 @dataclass(frozen=True)
 class RoutingRule:
     """When every ``match`` key equals the alert's value (case-insensitive), ``set`` these fields."""
 
     match: Mapping[str, str]
     set: Mapping[str, str]
+    # The route's policy (the mapping file's defaults with the route's own keys over them).
+    policy: Policy | None = None
+    # A configuration item (sys_id or name, templated) instead of the CMDB lookup's.
+    configuration_item: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +118,10 @@ class MappingRules:
     routing: tuple[RoutingRule, ...] = ()
     # Fields every new work item gets, in the ITSM's own names; a matching route's `set` wins.
     fields: Mapping[str, str] = field(default_factory=dict)
+    # The policy of alerts no route matches (or whose route sets none).
+    policy: Policy = field(default_factory=Policy)
+    # Service Health: one work item per trackingId and incident type, through its stages.
+    service_health_lifecycle: bool = True
 
     def impact_urgency(self, severity: str | None) -> tuple[int, int]:
         return self.severity_matrix.get(severity or "", DEFAULT_SEVERITY)

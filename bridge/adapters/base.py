@@ -103,6 +103,10 @@ class Resolution:
     code: str | None  # close code / resolution name; None: the adapter's configured default
     summary: str  # why, for the record (close notes, the resolution comment)
     note: str  # internal note carrying the payload marker
+    # Closed (final) rather than resolved (the ITSM's resolved state, which a re-fire may reopen).
+    close: bool = False
+    # Extra fields written with the resolution, in the ITSM's own names (a data policy may want them).
+    fields: Mapping[str, str] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -146,7 +150,13 @@ class ItsmAdapter(Protocol):
         """Whether an earlier note on ``ref`` contains ``marker`` (used to skip redeliveries)."""
         ...
 
-    def resolve(self, ref: WorkItemRef, resolution: Resolution) -> None: ...
+    def resolve(self, ref: WorkItemRef, resolution: Resolution) -> None:
+        """Resolve (or with ``resolution.close``, close) ``ref``, writing ``resolution.fields`` too."""
+        ...
+
+    def reopen(self, ref: WorkItemRef, note: str) -> None:
+        """Make a resolved ``ref`` open again (in progress) and add ``note``; its alert fired again."""
+        ...
 
     def find_configuration_item(
         self, resource_ids: Sequence[str], names: Sequence[str]
