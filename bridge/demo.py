@@ -69,8 +69,8 @@ def _story() -> list[Step]:
         Step("log search alert (v1 token)", log_alert, 200, "created", lambda s: s.token("1.0")),
         Step("activity log alert", load_sample("activity_log_administrative_fired.testaction.json"), 200,
              "created"),
-        Step("service health incident", load_sample("service_health_incident.testaction.json"), 200,
-             "created"),
+        Step("service health incident (stage Resolved)", load_sample("service_health_incident.testaction.json"),
+             200, "created"),
         Step("alert from a subscription not allowed", load_sample("metric_static_resolved.json"), 403),
         Step("forged token (key not published)", load_sample("metric_static_fired.testaction.json"), 401,
              token=lambda s: s.token(unpublished_key=True)),
@@ -164,8 +164,8 @@ def _check_incidents(stack: SandboxStack, out: TextIO) -> int:
 
     failures = 0
     statuses = sorted(item.status for item in items)
-    if len(items) != 5 or statuses != ["open", "open", "open", "open", "resolved"]:
-        out.write("expected 5 work items: the metric one resolved, four open\n")
+    if len(items) != 5 or statuses != ["open", "open", "open", "resolved", "resolved"]:
+        out.write("expected 5 work items: the metric and service health ones resolved, three open\n")
         failures += 1
     bound = sum(1 for item in items if item.configuration_item)
     expected = 4 if stack.itsm.binds_configuration_items else 0

@@ -33,20 +33,21 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from . import telemetry
-from .adapters.base import ItsmAdapter, WorkItemRecord, WorkItemRef, WorkItemStatus
+from . import notes, telemetry, threads
+from .adapters.base import ItsmAdapter, Resolution, WorkItemRecord, WorkItemRef, WorkItemStatus
 from .alerts import Alert, parse_alert
 from .cmdb import CmdbBinder
-from .correlation import correlation_key, note_marker
+from .correlation import note_marker
 from .deadline import deadline
 from .epoch import StoreEpoch
 from .errors import ItsmError
-from .mapping import build_work_item, resolution, update_note
+from .mapping import build_work_item, policy_for, resolution, update_note
 from .retry import RetryPolicy, call_with_retry
 from .rules import MappingRules
 from .state.base import StateConflict, StateStore, StateUnavailable, Versioned
 from .state.record import Claim, DeadLetter, Event, Intent, Record
 from .state.stats import outbox_state
+from .threads import Placement
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -223,16 +224,18 @@ class Reconciler:
         back to an ephemeral store, see :meth:`ephemeral`).
         """
         started = self._clock()
-        key = correlation_key(alert.alert_id)
+        place = threads.place(alert, self._rules)
+        key = place.key
         condition = "Resolved" if alert.is_resolved else "Fired"
-        stored, new, inserted = self._record(key, alert, Event(fingerprint, condition, self._wall()), canonical)
+        event = Event(fingerprint, condition, self._wall(), place.member, place.at, place.stage)
+        stored, new, inserted = self._record(key, alert, event, canonical, place)
         record = stored.record
         # Only the delivery that inserted the record, with a Fired first (a Resolved first keeps
         # its lookup), may skip the lookup; see bridge.epoch for why that is safe.
         fresh = inserted and (alert.is_stateless or not alert.is_resolved) and self.epoch.provably_new(alert.fired_at)
         if not fresh:
             self.epoch.recover()
-        if not new and fingerprint in record.written and record.due is None and record.dead is None:
+        if not new and fingerprint in record.written and record.due == record.rest_due() and record.dead is None:
             # An identical redelivery of what is already written: nothing to do, no ITSM call.
             return self._processed(record, fingerprint, Action.IGNORED, "identical alert already recorded")
         if not new and record.dead is not None:
@@ -299,7 +302,7 @@ class Reconciler:
             return self._processed(record, fingerprint, Action(record.written[fingerprint]))
         if record.dead is not None:
             return Delivery("rejected", key, reason=record.dead.reason)
-        if _plan(record) is None and record.claim is None:
+        if _plan(record, self._wall()) is None and record.claim is None:
             # Nothing to write for this payload now: a Resolved before any Fired.
             return self._processed(
                 record,
@@ -321,17 +324,25 @@ class Reconciler:
     def _processed(self, record: Record, fingerprint: str, action: Action, reason: str | None = None) -> Delivery:
         if action is Action.IGNORED and reason is None:
             reason = record.reasons.get(fingerprint)
-        return Delivery("processed", record.key, action, _ref(record), reason)
+        return Delivery("processed", record.correlation_id, action, _ref(record), reason)
 
-    def _record(self, key: str, alert: Alert, event: Event, canonical: bytes) -> tuple[Versioned, bool, bool]:
+    def _record(
+        self, key: str, alert: Alert, event: Event, canonical: bytes, place: Placement | None = None
+    ) -> tuple[Versioned, bool, bool]:
         """Add ``event`` to the key's record (creating it): the record, whether the event is new
         to it, and whether this call inserted the record (no record existed)."""
+        if place is None:
+            place = threads.place(alert, self._rules)
         safety = self.timing.inline_seconds + self.timing.lease_margin_seconds
         for _ in range(_CONFLICT_RETRIES):
             now = self._wall()
             current = self.store.load(key)
             if current is None:
                 record = Record(key, alert.alert_id, alert.is_stateless, created_at=now, updated_at=now)
+                if place.thread is not None:
+                    record.thread = place.thread
+                    record.correlation = threads.episode_correlation(key, place.member)
+                _take_policy(record, place)
                 record.add_event(event)
                 # If this instance dies before the inline pass ends, the outbox takes over then.
                 record.due = now + safety
@@ -343,6 +354,7 @@ class Reconciler:
             record = current.record
             if not record.add_event(event):
                 return current, False, False
+            _take_policy(record, place)
             if record.dead is not None:
                 # A new change of the alert is worth one more try.
                 record.dead, record.attempts, record.failing_since = None, 0, None
@@ -576,14 +588,17 @@ class Reconciler:
             if current is None:
                 return None
             record = current.record
-            step = _plan(record)
+            step = _plan(record, self._wall())
             if step is None:
                 settled = self._settle(key, owner, current)
-                if _plan(settled) is not None:
+                if _plan(settled, self._wall()) is not None:
                     continue  # new work arrived while settling: the claim is still ours
                 return settled
             if step == "ignore":
                 self._update(key, owner, _ignore_rest)
+                continue
+            if step == "renew":
+                self._update(key, owner, _renew)
                 continue
             if not _mine(record, owner, self._wall()):
                 self._update(key, owner, lambda r: _claim(r, owner, self._wall() + claim_seconds))
@@ -594,13 +609,17 @@ class Reconciler:
                 self._ensure_item(key, owner, record, cache, wrote, fresh)
             elif step == "resolve":
                 self._resolve(key, owner, record, cache, wrote)
+            elif step == "expire":
+                self._resolve(key, owner, record, cache, wrote, quiet=True)
+            elif step == "reopen":
+                self._reopen(key, owner, record, cache, wrote)
             else:
                 self._note(key, owner, record, cache, wrote)
 
     def _settle(self, key: str, owner: _Owner, current: Versioned) -> Record:
         """Nothing left to write: clear the outbox bookkeeping (and our claim) if any is set."""
         record = current.record
-        if record.due is None and record.claim is None and record.last_error is None and record.held is None:
+        if record.due == record.rest_due() and record.claim is None and not record.last_error and not record.held:
             return record
         if record.claim is not None and not _mine(record, owner, self._wall()):
             if record.claim.until > self._wall():
@@ -610,7 +629,7 @@ class Reconciler:
             # Decided again on what is written: if the write conflicted, the record was read
             # again and may hold an event that arrived meanwhile. Its work is then not done:
             # it stays due, and the claim stays with this pass, which goes on to it.
-            if _plan(r) is not None:
+            if _plan(r, self._wall()) is not None:
                 return
             _done(r)
             if r.claim is not None and r.claim.owner == owner.id:
@@ -627,14 +646,16 @@ class Reconciler:
 
         The lookup is skipped when ``fresh`` (this delivery inserted the record, and
         :meth:`StoreEpoch.provably_new` rules out every item made without it) and the record,
-        read under our claim, shows no create: no intent, no item. Every create through the
-        record writes its intent first, and only a failure that cannot have landed clears it,
-        so a create by another pass, or an uncertain one of ours, is looked for as before.
+        read under our claim, shows no create: no intent, no item, no earlier work item. Every
+        create through the record writes its intent first, and only a failure that cannot have
+        landed clears it, so a create by another pass, or an uncertain one of ours, is looked
+        for as before.
         """
-        if fresh and record.intent is None and record.item is None:
+        correlation = record.correlation_id
+        if fresh and record.intent is None and record.item is None and record.episode == 0:
             found: list[WorkItemRecord] = []
         else:
-            found = list(self.adapter.find(key))
+            found = list(self.adapter.find(correlation))
         if found:
             self._adopt(key, owner, record, found, wrote)
             return
@@ -643,13 +664,16 @@ class Reconciler:
         fired = record.fired_events
         latest = fired[-1]
         alert = self._alert(key, latest.fingerprint, cache)
-        resolved_event = record.resolved_event
+        over = threads.condition_over(record)
+        ending = threads.resolving_event(record) if over else None
         how = None
-        if resolved_event is not None:
-            how = resolution(self._alert(key, resolved_event.fingerprint, cache), self._rules)
+        if ending is not None:
+            how = resolution(self._alert(key, ending.fingerprint, cache), self._rules)
+        note_only = how is not None and self._resolution_policy(key, record, cache) == "note-only"
         ci = ci_note = None
         if self._cmdb is not None:
             ci, ci_note = self._cmdb.bind(alert)
+        reference = telemetry.current().current_reference()
         item = build_work_item(
             alert,
             self._rules,
@@ -657,24 +681,34 @@ class Reconciler:
             ci_note,
             title_limit=self.adapter.title_limit,
             description_limit=self.adapter.description_limit,
-            reference=telemetry.current().current_reference(),
+            reference=reference,
         )
+        item = replace(item, correlation_id=correlation)
+        follows = notes.predecessor_line(record.previous)
+        if follows is not None:
+            item = replace(item, description=f"{follows}\n\n{item.description}", note=f"{follows}\n{item.note}")
+        if how is not None and note_only:
+            # The policy never resolves: the item is made open, its first note saying it is over.
+            item, how = replace(item, note=f"{item.note}\n\n{how.note}"), None
         self._update(key, owner, lambda r: _intend(r, "create", self._wall(), latest.fingerprint))
         try:
             ref = self.adapter.create(item, how)
         except ItsmError as exc:
             self._after_write_failed(key, owner, exc)
             raise
-        logger.info("correlationId=%s created %s", key, ref.number or ref.id)
+        logger.info("correlationId=%s created %s", correlation, ref.number or ref.id)
+        ended_at = ending.when if ending is not None else None
 
         def created(r: Record) -> None:
             r.item, r.item_open, r.adopted = ref.as_json(), how is None, False
             r.item_status = None
             r.intent = None
-            r.resolution_written = how is not None
+            r.resolution_written = ending is not None
+            r.resolution_kind = None if ending is None else "note-only" if note_only else _kind(how)
+            r.resolved_at = ended_at if ending is not None else r.resolved_at
             for event in r.unwritten:
                 if event.condition == "Resolved" and not r.stateless:
-                    r.mark(event.fingerprint, Action.RESOLVED if how is not None else Action.IGNORED)
+                    r.mark(event.fingerprint, Action.RESOLVED if ending is not None else Action.IGNORED)
                 else:
                     r.mark(event.fingerprint, Action.CREATED)
                 wrote[event.fingerprint] = r.written[event.fingerprint]
@@ -683,7 +717,7 @@ class Reconciler:
 
     def _search(self, key: str, owner: _Owner, record: Record, wrote: dict[str, str]) -> None:
         """A Resolved with no Fired recorded: resolve a work item from before the record, if any."""
-        found = list(self.adapter.find(key))
+        found = list(self.adapter.find(record.correlation_id))
         if found:
             self._adopt(key, owner, record, found, wrote)
             return
@@ -701,12 +735,16 @@ class Reconciler:
         chosen = (open_items or found)[0]
         ours = record.intent is not None and record.intent.operation == "create"
         if len(found) > 1:
-            logger.warning("correlationId=%s has %d work items; keeping %s", key, len(found), _label(chosen.ref))
+            logger.warning(
+                "correlationId=%s has %d work items; keeping %s", record.correlation_id, len(found), _label(chosen.ref)
+            )
 
         def adopt(r: Record) -> None:
             r.item, r.item_open, r.item_status = chosen.ref.as_json(), chosen.is_open, chosen.status.value
             r.intent = None
             r.adopted = not ours
+            if not chosen.is_open:
+                r.left_at = self._wall()
             if ours:
                 # Our create landed although its answer was lost: it carries the latest Fired.
                 for event in r.fired_events:
@@ -717,38 +755,104 @@ class Reconciler:
         self._update(key, owner, adopt, fact=True)
 
     def _resolve(
-        self, key: str, owner: _Owner, record: Record, cache: dict[str, Alert], wrote: dict[str, str]
+        self,
+        key: str,
+        owner: _Owner,
+        record: Record,
+        cache: dict[str, Alert],
+        wrote: dict[str, str],
+        *,
+        quiet: bool = False,
     ) -> None:
-        resolved_event = record.resolved_event
-        assert resolved_event is not None
+        """Resolve the open item: its condition is over (or, ``quiet``, a stateless alert has not
+        repeated for the auto-resolve time). The route's resolution policy says how: resolve,
+        close, or only a note."""
+        ending = None if quiet else threads.resolving_event(record)
         item_id = (record.item or {}).get("id")
-        current = [r for r in self.adapter.find(key)]
+        current = [r for r in self.adapter.find(record.correlation_id)]
         ours = next((r for r in current if r.ref.id == item_id), None)
         sent = record.intent is not None and record.intent.operation == "resolve"
+        now = self._wall()
+        ended_at = ending.when if ending is not None else now
         if ours is None or not ours.is_open:
             if sent and ours is not None:
                 # Our own resolve landed although its answer was lost.
-                self._update(key, owner, lambda r: _resolved(r, resolved_event, wrote), fact=True)
+                kind = _kind_of_status(ours.status)
+                self._update(key, owner, lambda r: _resolved(r, ending, wrote, kind, ended_at), fact=True)
             else:
-                self._update(key, owner, lambda r: _left_alone(r, ours), fact=True)
+                self._update(key, owner, lambda r: _left_alone(r, ours, self._wall()), fact=True)
             return
         if sent:
             self._hold_if_unsettled(record)
-        how = resolution(
-            self._alert(key, resolved_event.fingerprint, cache),
-            self._rules,
-            telemetry.current().current_reference(),
-        )
-        self._update(key, owner, lambda r: _intend(r, "resolve", self._wall(), resolved_event.fingerprint))
+        reference = telemetry.current().current_reference()
+        if ending is not None:
+            how = resolution(self._alert(key, ending.fingerprint, cache), self._rules, reference)
+            marker_fp = ending.fingerprint
+        else:
+            latest = record.fired_events[-1]
+            how = notes.quiet_resolution(
+                self._alert(key, latest.fingerprint, cache), self._rules, record.auto_resolve_after, reference
+            )
+            marker_fp = latest.fingerprint
+        note_only = self._resolution_policy(key, record, cache) == "note-only"
+        kind = "note-only" if note_only else _kind(how)
+        intent = record.intent
+        if note_only and intent is not None and intent.operation == "note" and intent.fingerprint == marker_fp:
+            if self.adapter.has_note(ours.ref, note_marker(marker_fp)):
+                # Our note landed although its answer was lost: not twice.
+                self._update(key, owner, lambda r: _resolved(r, ending, wrote, kind, ended_at), fact=True)
+                return
+            self._hold_if_unsettled(record)
+        self._update(key, owner, lambda r: _intend(r, "note" if note_only else "resolve", self._wall(), marker_fp))
         try:
-            # Exact duplicates of one alert (from before the record) describe the same condition.
-            for item in [r for r in current if r.is_open]:
-                self.adapter.resolve(item.ref, how)
+            if note_only:
+                self.adapter.add_note(ours.ref, how.note)
+            else:
+                # Exact duplicates of one alert (from before the record) describe the same condition.
+                for item in [r for r in current if r.is_open]:
+                    self.adapter.resolve(item.ref, how)
         except ItsmError as exc:
             self._after_write_failed(key, owner, exc)
             raise
-        logger.info("correlationId=%s resolved %s", key, _label(ours.ref))
-        self._update(key, owner, lambda r: _resolved(r, resolved_event, wrote), fact=True)
+        logger.info("correlationId=%s %s %s", record.correlation_id, kind, _label(ours.ref))
+        self._update(key, owner, lambda r: _resolved(r, ending, wrote, kind, ended_at), fact=True)
+
+    def _reopen(
+        self, key: str, owner: _Owner, record: Record, cache: dict[str, Alert], wrote: dict[str, str]
+    ) -> None:
+        """The condition fired again within the re-fire window of the resolve: reopen the item,
+        unless a person closed it meanwhile (then the next work item is opened instead)."""
+        refire = threads.refire_events(record)
+        event = refire[-1]
+        item_id = (record.item or {}).get("id")
+        ours = next((r for r in self.adapter.find(record.correlation_id) if r.ref.id == item_id), None)
+        sent = record.intent is not None and record.intent.operation == "reopen"
+        if ours is None or ours.status is not WorkItemStatus.RESOLVED:
+            if ours is not None and ours.is_open:
+                # Open again: our reopen landed although its answer was lost, or a person reopened it.
+                action = Action.REOPENED if sent else Action.UPDATED
+                self._update(key, owner, lambda r: _reopened(r, refire, wrote, action, sent), fact=True)
+            else:
+                self._update(key, owner, lambda r: _left_alone(r, ours, self._wall(), ignore=False), fact=True)
+            return
+        if sent:
+            self._hold_if_unsettled(record)
+        alert = self._alert(key, event.fingerprint, cache)
+        assert record.resolved_at is not None
+        note = notes.reopen_note(alert, event, record.resolved_at, telemetry.current().current_reference())
+        self._update(key, owner, lambda r: _intend(r, "reopen", self._wall(), event.fingerprint))
+        try:
+            self.adapter.reopen(ours.ref, note)
+        except ItsmError as exc:
+            self._after_write_failed(key, owner, exc)
+            raise
+        logger.info("correlationId=%s reopened %s", record.correlation_id, _label(ours.ref))
+        self._update(key, owner, lambda r: _reopened(r, refire, wrote, Action.REOPENED, True), fact=True)
+
+    def _resolution_policy(self, key: str, record: Record, cache: dict[str, Alert]) -> str:
+        """The resolution policy of the record's latest alert's route."""
+        latest = (record.fired_events or record.events)[-1]
+        return policy_for(self._alert(key, latest.fingerprint, cache), self._rules).resolution
 
     def _hold_if_unsettled(self, record: Record) -> None:
         """A write whose outcome is unknown and that has not shown up yet may still be on its
@@ -771,12 +875,16 @@ class Reconciler:
             self._update(key, owner, _forget_intent)
 
     def _note(self, key: str, owner: _Owner, record: Record, cache: dict[str, Alert], wrote: dict[str, str]) -> None:
-        pending = [e for e in record.fired_events if e.fingerprint not in record.written]
+        if record.thread is not None:
+            # A thread notes every change: members joining and resolving, Service Health stages.
+            pending = record.unwritten
+        else:
+            pending = [e for e in record.fired_events if e.fingerprint not in record.written]
         latest = pending[-1]
         item_id = (record.item or {}).get("id")
-        ours = next((r for r in self.adapter.find(key) if r.ref.id == item_id), None)
+        ours = next((r for r in self.adapter.find(record.correlation_id) if r.ref.id == item_id), None)
         if ours is None or not ours.is_open:
-            self._update(key, owner, lambda r: _left_alone(r, ours), fact=True)
+            self._update(key, owner, lambda r: _left_alone(r, ours, self._wall()), fact=True)
             return
         sent = record.intent is not None and record.intent.operation == "note"
         if sent and record.intent is not None:
@@ -791,10 +899,15 @@ class Reconciler:
                 key, owner, lambda r: _mark_all(r, pending, Action.IGNORED, "identical alert already recorded")
             )
             return
-        alert = self._alert(key, latest.fingerprint, cache)
+        reference = telemetry.current().current_reference()
+        if record.thread is not None:
+            changes = [(e, self._alert(key, e.fingerprint, cache)) for e in pending]
+            text = notes.member_note(changes, len(threads.members_firing(record)), reference)
+        else:
+            text = update_note(self._alert(key, latest.fingerprint, cache), reference)
         self._update(key, owner, lambda r: _intend(r, "note", self._wall(), latest.fingerprint))
         try:
-            self.adapter.add_note(ours.ref, update_note(alert, telemetry.current().current_reference()))
+            self.adapter.add_note(ours.ref, text)
         except ItsmError as exc:
             self._after_write_failed(key, owner, exc)
             raise
@@ -899,22 +1012,33 @@ class Reconciler:
 # ---------------------------------------------------------------------- the plan (pure)
 
 
-def _plan(record: Record) -> str | None:
-    """The next step for ``record``: ensure, resolve, note, ignore, or None when nothing is left."""
+def _plan(record: Record, now: float) -> str | None:
+    """The next step for ``record`` at wall time ``now``: ensure, search, resolve, note, reopen,
+    renew (the next work item), expire (a quiet resolve), ignore, or None when nothing is left."""
     if record.dead is not None:
         return None
     if record.item is None:
         if record.fired_events:
             return "ensure"
-        # Only a Resolved so far: its work item may predate the record (an earlier version made it).
-        return "search" if record.resolved_event is not None and not record.searched else None
-    if not record.item_open or record.resolution_written:
-        return "ignore" if record.unwritten else None
-    if record.resolved_event is not None:
-        return "resolve"
-    if any(e.fingerprint not in record.written for e in record.fired_events):
-        return "note"
-    return None
+        # Only a Resolved so far: its work item may predate the record (an earlier version made
+        # it). A thread's correlation ids are new: nothing from before can carry them.
+        if record.thread is None and record.resolved_event is not None and not record.searched:
+            return "search"
+        return None
+    open_now = record.item_open and (not record.resolution_written or record.resolution_kind == "note-only")
+    if open_now:
+        if threads.condition_over(record):
+            if not record.resolution_written:
+                return "resolve"
+            return "ignore" if record.unwritten else None
+        if record.unwritten:
+            return "note"
+        wake = record.wake_at()
+        return "expire" if wake is not None and now >= wake else None
+    refire = threads.refire_events(record)
+    if refire:
+        return "reopen" if threads.may_reopen(record, refire[-1]) else "renew"
+    return "ignore" if record.unwritten else None
 
 
 def _mine(record: Record, owner: _Owner, now: float) -> bool:
@@ -941,7 +1065,7 @@ def _schedule(record: Record, until: float, why: str) -> None:
 
 
 def _done(record: Record) -> None:
-    record.due = None
+    record.due = record.rest_due()
     record.attempts, record.failing_since, record.held = 0, None, None
     record.set_error(None)
 
@@ -950,7 +1074,10 @@ def _ignore_rest(record: Record) -> None:
     word = record.item_status or ("resolved" if record.resolution_written else "closed")
     if word == WorkItemStatus.OPEN:
         word = "resolved"
+    refire = {e.fingerprint for e in threads.refire_events(record)}
     for event in record.unwritten:
+        if event.fingerprint in refire:
+            continue  # it opens the next work item (see _renew)
         if event.condition == "Resolved" and not record.stateless:
             record.mark(event.fingerprint, Action.IGNORED, f"work item already {word}")
         else:
@@ -959,12 +1086,16 @@ def _ignore_rest(record: Record) -> None:
             )
 
 
-def _left_alone(record: Record, found: WorkItemRecord | None) -> None:
-    """The item is no longer open (a person closed it, or it is gone): never touch it again."""
+def _left_alone(record: Record, found: WorkItemRecord | None, now: float, *, ignore: bool = True) -> None:
+    """The item is no longer open (a person closed it, or it is gone): never touch it again.
+    A later firing of a thread (or of a stateless alert) opens the next work item instead."""
     record.item_open = False
     record.item_status = found.status.value if found is not None else "gone"
     record.intent = None
-    _ignore_rest(record)
+    if not record.resolution_written:
+        record.left_at = now
+    if ignore:
+        _ignore_rest(record)
 
 
 def _mark_all(
@@ -975,17 +1106,74 @@ def _mark_all(
         if wrote is not None:
             wrote[event.fingerprint] = action
     record.intent = None
+    if action is Action.UPDATED and record.resolution_kind == "note-only" and not threads.condition_over(record):
+        # The condition came back after a note-only resolution: its next end is noted again.
+        record.resolution_written, record.resolution_kind = False, None
 
 
-def _resolved(record: Record, resolved_event: Event, wrote: dict[str, str]) -> None:
-    record.item_open, record.item_status, record.resolution_written = False, None, True
+def _resolved(record: Record, ending: Event | None, wrote: dict[str, str], kind: str, ended_at: float) -> None:
+    """The resolution (of ``kind``: resolve, close, note-only) is written; ``ending`` is the event
+    that ended the condition (None for a quiet resolve)."""
+    record.item_open = kind == "note-only"
+    record.item_status = None
+    record.resolution_written, record.resolution_kind, record.resolved_at = True, kind, ended_at
     record.intent = None
     for event in record.unwritten:
-        if event.fingerprint == resolved_event.fingerprint or event.condition == "Resolved":
+        if (ending is not None and event.fingerprint == ending.fingerprint) or (
+            event.condition == "Resolved" and not record.stateless
+        ):
             record.mark(event.fingerprint, Action.RESOLVED)
         else:
             record.mark(event.fingerprint, Action.IGNORED, "the alert resolved before this update was written")
         wrote[event.fingerprint] = record.written[event.fingerprint]
+
+
+def _reopened(record: Record, refire: list[Event], wrote: dict[str, str], action: Action, sent: bool) -> None:
+    """The item is open again (reopened by us, or found open): the firing is written on it."""
+    record.item_open, record.item_status, record.intent = True, None, None
+    record.resolution_written, record.resolution_kind = False, None
+    for event in refire:
+        if event.fingerprint not in record.written:
+            record.mark(event.fingerprint, action)
+            wrote[event.fingerprint] = action
+
+
+def _renew(record: Record) -> None:
+    """The condition fired again and its work item may not be reopened: the next work item,
+    which names this one, follows (the create is the next step)."""
+    refire = threads.refire_events(record)
+    if not refire:
+        return
+    _ignore_rest(record)
+    opener = refire[0]
+    record.previous = record.item
+    record.item, record.item_open, record.item_status = None, False, None
+    record.adopted = record.searched = record.resolution_written = False
+    record.resolution_kind, record.resolved_at, record.left_at = None, None, None
+    record.intent = None
+    record.episode += 1
+    record.correlation = threads.episode_correlation(record.key, opener.member or opener.fingerprint)
+    if record.thread is None:
+        # One stateless alertId: the events before this firing belong to the earlier work item.
+        for event in record.events:
+            if event.fingerprint not in record.written and event.when < opener.when:
+                record.mark(event.fingerprint, Action.IGNORED, "the earlier work item of this alert is no longer open")
+
+
+def _kind(how: Resolution | None) -> str:
+    return "close" if how is not None and how.close else "resolve"
+
+
+def _kind_of_status(status: WorkItemStatus) -> str:
+    return "close" if status is WorkItemStatus.CLOSED else "resolve"
+
+
+def _take_policy(record: Record, place: Placement) -> None:
+    """The policy in force at the latest event decides the record's timing."""
+    policy = place.policy
+    record.reopen_window = policy.reopen_window
+    record.auto_resolve_after = policy.auto_resolve_after
+    record.resolution_policy = policy.resolution
 
 
 class _PassSeen:

@@ -31,6 +31,8 @@ RECORD_VERSION = 1
 # A flapping alert instance cannot grow its record without bound; the oldest events go first
 # (an event already written is all the bookkeeping needs of it).
 MAX_EVENTS = 50
+# Members of a thread remembered (each alert's fired and resolved times); resolved ones go first.
+MAX_MEMBERS = 200
 _MAX_TEXT = 500
 # Reasons are kept per payload (up to MAX_EVENTS of them): short, so a record stays far below
 # the 32K characters an Azure Table string holds.
@@ -44,6 +46,17 @@ class Event:
     fingerprint: str
     condition: str  # "Fired" or "Resolved" as sent; stateless alerts are treated as Fired
     received_at: float  # wall clock, seconds
+    # In a thread (a record kept by fingerprint or trackingId, see bridge.threads): the alert's
+    # own correlation key, and its Service Health stage. "" in a record of one alertId.
+    member: str = ""
+    # The alert's own time of this change (fired, resolved, communication), wall clock seconds:
+    # what orders changes that arrive out of order. None when the payload gives none.
+    at: float | None = None
+    stage: str = ""
+
+    @property
+    def when(self) -> float:
+        return self.at if self.at is not None else self.received_at
 
 
 @dataclass(frozen=True)
@@ -53,7 +66,7 @@ class Intent:
     Written before the write is sent, so whoever acts next knows to look before writing again.
     """
 
-    operation: str  # "create", "note" or "resolve"
+    operation: str  # "create", "note", "resolve" or "reopen"
     sent_at: float
     fingerprint: str = ""  # the payload the write carries (its marker is in the note)
 
@@ -104,6 +117,26 @@ class Record:
     last_error: str | None = None
     held: str | None = None  # work held because the ITSM refuses the bridge's credential
     dead: DeadLetter | None = None
+    # ---- lifecycle policies (bridge.threads): all empty for a record of one alertId by default.
+    # None: one alertId; "fingerprint": the alerts of one fingerprint; "service-health": the
+    # communications of one trackingId and incident type.
+    thread: str | None = None
+    # The current work item's correlation id when it is not the key (threads, later work items).
+    correlation: str | None = None
+    episode: int = 0  # how many work items came before the current one
+    previous: dict[str, str | None] | None = None  # the work item before the current one
+    # member -> [fired at, resolved at] (alert times; None when not seen), for threads.
+    members: dict[str, list[float | None]] = field(default_factory=dict)
+    # What the written resolution was ("resolve", "close", "note-only") and the alert time of
+    # the end it reflects (the re-fire window counts from it).
+    resolution_kind: str | None = None
+    resolved_at: float | None = None
+    # When the bridge saw the item closed or gone by a person's hand (a later firing is new).
+    left_at: float | None = None
+    # The policy in force at the latest event (seconds; 0: off), see bridge.rules.Policy.
+    reopen_window: float = 0.0
+    auto_resolve_after: float = 0.0
+    resolution_policy: str = "resolve"
 
     # ------------------------------------------------------------------ derived facts
 
@@ -124,11 +157,33 @@ class Record:
     def unwritten(self) -> list[Event]:
         return [e for e in self.events if e.fingerprint not in self.written]
 
+    @property
+    def correlation_id(self) -> str:
+        """What the current work item carries in its correlation field (and is found by)."""
+        return self.correlation or self.key
+
+    def wake_at(self) -> float | None:
+        """When the open work item of a stateless alert is resolved for quiet (no repeat of the
+        alert for ``auto_resolve_after`` seconds since the last one arrived), else None."""
+        if not (self.stateless and self.auto_resolve_after > 0 and self.item is not None and self.item_open):
+            return None
+        if self.resolution_written:
+            return None
+        if not self.events:
+            return None
+        return max(e.received_at for e in self.events) + self.auto_resolve_after
+
+    def rest_due(self) -> float | None:
+        """``due`` once nothing is left to write: the wake-up for a quiet resolve, or None."""
+        return self.wake_at()
+
     def add_event(self, event: Event) -> bool:
         """Record ``event``; False when its payload was seen before (a redelivery)."""
         if self.seen(event.fingerprint):
             return False
         self.events.append(event)
+        if event.member:
+            self._add_member(event)
         if len(self.events) > MAX_EVENTS:
             # Drop the oldest written events first; unwritten ones are pending work.
             for i, old in enumerate(self.events):
@@ -139,6 +194,17 @@ class Record:
                 del self.events[0]
         self._trim_written()
         return True
+
+    def _add_member(self, event: Event) -> None:
+        times = self.members.setdefault(event.member, [None, None])
+        slot = 1 if event.condition == "Resolved" and not self.stateless else 0
+        current = times[slot]
+        times[slot] = event.when if current is None else max(current, event.when)
+        if len(self.members) > MAX_MEMBERS:
+            # The member that resolved longest ago goes first; one still firing only if none has.
+            resolved = [(t[1], m) for m, t in self.members.items() if t[1] is not None and m != event.member]
+            victim = min(resolved)[1] if resolved else next(m for m in self.members if m != event.member)
+            del self.members[victim]
 
     def mark(self, fingerprint: str, action: str, reason: str | None = None) -> None:
         self.written[fingerprint] = action

@@ -94,7 +94,7 @@ def assert_demo_output(
     assert " resolved " in rows[f"{prefix}1"] and "test-metricAlertRule" in rows[f"{prefix}1"]
     assert " open " in rows[f"{prefix}2"] and "test-logAlertRule-v2" in rows[f"{prefix}2"]
     assert " open " in rows[f"{prefix}3"] and "test-activityLogAlertRule" in rows[f"{prefix}3"]
-    assert " open " in rows[f"{prefix}4"] and "test-ServiceHealthAlertRule" in rows[f"{prefix}4"]
+    assert " resolved " in rows[f"{prefix}4"] and "test-ServiceHealthAlertRule" in rows[f"{prefix}4"]
     # The alert sent while the ITSM was down, created by the outbox once it was back.
     assert " open " in rows[f"{prefix}5"] and "0d8f3c2b-5a4e-4f6d-9b7c-1e2f3a4b5c6d" in rows[f"{prefix}5"]
     bound = sorted(number for number, row in rows.items() if not re.search(r"\s-\s", row))

