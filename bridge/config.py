@@ -30,7 +30,7 @@ from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
 from .errors import ConfigError
-from .rules import MappingRules, load_mapping
+from .rules import MappingRules, Policy, load_mapping, parse_duration
 from .state.connection import AzureConnection
 
 __all__ = [
@@ -108,6 +108,20 @@ SETTINGS: tuple[Setting, ...] = (
         "MAPPING_FILE",
         "JSON file of mapping rules (severity matrix, title template, routing, fields)",
         default_text="built-in defaults",
+    ),
+    Setting(
+        "REOPEN_WINDOW",
+        "a new alert of a condition whose work item the bridge resolved at most this long ago reopens it "
+        "(seconds, or 90s, 30m, 2h, 1d; 0 is off; shorter than STATE_RETENTION_DAYS, at most 30 days); the "
+        "mapping file's policies may set their own",
+        "0",
+    ),
+    Setting(
+        "AUTO_RESOLVE_AFTER",
+        "a stateless alert's work item (activity log, service/resource health, budget) is resolved after this "
+        "long without a repeat (seconds, or 90s, 30m, 2h, 1d; 0 is off; at most 30 days); the mapping file's "
+        "policies may set their own",
+        "0",
     ),
     Setting(
         "STATE_STORE",
@@ -203,6 +217,13 @@ def _positive_float(name: str, value: str, *, most: float = 86400.0) -> float:
     if not math.isfinite(number) or number <= 0 or number > most:
         raise ConfigError(name, f"must be a number greater than 0 and at most {most:g}")
     return number
+
+
+def _duration(name: str, value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError(name, str(exc)) from None
 
 
 def _bool(name: str, value: str) -> bool:
@@ -435,7 +456,23 @@ class Settings:
         cmdb_lookup = check(lambda: _bool("CMDB_LOOKUP", get("CMDB_LOOKUP") or ""), False)
         cmdb_cache = number("CMDB_CACHE_SECONDS")
 
-        mapping = check(lambda: load_mapping(get("MAPPING_FILE")), None)
+        # Read before the mapping file: a re-fire window must end before the record that remembers
+        # the resolved work item is deleted, in the settings' default policy and in the file's.
+        retention = number("STATE_RETENTION_DAYS", most=3650)
+        retention_seconds = 86400 * retention if retention else None
+        reopen_window = check(lambda: _duration("REOPEN_WINDOW", get("REOPEN_WINDOW") or "0"), 0.0)
+        if retention_seconds is not None and reopen_window >= retention_seconds:
+            problems.add(
+                "REOPEN_WINDOW",
+                "must be shorter than STATE_RETENTION_DAYS: the record that remembers a resolved work item is "
+                "deleted after that",
+            )
+            reopen_window = 0.0
+        auto_resolve_after = check(lambda: _duration("AUTO_RESOLVE_AFTER", get("AUTO_RESOLVE_AFTER") or "0"), 0.0)
+        defaults = Policy(reopen_window=reopen_window, auto_resolve_after=auto_resolve_after)
+        mapping = check(
+            lambda: load_mapping(get("MAPPING_FILE"), defaults, retention_seconds=retention_seconds), None
+        )
 
         in_azure = bool((env.get(AZURE_INSTANCE_VARIABLE) or "").strip())
         raw_store = "" if "STATE_STORE" in unresolved else env.get("STATE_STORE") or ""
@@ -470,7 +507,6 @@ class Settings:
             )
         horizon = number("OUTBOX_HORIZON_HOURS", most=24 * 90)
         max_delay = number("OUTBOX_MAX_DELAY_SECONDS", most=3600)
-        retention = number("STATE_RETENTION_DAYS", most=3650)
 
         if problems.found:
             return None, sorted(problems.found, key=_setting_order)

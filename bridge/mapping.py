@@ -2,8 +2,11 @@
 
 :func:`build_work_item` makes a new work item's content (a title from the configured template, a
 plain-text description a person can act on, impact/urgency hints from severity, the fields of
-the mapping file and routing); :func:`update_note` is the note for a repeated Fired;
-:func:`resolution` says how to resolve when the alert resolves. Every note carries
+the mapping file and routing, their templates filled from the alert); :func:`update_note` is the
+note for a repeated Fired; :func:`resolution` says how to resolve when the alert resolves (by its
+route's policy, :func:`policy_for`). Routing is the first rule whose every ``match`` key matches
+(see ``RoutingRule``); :func:`configuration_item_override` is the configuration item a route names
+instead of the CMDB's. Every note carries
 :func:`~bridge.correlation.note_marker` of the payload, so a redelivery of the same notification
 is recognised and skipped. Limits are the adapter's: callers pass them in.
 
@@ -33,13 +36,14 @@ from typing import Any
 from .adapters.base import ConfigurationItem, Resolution, WorkItem
 from .alerts import Alert, AlertKind, Condition, display_text, nesting_depth, thaw
 from .correlation import correlation_key, fingerprint, note_marker
-from .rules import DEFAULT_TITLE_TEMPLATE, TEMPLATE_NAMES, MappingRules, Policy, RoutingRule
+from .rules import DEFAULT_TITLE_TEMPLATE, TEMPLATE_NAMES, MappingRules, MatchValue, Policy, RoutingRule
 from .telemetry import REFERENCE_LABEL
 
 __all__ = [
     "DEFAULT_DESCRIPTION_LIMIT",
     "DEFAULT_TITLE_LIMIT",
     "build_work_item",
+    "configuration_item_override",
     "fingerprint_text",
     "policy_for",
     "render_title",
@@ -122,10 +126,12 @@ def build_work_item(
     ``reference`` (the telemetry trace id, when telemetry is on) gets a line of the first note,
     just above the marker, so a person reading the work item can find the invocation."""
     impact, urgency = rules.impact_urgency(alert.severity)
-    fields = dict(rules.fields)
+    fill = _filler(alert)
+    fields = {name: fill(template, "fields") for name, template in rules.fields.items()}
     route = _first_route(alert, rules.routing)
     if route is not None:
-        for key, value in route.set.items():
+        for key, template in route.set.items():
+            value = fill(template, "set")
             if key in _PRIORITY_KEYS:
                 level = _level(value)
                 if level is None:
@@ -194,29 +200,38 @@ def update_note(alert: Alert, reference: str | None = None) -> str:
 
 
 def resolution(alert: Alert, rules: MappingRules, reference: str | None = None) -> Resolution:
-    """How to resolve the open work item when its alert resolves (its note with the ``reference``
-    line, as in :func:`build_work_item`)."""
+    """How to resolve the open work item when its alert resolves, by the alert's policy
+    (:func:`policy_for`): its resolution code (else the mapping file's), closed rather than
+    resolved when the policy says ``close``, and its ``resolve_fields`` filled from ``alert``.
+    The note carries the ``reference`` line, as in :func:`build_work_item`. (``note-only`` is
+    the caller's to honour: it resolves nothing.)"""
+    policy = policy_for(alert, rules)
+    code = policy.resolution_code or rules.resolution_code
+    close = policy.resolution == "close"
+    verb = "closed" if close else "resolved"
     when = _iso(alert.resolved_at) if alert.resolved_at else "an unreported time"
     rule = _quoted(_rule_name(alert))
     target = _target(alert)
     summary = "\n".join(
         _line(line)
         for line in (
-            f"Resolved automatically: Azure Monitor reported alert rule {rule} on {_clean(target)} "
+            f"{verb.capitalize()} automatically: Azure Monitor reported alert rule {rule} on {_clean(target)} "
             f"as resolved at {when}.",
             f"Alert ID: {alert.alert_id}",
         )
     )
-    how = f" ({_quoted(rules.resolution_code)})" if rules.resolution_code else ""
+    how = f" ({_quoted(code)})" if code else ""
     note = "\n".join(
         (
-            f"Azure Monitor reported the alert as resolved at {when}; the bridge resolved this work item{how}.",
+            f"Azure Monitor reported the alert as resolved at {when}; the bridge {verb} this work item{how}.",
             _line(f"Portal: {alert.portal_link}"),
             *_reference(reference),
             f"[{note_marker(fingerprint(alert))}]",
         )
     )
-    return Resolution(code=rules.resolution_code, summary=summary, note=note)
+    fill = _filler(alert)
+    fields = {name: fill(template, "resolve_fields") for name, template in policy.resolve_fields.items()}
+    return Resolution(code=code, summary=summary, note=note, close=close, fields=MappingProxyType(fields))
 
 
 def template_values(alert: Alert) -> dict[str, str]:
@@ -248,18 +263,30 @@ def template_values(alert: Alert) -> dict[str, str]:
 
 
 def policy_for(alert: Alert, rules: MappingRules) -> Policy:
-    """The policy of the first route matching ``alert`` that sets one, else the rules' own."""
+    """The policy of the route ``alert`` takes (the first that matches, as for its fields), when
+    that route has one (its keys over the file's); else the mapping file's own."""
     route = _first_route(alert, rules.routing)
     if route is not None and route.policy is not None:
         return route.policy
     return rules.policy
 
 
+def configuration_item_override(alert: Alert, rules: MappingRules) -> str | None:
+    """The configuration item (a sys_id or a name) the route ``alert`` takes names, its template
+    filled, to bind instead of the CMDB lookup's; None when the route names none or it fills to
+    nothing (the lookup applies)."""
+    route = _first_route(alert, rules.routing)
+    if route is None or not route.configuration_item:
+        return None
+    text = _SPACES.sub(" ", _filler(alert)(route.configuration_item, "configuration_item")).strip()
+    return text or None
+
+
 def fingerprint_text(alert: Alert, template: str) -> str:
     """``template`` filled from :func:`template_values`, case-folded: the text that says which
     alerts are the same condition (grouping, re-fire). Resource ids are case-insensitive."""
     values = {name: value[:_TEXT_MAX_CHARS] for name, value in template_values(alert).items()}
-    rendered = _render(template, values)
+    rendered = _render(template, values, "fingerprint")
     return (rendered if rendered is not None else "").strip().casefold()
 
 
@@ -284,16 +311,16 @@ def render_title(template: str, alert: Alert, limit: int = DEFAULT_TITLE_LIMIT) 
 # --------------------------------------------------------------------------- templates
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=256)
 def _parsed(template: str) -> tuple[tuple[str, str | None, str | None, str | None], ...] | None:
-    """The template's parts, parsed once per template (the rules hold one or two), or None."""
+    """The template's parts, parsed once per template (title, fingerprints, fields), or None."""
     try:
         return tuple(string.Formatter().parse(template))
     except ValueError:
         return None
 
 
-def _render(template: str, values: Mapping[str, str]) -> str | None:
+def _render(template: str, values: Mapping[str, str], what: str = "title_template") -> str | None:
     parsed = _parsed(template)
     if parsed is None:
         return None
@@ -314,12 +341,50 @@ def _render(template: str, values: Mapping[str, str]) -> str | None:
                 pass  # a bad format spec is ignored, the value is still shown
         parts.append(value)
     if unknown:
-        logger.warning(
-            "title_template uses unknown names %s; known names: %s",
-            sorted(set(unknown)),
-            ", ".join(sorted(TEMPLATE_NAMES)),
-        )
+        _warn_unknown(what, unknown)
     return "".join(parts)
+
+
+def _warn_unknown(what: str, unknown: Iterable[str]) -> None:
+    logger.warning(
+        "%s uses unknown names %s; known names: %s", what, sorted(set(unknown)), ", ".join(sorted(TEMPLATE_NAMES))
+    )
+
+
+def _filler(alert: Alert) -> Callable[[str, str], str]:
+    """``fill(template, what)``: a field template filled from ``alert`` (:func:`template_values`,
+    computed once, and only when a template has a name to fill).
+
+    Each value filled in is one line (a payload cannot add lines to a field); the whole is made
+    safe (:func:`_safe`) and capped like a description line. The mapping file's templates are
+    checked at load; one that cannot be parsed (a rule built in code) is written as it is, and
+    an unknown name, attribute or index fills as nothing.
+    """
+    values: dict[str, str] | None = None
+
+    def fill(template: str, what: str) -> str:
+        nonlocal values
+        parsed = _parsed(template)
+        if parsed is None:
+            return _line(template)
+        parts: list[str] = []
+        unknown: list[str] = []
+        for literal, name, _spec, _conversion in parsed:
+            parts.append(literal)
+            if name is None:
+                continue
+            if values is None:
+                values = template_values(alert)
+            value = values.get(name)
+            if value is None:
+                unknown.append(name)
+            else:
+                parts.append(_clean(value))
+        if unknown:
+            _warn_unknown(what, unknown)
+        return _line("".join(parts))
+
+    return fill
 
 
 def _truncate(text: str, limit: int) -> str:
@@ -337,40 +402,105 @@ def _truncate(text: str, limit: int) -> str:
 
 
 def _first_route(alert: Alert, routing: Iterable[RoutingRule]) -> RoutingRule | None:
-    essentials: dict[str, Any] | None = None
+    facts: _Facts | None = None
     for rule in routing:
-        if essentials is None:
-            # Each essentials name once, case-folded (the first spelling wins), for every rule.
-            essentials = {}
-            for name, raw in alert.essentials.items():
-                essentials.setdefault(name.casefold(), raw)
-        if all(_matches(alert, essentials, key, expected) for key, expected in rule.match.items()):
+        if facts is None:
+            facts = _Facts(alert)
+        if all(_matches(facts, key, expected) for key, expected in rule.match.items()):
             return rule
     return None
 
 
-def _matches(alert: Alert, essentials: Mapping[str, Any], key: str, expected: str) -> bool:
-    values = _routing_values(alert, essentials, key)
-    wanted = expected.strip().casefold()
-    if not values:
-        # An absent or null field matches only an empty expectation (e.g. budget severity).
-        return wanted == ""
-    return any(value.strip().casefold() == wanted for value in values)
+class _Facts:
+    """What routes match on, read from one alert once for every rule (and only what is asked)."""
+
+    def __init__(self, alert: Alert) -> None:
+        self.alert = alert
+        self._essentials: dict[str, Any] | None = None
+        self._tags: dict[str, list[str]] | None = None
+
+    @property
+    def essentials(self) -> Mapping[str, Any]:
+        if self._essentials is None:
+            # Each essentials name once, case-folded (the first spelling wins).
+            self._essentials = {}
+            for name, raw in islice(self.alert.essentials.items(), _MAX_ITEMS):
+                self._essentials.setdefault(name.casefold(), raw)
+        return self._essentials
+
+    @property
+    def tags(self) -> Mapping[str, list[str]]:
+        """Tag name (case-folded) -> its values. Azure resource tags are not in the common schema,
+        so they come as the rule's custom properties; a Prometheus alert's labels are tags too."""
+        if self._tags is None:
+            self._tags = {}
+            sources = [self.alert.custom_properties]
+            if self.alert.kind is AlertKind.PROMETHEUS:
+                sources.append(_mapping(self.alert.context.get("labels")))
+            for source in sources:
+                for name, raw in islice(_mapping(source).items(), _MAX_ITEMS):
+                    text = _text(raw)
+                    if text:
+                        self._tags.setdefault(str(name)[:_TEXT_MAX_CHARS].strip().casefold(), []).append(text)
+        return self._tags
 
 
-def _routing_values(alert: Alert, essentials: Mapping[str, Any], key: str) -> list[str]:
+def _matches(facts: _Facts, key: str, expected: MatchValue | Mapping[str, MatchValue]) -> bool:
     folded = key.casefold()
-    derived: Mapping[str, Callable[[Alert], str]] = {
-        "resourcegroup": _resource_group,
-        "subscriptionid": _subscription,
-        "kind": lambda a: a.kind.value,
-        "target": _target,
-        "monitorcondition": lambda a: a.monitor_condition,
-        "severity": lambda a: a.severity or "",
-    }
-    if folded in derived:
-        value = derived[folded](alert)
+    if folded == "tags":
+        if isinstance(expected, str | tuple):
+            return False
+        return all(
+            _any_matches(facts.tags.get(str(tag).strip().casefold(), []), wanted) for tag, wanted in expected.items()
+        )
+    if not isinstance(expected, str | tuple):
+        return False
+    return _any_matches(_routing_values(facts, folded), expected)
+
+
+def _any_matches(values: Sequence[str], expected: MatchValue) -> bool:
+    """Whether any of ``values`` matches any of ``expected``. No value (absent, null or empty)
+    matches only an empty expectation: ``"*"`` means "any value", not "maybe none"."""
+    for wanted in (expected,) if isinstance(expected, str) else expected:
+        pattern = _pattern(wanted)
+        if not values:
+            if pattern == "":
+                return True
+            continue
+        if isinstance(pattern, str):
+            if any(value.strip().casefold() == pattern for value in values):
+                return True
+        elif any(pattern.matches(value.strip().casefold()) for value in values):
+            return True
+    return False
+
+
+# Match keys derived from the alert rather than read as sent (aliases name the same value). The
+# lambdas look their functions up when called: those are defined with the alert facts, below.
+_DERIVED: Mapping[str, Callable[[Alert], str]] = {
+    "resourcegroup": lambda a: _resource_group(a),
+    "subscriptionid": lambda a: _subscription(a),
+    "subscription": lambda a: _subscription(a),
+    "resourcetype": lambda a: _resource_type(a),
+    "targetresourcetype": lambda a: _resource_type(a),
+    "kind": lambda a: a.kind.value,
+    "alerttype": lambda a: a.kind.value,
+    "target": lambda a: _target(a),
+    "monitorcondition": lambda a: a.monitor_condition,
+    "severity": lambda a: a.severity or "",
+}
+# Match keys read from the essentials field of another name.
+_ESSENTIALS_ALIASES = {"rulename": "alertrule"}
+
+
+def _routing_values(facts: _Facts, folded: str) -> list[str]:
+    alert = facts.alert
+    derive = _DERIVED.get(folded)
+    if derive is not None:
+        value = derive(alert)
         return [value] if value else []
+    essentials = facts.essentials
+    folded = _ESSENTIALS_ALIASES.get(folded, folded)
     if folded in essentials:
         raw = essentials[folded]
         if raw is None:
@@ -383,6 +513,46 @@ def _routing_values(alert: Alert, essentials: Mapping[str, Any], key: str) -> li
         group = _resource_group(alert)
         return [group] if group else []
     return []
+
+
+class _Glob:
+    """An anchored ``*``/``?`` pattern (already case-folded), matched in time linear in the text
+    (times the pattern's length), whatever either holds: the fixed parts between stars are found
+    leftmost-first, one after another, which is all a match needs; no backtracking."""
+
+    def __init__(self, pattern: str) -> None:
+        parts = pattern.split("*")
+        self.starred = len(parts) > 1
+        self.head = parts[0]
+        self.tail = parts[-1] if self.starred else ""
+        self.middle = [part for part in parts[1:-1] if part]
+        self._compiled = {part: _fixed(part) for part in {self.head, self.tail, *self.middle}}
+
+    def matches(self, text: str) -> bool:
+        head, tail = self._compiled[self.head], self._compiled[self.tail]
+        if not self.starred:
+            return len(text) == len(self.head) and head.fullmatch(text) is not None
+        start, end = len(self.head), len(text) - len(self.tail)
+        if end < start or head.match(text) is None or tail.fullmatch(text, end) is None:
+            return False
+        for part in self.middle:
+            found = self._compiled[part].search(text, start, end)
+            if found is None:
+                return False
+            start = found.end()
+        return True
+
+
+def _fixed(part: str) -> re.Pattern[str]:
+    """``part`` as a pattern of its own length: ``?`` is any one character, the rest literal."""
+    return re.compile("".join("." if c == "?" else re.escape(c) for c in part), re.DOTALL)
+
+
+@functools.lru_cache(maxsize=1024)
+def _pattern(expected: str) -> str | _Glob:
+    """An expected value, stripped and case-folded: the text to equal, or a :class:`_Glob`."""
+    wanted = expected.strip().casefold()
+    return _Glob(wanted) if "*" in wanted or "?" in wanted else wanted
 
 
 def _level(value: str) -> int | None:

@@ -18,6 +18,7 @@ from bridge.config import (
 )
 from bridge.config import SETTINGS as SETTINGS_OF_CORE
 from bridge.errors import ConfigError
+from bridge.rules import Policy
 from bridge.runtime import validate
 
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
@@ -118,6 +119,80 @@ def test_mapping_file_and_settings_combine(tmp_path: Path) -> None:
     assert rules.fields == {"assignment_group": "Cloud Ops"}
     assert rules.title_template == "[{severity}] {alertRule}"
     assert rules.routing[0].set == {"assignment_group": "Payments"}
+
+
+# --- policy defaults: REOPEN_WINDOW, AUTO_RESOLVE_AFTER (issue #11) -------------------------------
+
+
+def test_policy_defaults_are_off() -> None:
+    assert Settings.from_env(GOOD).mapping.policy == Policy()
+
+
+def test_policy_settings_are_the_defaults_the_mapping_file_goes_over(tmp_path: Path) -> None:
+    env = {**GOOD, "REOPEN_WINDOW": "2h", "AUTO_RESOLVE_AFTER": "1800"}
+    assert Settings.from_env(env).mapping.policy == Policy(reopen_window=7200.0, auto_resolve_after=1800.0)
+
+    path = tmp_path / "mapping.json"
+    path.write_text(json.dumps({
+        "policy": {"reopen_window": "10m"},
+        "routing": [{"match": {"alertType": "activity_log"}, "policy": {"auto_resolve_after": "1d"}}],
+    }), encoding="utf-8")
+    rules = Settings.from_env({**env, "MAPPING_FILE": str(path)}).mapping
+    assert rules.policy == Policy(reopen_window=600.0, auto_resolve_after=1800.0)
+    assert rules.routing[0].policy == Policy(reopen_window=600.0, auto_resolve_after=86400.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "needle"),
+    [
+        ("REOPEN_WINDOW", "soon", "must be a duration: a number of seconds, or a number with s, m, h or d"),
+        ("REOPEN_WINDOW", "-5", "must be a duration"),
+        ("REOPEN_WINDOW", "nan", "must be a duration"),
+        ("REOPEN_WINDOW", "31d", "must be at most 30 days"),
+        ("AUTO_RESOLVE_AFTER", "1w", "must be a duration"),
+        ("AUTO_RESOLVE_AFTER", "2592001", "must be at most 30 days"),
+    ],
+)
+def test_bad_policy_settings_name_the_setting(name: str, value: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({**GOOD, name: value})
+    assert raised.value.setting == name
+    assert str(raised.value).startswith(f"{name}: {needle}")
+    assert value not in str(raised.value)
+
+
+def test_the_reopen_window_must_end_before_the_record_is_purged(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({**GOOD, "STATE_RETENTION_DAYS": "2", "REOPEN_WINDOW": "2d"})
+    assert str(raised.value) == (
+        "REOPEN_WINDOW: must be shorter than STATE_RETENTION_DAYS: the record that remembers a resolved work "
+        "item is deleted after that"
+    )
+    # The default retention (30 days) leaves room for the longest window but one.
+    assert Settings.from_env({**GOOD, "REOPEN_WINDOW": "29d"}).mapping.policy.reopen_window == 29 * 86400.0
+    with pytest.raises(ConfigError, match="REOPEN_WINDOW: must be shorter than STATE_RETENTION_DAYS"):
+        Settings.from_env({**GOOD, "REOPEN_WINDOW": "30d"})
+    assert Settings.from_env({**GOOD, "STATE_RETENTION_DAYS": "2", "REOPEN_WINDOW": "1d"}).mapping
+
+    path = tmp_path / "mapping.json"
+    path.write_text(json.dumps({"routing": [{"match": {}, "policy": {"reopen_window": "3d"}}]}), encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({**GOOD, "STATE_RETENTION_DAYS": "2", "MAPPING_FILE": str(path)})
+    assert raised.value.setting == "MAPPING_FILE"
+    assert "routing[0].policy.reopen_window must be shorter than STATE_RETENTION_DAYS" in str(raised.value)
+    assert Settings.from_env({**GOOD, "STATE_RETENTION_DAYS": "4", "MAPPING_FILE": str(path)}).mapping
+
+
+def test_a_bad_retention_is_reported_alone_not_as_a_window_too_long() -> None:
+    problems = Settings.problems({**GOOD, "STATE_RETENTION_DAYS": "forever", "REOPEN_WINDOW": "20d"})
+    assert [p.setting for p in problems] == ["STATE_RETENTION_DAYS"]
+
+
+def test_bad_policy_settings_and_mapping_file_are_reported_together(tmp_path: Path) -> None:
+    path = tmp_path / "mapping.json"
+    path.write_text(json.dumps({"policy": {"grouping": "all"}}), encoding="utf-8")
+    env = {**GOOD, "MAPPING_FILE": str(path), "REOPEN_WINDOW": "x", "AUTO_RESOLVE_AFTER": "y"}
+    assert [p.setting for p in Settings.problems(env)] == ["MAPPING_FILE", "REOPEN_WINDOW", "AUTO_RESOLVE_AFTER"]
 
 
 def test_every_setting_is_in_the_sample_file() -> None:

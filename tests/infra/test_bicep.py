@@ -135,6 +135,8 @@ LEFT_TO_DEFAULT = frozenset(
         "CMDB_NAME_FIELD",
         "CMDB_CACHE_SECONDS",
         "MAPPING_FILE",
+        "REOPEN_WINDOW",
+        "AUTO_RESOLVE_AFTER",
         "JIRA_ISSUE_TYPE",
         "JIRA_CORRELATION_FIELD",
         "JIRA_LABEL_PREFIX",
