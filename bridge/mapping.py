@@ -272,7 +272,7 @@ def policy_for(alert: Alert, rules: MappingRules) -> Policy:
 
 
 def configuration_item_override(alert: Alert, rules: MappingRules) -> str | None:
-    """The configuration item (a sys_id or a name) the route ``alert`` takes names, its template
+    """The configuration item (its id or name in the ITSM) the route ``alert`` takes names, its template
     filled, to bind instead of the CMDB lookup's; None when the route names none or it fills to
     nothing (the lookup applies)."""
     route = _first_route(alert, rules.routing)

@@ -183,7 +183,7 @@ class RoutingRule:
     set: Mapping[str, str]
     # The route's policy (the mapping file's defaults with the route's own keys over them).
     policy: Policy | None = None
-    # A configuration item (sys_id or name, templated) instead of the CMDB lookup's.
+    # A configuration item (its id or name in the ITSM, templated) instead of the CMDB lookup's.
     configuration_item: str | None = None
 
 
@@ -318,7 +318,7 @@ def _route(rule: Any, where: str, policy: Policy, retention_seconds: float | Non
     ci = rule.get("configuration_item")
     if ci is not None:
         if not isinstance(ci, str) or not ci.strip():
-            raise _bad(f"{where}.configuration_item must be a non-empty string (a sys_id or a name, templated)")
+            raise _bad(f"{where}.configuration_item must be a non-empty string (an id or a name, templated)")
         _check_template(ci, f"{where}.configuration_item", plain=True)
     return RoutingRule(
         match=match,

@@ -289,7 +289,7 @@ def test_fields_without_a_name_to_fill_are_written_as_given() -> None:
         ((RoutingRule(match={}, set={}, configuration_item="{target}"),), "test-storageAccount"),
         ((RoutingRule(match={}, set={}, configuration_item="b0a0d7c1db8a4410a0f3e4b0e3961935"),),
          "b0a0d7c1db8a4410a0f3e4b0e3961935"),
-        ((RoutingRule(match={}, set={}, configuration_item="{alertRuleId}"),), None),  # fills to nothing
+        ((RoutingRule(match={}, set={}, configuration_item="{trackingId}"),), None),  # fills to nothing
         ((RoutingRule(match={"alertType": "log"}, set={}, configuration_item="log-ci"),
           RoutingRule(match={}, set={}, configuration_item="{resourceGroup} storage")), "test-RG storage"),
     ],
