@@ -698,6 +698,9 @@ class Reconciler:
             raise
         logger.info("correlationId=%s created %s", correlation, ref.number or ref.id)
         ended_at = ending.when if ending is not None else None
+        # What the create carried: an event recorded meanwhile (another member, a Resolved) is
+        # not in it, and stays for the next step (a note, the resolve).
+        carried = {e.fingerprint for e in record.unwritten}
 
         def created(r: Record) -> None:
             r.item, r.item_open, r.adopted = ref.as_json(), how is None, False
@@ -707,6 +710,8 @@ class Reconciler:
             r.resolution_kind = None if ending is None else "note-only" if note_only else _kind(how)
             r.resolved_at = ended_at if ending is not None else r.resolved_at
             for event in r.unwritten:
+                if event.fingerprint not in carried:
+                    continue
                 if event.condition == "Resolved" and not r.stateless:
                     r.mark(event.fingerprint, Action.RESOLVED if ending is not None else Action.IGNORED)
                 else:
