@@ -252,7 +252,8 @@ def template_values(alert: Alert) -> dict[str, str]:
         "description": alert.description or "",
         "firedDateTime": _iso(alert.fired_at) if alert.fired_at else "",
         "kind": alert.kind.value,
-        "alertRuleId": alert.alert_rule_id or "",
+        # The rule name stands in where a payload omits the rule id (the portal's test samples do).
+        "alertRuleId": alert.alert_rule_id or _rule_name(alert),
         "targets": ",".join(sorted(t.strip().lower() for t in alert.target_ids[:_MAX_ITEMS])),
         "dimensions": _dimensions_text(alert),
         "trackingId": _service_health(alert, "trackingId"),
