@@ -34,14 +34,14 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from . import notes, telemetry, threads
-from .adapters.base import ItsmAdapter, Resolution, WorkItemRecord, WorkItemRef, WorkItemStatus
+from .adapters.base import ConfigurationItem, ItsmAdapter, Resolution, WorkItemRecord, WorkItemRef, WorkItemStatus
 from .alerts import Alert, parse_alert
 from .cmdb import CmdbBinder
 from .correlation import note_marker
 from .deadline import deadline
 from .epoch import StoreEpoch
 from .errors import ItsmError
-from .mapping import build_work_item, policy_for, resolution, update_note
+from .mapping import build_work_item, configuration_item_override, policy_for, resolution, update_note
 from .retry import RetryPolicy, call_with_retry
 from .rules import MappingRules
 from .state.base import StateConflict, StateStore, StateUnavailable, Versioned
@@ -671,7 +671,12 @@ class Reconciler:
             how = resolution(self._alert(key, ending.fingerprint, cache), self._rules)
         note_only = how is not None and self._resolution_policy(key, record, cache) == "note-only"
         ci = ci_note = None
-        if self._cmdb is not None:
+        override = configuration_item_override(alert, self._rules)
+        if override is not None:
+            # The route names the configuration item: its id, or a name the adapter resolves.
+            ci = ConfigurationItem(id=override, name=override, matched_on="route")
+            ci_note = f"configuration item {override} set by the mapping file's route"
+        elif self._cmdb is not None:
             ci, ci_note = self._cmdb.bind(alert)
         reference = telemetry.current().current_reference()
         item = build_work_item(

@@ -23,11 +23,12 @@ import responses
 from azure.functions.timer import TimerRequest
 from responses import matchers
 
-from bridge import __version__, runtime
+from bridge import __version__, runtime, threads
 from bridge.alerts import parse_alert
 from bridge.api import UnavailableApi
 from bridge.config import AZURE_MONITOR_APP_ID
 from bridge.correlation import correlation_key, fingerprint, note_marker
+from bridge.rules import MappingRules
 from bridge.sandbox.entra import EntraStandIn
 from bridge.sandbox.stack import load_sample
 from bridge.state.record import Record
@@ -354,7 +355,9 @@ def test_activity_log_sample_with_rule_path_id_is_keyed_by_hash(call: Any, snow:
 
 def test_service_health_sample_is_created_without_a_ci(call: Any, snow: responses.RequestsMock) -> None:
     payload = load_sample("service_health_incident.testaction.json")
-    key = correlation_key(payload["data"]["essentials"]["alertId"])
+    # Kept per trackingId and incident type: its work item carries that thread's correlation id.
+    place = threads.place(parse_alert(json.dumps(payload)), MappingRules())
+    key = threads.episode_correlation(place.key, place.member)
     expect_find(snow, key, [])
     expect_ci_lookup(snow, "object_id", f"/subscriptions/{SUBSCRIPTION}", [])
     snow.post(INCIDENTS, status=201, json={"result": {"sys_id": "d" * 32, "number": "INC0010004"}})

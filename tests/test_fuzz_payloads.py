@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bridge import threads
 from bridge.alerts import parse_alert
 from bridge.cmdb import CmdbBinder
 from bridge.correlation import canonical_payload, correlation_key, fingerprint
@@ -99,7 +100,13 @@ def _exercise(payload: Any) -> None:
         delivery = reconciler.deliver(alert, canonical, print_)
 
         assert delivery.status == "processed", delivery
-        assert delivery.correlation_id == key
+        # Kept per alertId, or (a Service Health communication) per event: threads.place says.
+        place = threads.place(alert, MappingRules())
+        if place.thread is None:
+            assert place.key == key == delivery.correlation_id
+        else:
+            key = place.key
+            assert delivery.correlation_id == threads.episode_correlation(key, place.member)
         assert delivery.action in (Action.CREATED, Action.IGNORED)
         stored = store.load(key)
         assert stored is not None
@@ -112,7 +119,7 @@ def _exercise(payload: Any) -> None:
         if delivery.action is Action.CREATED:
             assert record.written == {print_: "created"}
             assert len(adapter.items) == 1 and len(creates) == 1
-            assert adapter.items[0].item.correlation_id == key
+            assert adapter.items[0].item.correlation_id == delivery.correlation_id
             assert delivery.work_item is not None and delivery.work_item.id == adapter.items[0].ref.id
         else:
             # Only a Resolved with nothing to resolve is ignored on a first delivery: it stays

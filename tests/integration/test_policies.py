@@ -366,3 +366,25 @@ def test_resolution_note_only_leaves_the_incident_open(
     assert "reported the alert as resolved" in notes(snow, "INC0010001")[-1]
     assert act(bridge, metric(1, "Resolved"))[0] == "ignored"
     assert len(notes(snow, "INC0010001")) == 2
+
+
+# ---------------------------------------------------------------------------------- routing
+
+
+def test_a_route_sets_fields_and_names_the_configuration_item(
+    start_bridge: StartBridge, snow: ServiceNowStandIn, tmp_path: Path
+) -> None:
+    vm = next(row for row in snow.records("cmdb_ci") if row["name"] == "test-VM")
+    route = {
+        "match": {"alertType": "metric", "severity": ["Sev3", "Sev4"], "resourceGroup": "test-*"},
+        "set": {"category": "Software", "subcategory": "{resourceGroup}"},
+        "configuration_item": "test-VM",
+    }
+    bridge = start_bridge(MAPPING_FILE=mapping(tmp_path, {"routing": [route]}))
+
+    assert act(bridge, load_sample(METRIC))[0] == "created"
+
+    row = incidents(snow)["INC0010001"]
+    assert (row["category"], row["subcategory"]) == ("Software", "test-RG")
+    assert row["cmdb_ci"] == vm["sys_id"]  # the name, resolved to the CI's sys_id
+    assert "set by the mapping file's route" in row["description"]
