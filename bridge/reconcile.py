@@ -246,7 +246,18 @@ class Reconciler:
         known = Versioned(_copy(record), stored.etag)
         result = self._drive_inline(key, {fingerprint: alert}, budget, fresh=fresh, known=known)
         record = result.record or record
-        return self._answer(record, fingerprint, new, result)
+        delivery = self._answer(record, fingerprint, new, result)
+        if delivery.status == "processed" and new and record.due is not None and record.due == record.rest_due():
+            self._wake_later(key, record.due)
+        return delivery
+
+    def _wake_later(self, key: str, at: float) -> None:
+        """Have the outbox wake the key at ``at`` (a quiet resolve). SQLite's due column is that
+        already; with Azure a queue message is (the sweep timer finds it should this fail)."""
+        try:
+            self.store.schedule(key, max(0.0, at - self._wall()))
+        except StateUnavailable as exc:
+            logger.warning("correlationId=%s: the quiet resolve could not be scheduled (%s); the sweep will", key, exc)
 
     def deliver_unrecorded(self, alert: Alert, canonical: bytes, fingerprint: str, budget: float) -> Delivery:
         """The path when the state store is unreachable: the same reconciler over a throw-away
