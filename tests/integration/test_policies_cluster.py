@@ -113,6 +113,7 @@ def test_the_outbox_wakes_a_quiet_stateless_alert_and_resolves_it(
         assert cluster.snow.records("incident")[0]["state"] == "1"
         # Nothing else is sent: only the outbox's wake-up (SQLite's due column, the queue's
         # delayed message) can resolve it.
-        assert wait_for(lambda: cluster.snow.records("incident")[0]["state"] == "6", 20)
+        snow = cluster.snow
+        assert wait_for(lambda s=snow: s.records("incident")[0]["state"] == "6", 20)
         incident = cluster.snow.records("incident")[0]
         assert "No repeat of this alert for 2s" in cluster.snow.journal("incident", incident["sys_id"])[-1]
