@@ -199,3 +199,17 @@ def test_a_quiet_resolve_is_due_after_the_last_repeat() -> None:
     assert r.wake_at() == 150.0
     r.resolution_written = True
     assert r.wake_at() is None
+
+
+def test_a_record_waiting_only_for_its_quiet_resolve_is_not_pending_work() -> None:
+    from bridge.state.stats import outbox_state
+
+    r = record(None, stateless=True)
+    r.auto_resolve_after = 3600.0
+    r.add_event(Event("f1", "Fired", 10.0))
+    r.mark("f1", "created")
+    r.item, r.item_open = {"system": "x", "id": "1"}, True
+    r.due = r.rest_due()
+    assert outbox_state(r) == "done"  # hours away, nothing owed: no "stuck" alarm
+    r.add_event(Event("f2", "Fired", 20.0))
+    assert outbox_state(r) == "pending"  # a new payload to write

@@ -13,14 +13,26 @@ __all__ = ["OutboxStats", "outbox_state", "outbox_stats", "pending_since"]
 
 def outbox_state(record: Record) -> str:
     """``dead`` (the ITSM refused the change), ``held`` (it refuses the bridge's credential),
-    ``pending`` (an attempt is due) or ``done``."""
+    ``pending`` (an attempt is due) or ``done`` (including a record that only waits for its
+    quiet resolve)."""
     if record.dead is not None:
         return "dead"
     if record.held:
         return "held"
-    if record.due is not None:
+    if record.due is not None and not _only_waking(record):
         return "pending"
     return "done"
+
+
+def _only_waking(record: Record) -> bool:
+    """Nothing is owed to the ITSM: the record is due only for its quiet resolve (which may be
+    hours away), so it is not work waiting in the outbox."""
+    return (
+        record.due == record.rest_due()
+        and record.claim is None
+        and not record.last_error
+        and not record.unwritten
+    )
 
 
 def pending_since(record: Record) -> float:
