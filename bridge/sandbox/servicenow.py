@@ -4,7 +4,10 @@ It serves the Table API (``/api/now/table`` and ``/api/now/v2/table``) and the O
 endpoint (``/oauth_token.do``) from an in-memory store, with the instance behaviour a client
 has to cope with: values as strings, generated numbers and sys_ids, the incident priority
 matrix, journal fields, silent truncation, silently ignored unknown fields, the resolve data
-policy, reference links, display values, and ServiceNow's error bodies. The fault injector, the
+policy, reopening (Resolved back to In Progress, counted; a Closed incident cannot be reopened),
+reference links, display values, and ServiceNow's error bodies. A reference column stores
+whatever it is given, a name included, which then shows no display value (whether an instance
+would look such a name up is not modelled: clients send sys_ids). The fault injector, the
 request log and the loopback server come from :mod:`bridge.sandbox.common` (re-exported here):
 faults add latency, error statuses, dropped connections and lost responses for tests and benchmarks.
 
@@ -152,6 +155,7 @@ PRIORITY_MATRIX: dict[tuple[str, str], str] = {
 }
 _JOURNAL_LABELS = {"work_notes": "Work notes", "comments": "Additional comments"}
 _RESOLVED_STATES = ("6", "7")
+_OPEN_STATES = ("1", "2", "3")
 _MANDATORY_ON_RESOLVE = (("close_code", "Resolution code"), ("close_notes", "Resolution notes"))
 
 _INCIDENT_FIELDS: dict[str, FieldSpec] = {
@@ -176,7 +180,10 @@ _INCIDENT_FIELDS: dict[str, FieldSpec] = {
     "work_notes": _JOURNAL,
     "comments": _JOURNAL,
     "cmdb_ci": _ref("cmdb_ci"),
-    "business_service": _ref("cmdb_ci"),
+    "business_service": _ref("cmdb_ci_service"),
+    "service_offering": _ref("service_offering"),
+    "company": _ref("core_company"),
+    "location": _ref("cmn_location"),
     "caller_id": _ref("sys_user"),
     "opened_by": _ref("sys_user"),
     "assigned_to": _ref("sys_user"),
@@ -185,6 +192,10 @@ _INCIDENT_FIELDS: dict[str, FieldSpec] = {
     "opened_at": _DATETIME,
     "resolved_at": _DATETIME,
     "closed_at": _DATETIME,
+    # Set by the instance when a resolved incident is reopened ("Last reopened by/at", "Reopen count").
+    "reopen_count": FieldSpec("integer", 40, read_only=True),
+    "reopened_by": FieldSpec("reference", 32, reference="sys_user", read_only=True),
+    "reopened_time": FieldSpec("datetime", 40, read_only=True),
 }
 _CMDB_CI_FIELDS: dict[str, FieldSpec] = {
     **_SYSTEM_FIELDS,
@@ -216,6 +227,20 @@ TABLES: dict[str, TableSchema] = {
             "cmdb_ci_server",
             {**_CMDB_CI_FIELDS, "host_name": _string(255), "os": _string(40)},
             parent="cmdb_ci",
+        ),
+        TableSchema("cmdb_ci_service", _CMDB_CI_FIELDS, parent="cmdb_ci"),
+        TableSchema(
+            "service_offering",
+            {**_CMDB_CI_FIELDS, "parent": _ref("cmdb_ci_service")},
+            parent="cmdb_ci_service",
+        ),
+        TableSchema(
+            "core_company",
+            {**_SYSTEM_FIELDS, "name": _string(80), "customer": _BOOLEAN, "vendor": _BOOLEAN},
+        ),
+        TableSchema(
+            "cmn_location",
+            {**_SYSTEM_FIELDS, "name": _string(100), "full_name": _string(255), "city": _string(100)},
         ),
         TableSchema(
             "sys_user",
@@ -579,7 +604,13 @@ class _Store:
             row = dict(current)
             notes = self._apply(self._tables[cls], row, values, trusted=False, inserting=False)
             is_incident = self.is_a(cls, "incident")
+            _check_reopen(is_incident, row, current)
             _derive(is_incident, row, current, now)
+            if is_incident and current["state"] == "6" and row["state"] in _OPEN_STATES:
+                # The instance's reopen: counted, with who and when; close code and notes stay.
+                row["reopen_count"] = str(int(row["reopen_count"] or "0") + 1)
+                row["reopened_by"] = self._user_id(user)
+                row["reopened_time"] = now
             _check_data_policy(is_incident, row)
             if row == current and not notes:
                 return dict(current)  # an instance skips an update that changes nothing
@@ -591,6 +622,13 @@ class _Store:
             self._index.add(row)
             self._append_notes(sys_id, notes, user, now)
             return dict(row)
+
+    def _user_id(self, user: str) -> str:
+        """The sys_id of the sys_user record named ``user``; "" when none is seeded."""
+        for row in self._rows.values():
+            if self.is_a(row["sys_class_name"], "sys_user") and row.get("user_name", "").casefold() == user.casefold():
+                return row["sys_id"]
+        return ""
 
     def delete(self, table: str, sys_id: str) -> None:
         with self._lock:
@@ -654,6 +692,17 @@ def _derive(is_incident: bool, row: dict[str, str], before: Mapping[str, str] | 
         row["closed_at"] = now
         row["resolved_at"] = row["resolved_at"] or now
     row["active"] = "false" if state in ("7", "8") else "true"
+
+
+def _check_reopen(is_incident: bool, row: Mapping[str, str], before: Mapping[str, str]) -> None:
+    """Closed is final: an instance reopens only resolved incidents (its documentation: "Closed
+    incidents cannot be reopened"); the stand-in refuses as a business rule would (its wording)."""
+    if is_incident and before.get("state") == "7" and row.get("state") != "7":
+        raise _ApiError(
+            403,
+            "Operation Failed",
+            "Operation against file 'incident' was aborted by Business Rule 'Closed incidents cannot be reopened'",
+        )
 
 
 def _check_data_policy(is_incident: bool, row: Mapping[str, str]) -> None:
@@ -772,8 +821,10 @@ class ServiceNowStandIn(LoopbackStandIn):
         standin.faults.add(kind="commit_then_drop", method="POST", times=1)  # written, answer lost
         standin.faults.clear()
 
-    Tables: incident, cmdb_ci (with cmdb_ci_vm_instance and cmdb_ci_server extending it),
-    sys_user and sys_user_group; see :data:`TABLES`.
+    Tables: incident, cmdb_ci (with cmdb_ci_vm_instance, cmdb_ci_server and cmdb_ci_service
+    extending it, and service_offering extending cmdb_ci_service), sys_user, sys_user_group,
+    core_company and cmn_location; see :data:`TABLES`. Seed what reference columns point at like
+    CIs: ``insert("sys_user_group", {"name": "Azure Ops"})`` or ``seed={"sys_user_group": [...]}``.
     """
 
     display_name = "ServiceNow"

@@ -553,6 +553,167 @@ def test_creating_a_resolved_incident_needs_close_fields(api: Api, sn: ServiceNo
 
 
 # ----------------------------------------------------------------------------------------------
+# Reopen and close
+
+
+def test_reopening_a_resolved_incident_is_counted(api: Api, sn: ServiceNowStandIn, clock: FakeClock) -> None:
+    operator = sn.insert("sys_user", {"user_name": USER, "name": "Alert bridge"})["sys_id"]
+    created = api.create(state="6", close_code="Solution provided", close_notes="over")
+    path = f"{INCIDENT}/{created['sys_id']}"
+    clock.advance(300)
+
+    reopened = api.request("PATCH", path, json={"state": "2", "work_notes": "fired again"}).json()["result"]
+
+    assert (reopened["state"], reopened["active"], reopened["reopen_count"]) == ("2", "true", "1")
+    assert (reopened["reopened_by"]["value"], reopened["reopened_time"]) == (operator, "2026-11-26 10:05:00")
+    # What the instance keeps: the close fields and the resolve stamp (as best we know).
+    assert (reopened["close_code"], reopened["close_notes"], reopened["resolved_at"]) == (
+        "Solution provided",
+        "over",
+        "2026-11-26 10:00:00",
+    )
+    assert sn.journal("incident", created["sys_id"]) == ["fired again"]
+    api.request("PATCH", path, json={"state": "6"})
+    again = api.request("PATCH", path, json={"state": "1"}).json()["result"]
+    assert again["reopen_count"] == "2"
+    # Only the instance counts: a client cannot write the reopen fields.
+    written = api.request("PATCH", path, json={"reopen_count": "9", "reopened_time": "2020-01-01 00:00:00"})
+    assert written.json()["result"]["reopen_count"] == "2"
+
+
+def test_an_open_incident_moving_between_open_states_is_no_reopen(api: Api) -> None:
+    created = api.create(state="1")
+
+    moved = api.request("PATCH", f"{INCIDENT}/{created['sys_id']}", json={"state": "2"}).json()["result"]
+
+    assert (moved["reopen_count"], moved["reopened_time"]) == ("", "")
+
+
+@pytest.mark.parametrize("state", ["1", "2", "3", "6"])
+def test_a_closed_incident_cannot_be_reopened(api: Api, sn: ServiceNowStandIn, state: str) -> None:
+    created = api.create(state="7", close_code="Solution provided", close_notes="closed")
+
+    refused = api.request("PATCH", f"{INCIDENT}/{created['sys_id']}", json={"state": state, "work_notes": "x"})
+
+    assert refused.status_code == 403
+    detail = refused.json()["error"]["detail"]
+    assert detail.startswith("Operation against file 'incident' was aborted by Business Rule")
+    (row,) = sn.records("incident")
+    assert (row["state"], row["reopen_count"]) == ("7", "")
+    assert sn.journal("incident", row["sys_id"]) == []  # nothing of a refused update is kept
+
+
+def test_closing_directly_needs_the_close_fields_too(api: Api, sn: ServiceNowStandIn) -> None:
+    created = api.create(state="2")
+    path = f"{INCIDENT}/{created['sys_id']}"
+
+    assert api.request("PATCH", path, json={"state": "7"}).status_code == 403
+    closed = api.request("PATCH", path, json={"state": "7", "close_code": "Solution provided", "close_notes": "done"})
+
+    assert closed.status_code == 200
+    result = closed.json()["result"]
+    assert (result["state"], result["active"]) == ("7", "false")
+    assert result["closed_at"] == result["resolved_at"] == "2026-11-26 10:00:00"
+
+
+# ----------------------------------------------------------------------------------------------
+# What reference columns point at
+
+
+@pytest.mark.parametrize(
+    ("table", "values", "query"),
+    [
+        ("sys_user_group", {"name": "Azure Ops"}, "name=azure ops"),
+        ("sys_user", {"user_name": "jsmith", "name": "John Smith", "email": "js@contoso.com"}, "user_name=JSMITH"),
+        ("sys_user", {"user_name": "jsmith", "name": "John Smith", "email": "js@contoso.com"}, "name=John Smith"),
+        ("sys_user", {"user_name": "jsmith", "name": "John Smith", "email": "js@contoso.com"}, "email=js@contoso.com"),
+        ("cmdb_ci_service", {"name": "Web Shop"}, "name=Web Shop"),
+        ("service_offering", {"name": "Web Shop EU"}, "name=web shop eu"),
+        ("core_company", {"name": "Contoso"}, "name=Contoso"),
+        ("cmn_location", {"name": "Paris", "city": "Paris"}, "name=Paris"),
+    ],
+)
+def test_reference_tables_are_seeded_and_queried_by_their_fields(
+    api: Api, sn: ServiceNowStandIn, table: str, values: dict[str, str], query: str
+) -> None:
+    seeded = sn.insert(table, values)["sys_id"]
+    sn.insert(table, {**values, **{k: v + " 2" for k, v in values.items()}})
+
+    params = {"sysparm_query": query, "sysparm_fields": "sys_id"}
+    response = api.request("GET", f"/api/now/table/{table}", params=params)
+
+    assert response.json()["result"] == [{"sys_id": seeded}]
+
+
+def test_service_offerings_are_services(api: Api, sn: ServiceNowStandIn) -> None:
+    service = sn.insert("cmdb_ci_service", {"name": "Web Shop"})["sys_id"]
+    offering = sn.insert("service_offering", {"name": "Web Shop EU", "parent": service})["sys_id"]
+
+    services = api.request("GET", "/api/now/table/cmdb_ci_service", params={"sysparm_fields": "sys_id"})
+
+    assert [row["sys_id"] for row in services.json()["result"]] == [service, offering]
+    assert sn.records("cmdb_ci")[-2:] == sn.records("cmdb_ci_service")
+
+
+def test_incident_references_show_their_display_values(api: Api, sn: ServiceNowStandIn) -> None:
+    group = sn.insert("sys_user_group", {"name": "Azure Ops"})["sys_id"]
+    company = sn.insert("core_company", {"name": "Contoso"})["sys_id"]
+    location = sn.insert("cmn_location", {"name": "Paris"})["sys_id"]
+    service = sn.insert("cmdb_ci_service", {"name": "Web Shop"})["sys_id"]
+    offering = sn.insert("service_offering", {"name": "Web Shop EU"})["sys_id"]
+    fields = {
+        "assignment_group": group,
+        "company": company,
+        "location": location,
+        "business_service": service,
+        "service_offering": offering,
+    }
+    sys_id = api.create(**fields)["sys_id"]
+
+    shown = api.request(
+        "GET",
+        f"{INCIDENT}/{sys_id}",
+        params={
+            "sysparm_fields": ",".join(fields),
+            "sysparm_display_value": "true",
+            "sysparm_exclude_reference_link": "true",
+        },
+    ).json()["result"]
+
+    assert shown == {
+        "assignment_group": "Azure Ops",
+        "company": "Contoso",
+        "location": "Paris",
+        "business_service": "Web Shop",
+        "service_offering": "Web Shop EU",
+    }
+    assert api.numbers("assignment_group.name=azure ops") == ["INC0010001"]
+
+
+def test_a_name_in_a_reference_column_is_stored_as_given(api: Api, sn: ServiceNowStandIn) -> None:
+    sn.insert("sys_user_group", {"name": "Azure Ops"})
+    sys_id = api.create(assignment_group="Azure Ops")["sys_id"]
+
+    (row,) = sn.records("incident")
+    assert row["assignment_group"] == "Azure Ops"
+    shown = api.request(
+        "GET", f"{INCIDENT}/{sys_id}", params={"sysparm_fields": "assignment_group", "sysparm_display_value": "true"}
+    )
+    assert shown.json()["result"]["assignment_group"] == {
+        "display_value": "",
+        "link": f"{sn.url}/api/now/table/sys_user_group/Azure Ops",
+    }
+
+
+def test_reference_tables_can_be_seeded_at_construction(clock: FakeClock) -> None:
+    seed = {"sys_user_group": [{"name": "Azure Ops"}], "core_company": [{"name": "Contoso"}]}
+    with ServiceNowStandIn(seed=seed, clock=clock) as standin:
+        assert [row["name"] for row in standin.records("sys_user_group")] == ["Azure Ops"]
+        standin.reset()
+        assert [row["name"] for row in standin.records("core_company")] == ["Contoso"]
+
+
+# ----------------------------------------------------------------------------------------------
 # Authentication
 
 
