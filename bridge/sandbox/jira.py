@@ -12,7 +12,9 @@ has to cope with (``/work/shared/FACTS-jira.md`` has the facts and their sources
 * Both: issue create/read/edit with Jira's field rules (create and edit screens, summary and
   label limits, ADF validation, 400 for a field not on the screen), comments (public, or internal
   through the ``sd.public.comment`` property or ``/rest/servicedeskapi/request/{key}/comment``),
-  a workflow with transitions per status and a resolution screen, a JQL subset that refuses
+  a workflow with transitions per status (Resolve, Close, Reopen) and a resolution screen, text
+  custom fields on the create and edit screens (and on the resolution screen when asked), a
+  Closed issue that is no longer editable, a JQL subset that refuses
   anything outside it with a 400 (never ignoring a term), Jira's error bodies, and the shared
   fault injector for 429/5xx/latency/drops (:mod:`bridge.sandbox.common`).
 
@@ -194,6 +196,11 @@ RESOLUTIONS: dict[str, str] = {"Done": "10000", "Won't Do": "10001", "Duplicate"
 
 _CREATE_SCREEN = frozenset({"project", "issuetype", "summary", "description", "labels", "priority"})
 _EDIT_SCREEN = frozenset({"summary", "description", "labels", "priority"})
+# Statuses whose issues cannot be edited: the classic workflow's Closed step sets the property
+# jira.issue.editable=false, so an edit finds no field on its screen (as best we know).
+_NOT_EDITABLE = frozenset({"Closed"})
+_CUSTOM_FIELD_ID = re.compile(r"customfield_[0-9]{1,12}")
+TEXT_FIELD_MAX = 255  # a single-line text custom field
 _ALL_FIELDS = (
     "summary",
     "description",
@@ -862,6 +869,7 @@ class _Issue:
     updated: float
     resolutiondate: float | None
     comments: list[_Comment] = field(default_factory=list)
+    custom: dict[str, str | None] = field(default_factory=dict)  # text custom fields by id
 
     @property
     def number(self) -> int:
@@ -914,6 +922,15 @@ class JiraStandIn(LoopbackStandIn):
 
     Projects map a project key to its issue types; project ids count from 10000, issue keys per
     project from 1 (``OPS-1``), issue and comment ids from 10000.
+
+    ``custom_fields`` (``{"customfield_10060": "Root cause"}``) are single-line text fields on the
+    create and edit screens; those also named in ``resolution_screen_fields`` are on the screens of
+    the transitions that ask for a resolution too. Snapshots show them under their ids.
+
+    The workflow is Jira's classic one: Open and In Progress go to Resolved ("Resolve Issue") or
+    Closed ("Close Issue", id 2), both with a resolution screen; Resolved goes to Closed ("Close
+    Issue", id 701, no screen, keeping the resolution) or back to Open ("Reopen Issue", whose
+    post-function clears the resolution), and so does Closed. A Closed issue is not editable.
     """
 
     display_name = "Jira"
@@ -928,10 +945,18 @@ class JiraStandIn(LoopbackStandIn):
         api_token: str = "sandbox-jira-token",  # noqa: S107 - the sandbox's own, printed by design
         personal_access_token: str = "sandbox-jira-pat",  # noqa: S107
         projects: Mapping[str, Sequence[str]] | None = None,
+        custom_fields: Mapping[str, str] | None = None,
+        resolution_screen_fields: Sequence[str] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         if deployment not in DEPLOYMENTS:
             raise ValueError(f"deployment must be one of {', '.join(DEPLOYMENTS)}, not {deployment!r}")
+        self._custom_fields = dict(custom_fields or {})
+        if any(not _CUSTOM_FIELD_ID.fullmatch(name) for name in self._custom_fields):
+            raise ValueError("custom field ids look like customfield_10060")
+        if not set(resolution_screen_fields) <= set(self._custom_fields):
+            raise ValueError("resolution_screen_fields must be ids of custom_fields")
+        self._resolution_screen = frozenset({"resolution", *resolution_screen_fields})
         super().__init__(host, port)
         self.deployment = deployment
         # What each deployment's front end says it is (not in FACTS; informational only).
@@ -1071,6 +1096,7 @@ class JiraStandIn(LoopbackStandIn):
                 "created": _timestamp(issue.created),
                 "updated": _timestamp(issue.updated),
                 "resolutiondate": _timestamp(issue.resolutiondate) if issue.resolutiondate else None,
+                **{name: issue.custom.get(name) for name in self._custom_fields},
             },
         }
 
@@ -1197,7 +1223,7 @@ class JiraStandIn(LoopbackStandIn):
     def _create(self, version: str, adf: bool, headers: Mapping[str, str], body: bytes) -> Response:
         payload = _json_object(headers, body)
         fields = self._top_level(payload, ("fields", "update"))
-        values = self._validate_fields(fields, _CREATE_SCREEN, adf=adf, creating=True)
+        values = self._validate_fields(fields, _CREATE_SCREEN | set(self._custom_fields), adf=adf, creating=True)
         with self._lock:
             issue = self._new_issue(
                 values["project"],
@@ -1208,6 +1234,7 @@ class JiraStandIn(LoopbackStandIn):
                 values.get("priority", DEFAULT_PRIORITY),
                 self._clock(),
             )
+            issue.custom.update({name: values[name] for name in self._custom_fields if name in values})
             reply = {"id": str(issue.id), "key": issue.key, "self": self._issue_url(version, issue)}
         return Response.of_json(201, reply)
 
@@ -1216,9 +1243,13 @@ class JiraStandIn(LoopbackStandIn):
         fields = self._top_level(payload, ("fields", "update"))
         with self._lock:
             issue = self._find(target)
-            values = self._validate_fields(fields, _EDIT_SCREEN, adf=adf, creating=False)
+            screen = frozenset() if issue.status in _NOT_EDITABLE else _EDIT_SCREEN | set(self._custom_fields)
+            values = self._validate_fields(fields, screen, adf=adf, creating=False)
             for name, value in values.items():
-                setattr(issue, name, _canonical_labels(value) if name == "labels" else value)
+                if name in self._custom_fields:
+                    issue.custom[name] = value
+                else:
+                    setattr(issue, name, _canonical_labels(value) if name == "labels" else value)
             if values:
                 issue.updated = self._clock()
         return Response(204)
@@ -1295,9 +1326,26 @@ class JiraStandIn(LoopbackStandIn):
                 errors["priority"] = "Specify the Priority (id or name) in the valid format"  # as best we know
             else:
                 values["priority"] = priority
+        errors.update(self._custom_values(fields, screen, values))
         if errors:
             raise _jira_error(400, errors=errors)
         return values
+
+    def _custom_values(
+        self, fields: Mapping[str, Any], screen: Iterable[str], values: dict[str, Any]
+    ) -> dict[str, str]:
+        """Put the text custom fields of ``fields`` that are on ``screen`` into ``values``; their errors."""
+        errors: dict[str, str] = {}
+        for name in set(fields) & set(screen) & set(self._custom_fields):
+            value = fields[name]
+            if value is not None and not isinstance(value, str):
+                errors[name] = NOT_A_STRING
+            elif value is not None and len(value) > TEXT_FIELD_MAX:
+                # The text is Jira's as best we know.
+                errors[name] = TEXT_TOO_LONG.replace("32,767", str(TEXT_FIELD_MAX))
+            else:
+                values[name] = value
+        return errors
 
     def _resolve_project(self, value: Any) -> _Project | None:
         if not isinstance(value, Mapping):
@@ -1327,7 +1375,7 @@ class JiraStandIn(LoopbackStandIn):
         return issue
 
     def _get_issue(self, target: str, version: str, adf: bool, query: Mapping[str, str]) -> Response:
-        names = _select_fields(_split(query.get("fields")), default="*all")
+        names = _select_fields(_split(query.get("fields")), default="*all", custom=tuple(self._custom_fields))
         with self._lock:
             return Response.of_json(200, self._issue_json(self._find(target), version, adf, names))
 
@@ -1390,7 +1438,7 @@ class JiraStandIn(LoopbackStandIn):
         ids_only = not fields
         limit = min(max_results, SEARCH_MAX_IDS if ids_only else SEARCH_MAX_ISSUES)
         offset = _page_offset(token, jql) if token else 0
-        names = _select_fields(fields, default="*navigable") if fields else []
+        names = _select_fields(fields, default="*navigable", custom=tuple(self._custom_fields)) if fields else []
         # The stand-in's search is read-after-write consistent; real Jira's is eventually
         # consistent (reconcileIssues helps for up to 50 ids) [FACTS §3], so a client must not
         # rely on finding an issue it has just created.
@@ -1425,7 +1473,8 @@ class JiraStandIn(LoopbackStandIn):
             raise _jira_error(400, "startAt and maxResults must be non-negative integers")  # stand-in wording
         parsed = self._parse(jql)  # unbounded queries are allowed here
         limit = min(max_results, DC_SEARCH_MAX)
-        names = _select_fields(fields, default="*navigable")  # the old search returns fields by default
+        # The old search returns fields by default.
+        names = _select_fields(fields, default="*navigable", custom=tuple(self._custom_fields))
         with self._lock:
             found = self._select(parsed)
             page = [self._issue_json(issue, version, False, names) for issue in found[start_at : start_at + limit]]
@@ -1641,10 +1690,14 @@ class JiraStandIn(LoopbackStandIn):
             if transition is None:
                 # The text is Jira's as best we know.
                 raise _jira_error(400, f"Transition id '{transition_id}' is not valid for this issue.")
-            on_screen = {"resolution"} if transition.screen else set()
+            on_screen = self._resolution_screen if transition.screen else frozenset()
             errors = {name: NOT_ON_SCREEN.format(name) for name in fields if name not in on_screen}
             if errors:
                 raise _jira_error(400, errors=errors)  # [FACTS §5]
+            custom: dict[str, Any] = {}
+            errors = self._custom_values(fields, on_screen, custom)
+            if errors:
+                raise _jira_error(400, errors=errors)
             resolution: str | None = None
             if transition.screen:
                 given = fields.get("resolution")
@@ -1656,6 +1709,7 @@ class JiraStandIn(LoopbackStandIn):
                     raise _jira_error(400, errors={"resolution": invalid})
             now = self._clock()
             issue.status = transition.to
+            issue.custom.update(custom)
             if transition.screen:
                 issue.resolution, issue.resolutiondate = resolution, now
             elif transition.clears_resolution:
@@ -1720,6 +1774,8 @@ class JiraStandIn(LoopbackStandIn):
                     "name": project.name,
                     "projectTypeKey": "service_desk",
                 }
+            elif name in self._custom_fields:
+                fields[name] = issue.custom.get(name)
             elif name == "comment":
                 comments = [self._comment_json(issue, c, version, adf) for c in issue.comments]
                 total = len(comments)
@@ -1787,21 +1843,31 @@ class JiraStandIn(LoopbackStandIn):
             "isLooped": False,
         }
         if with_fields:
-            rendered["fields"] = (
-                {
-                    "resolution": {
-                        "required": True,
-                        "schema": {"type": "resolution", "system": "resolution"},
-                        "name": "Resolution",
-                        "key": "resolution",
+            screen: dict[str, Any] = {}
+            if transition.screen:
+                screen["resolution"] = {
+                    "required": True,
+                    "schema": {"type": "resolution", "system": "resolution"},
+                    "name": "Resolution",
+                    "key": "resolution",
+                    "hasDefaultValue": False,
+                    "operations": ["set"],
+                    "allowedValues": [self._resolution_json(name) for name in RESOLUTIONS],
+                }
+                for name in sorted(self._resolution_screen - {"resolution"}):
+                    screen[name] = {
+                        "required": False,
+                        "schema": {
+                            "type": "string",
+                            "custom": "com.atlassian.jira.plugin.system.customfieldtypes:textfield",
+                            "customId": int(name.removeprefix("customfield_")),
+                        },
+                        "name": self._custom_fields[name],
+                        "key": name,
                         "hasDefaultValue": False,
                         "operations": ["set"],
-                        "allowedValues": [self._resolution_json(name) for name in RESOLUTIONS],
                     }
-                }
-                if transition.screen
-                else {}
-            )
+            rendered["fields"] = screen
         return rendered
 
 
@@ -1880,8 +1946,9 @@ def _text_for(value: Any, adf: bool) -> Any:
     return value if isinstance(value, str) else adf_to_wiki(value)
 
 
-def _select_fields(requested: Sequence[str] | None, *, default: str) -> list[str]:
-    """Field names from a ``fields`` list: names, ``*all``, ``*navigable``, ``-name`` exclusions.
+def _select_fields(requested: Sequence[str] | None, *, default: str, custom: Sequence[str] = ()) -> list[str]:
+    """Field names from a ``fields`` list: names, ``*all``, ``*navigable``, ``-name`` exclusions;
+    ``custom`` names the site's custom fields (navigable ones).
 
     Unknown names are left out without an error, as Jira does.
     """
@@ -1890,12 +1957,12 @@ def _select_fields(requested: Sequence[str] | None, *, default: str) -> list[str
     for item in requested or [default]:
         for part in (piece.strip() for piece in item.split(",")):
             if part == "*all":
-                chosen.extend(_ALL_FIELDS)
+                chosen.extend((*_ALL_FIELDS, *custom))
             elif part == "*navigable":
-                chosen.extend(_NAVIGABLE_FIELDS)
+                chosen.extend((*_NAVIGABLE_FIELDS, *custom))
             elif part.startswith("-"):
                 excluded.add(part[1:])
-            elif part in _ALL_FIELDS:
+            elif part in _ALL_FIELDS or part in custom:
                 chosen.append(part)
     return [name for name in dict.fromkeys(chosen) if name not in excluded]
 

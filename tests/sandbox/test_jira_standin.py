@@ -1095,6 +1095,111 @@ def test_resolve_close_and_reopen(jira: JiraStandIn, api: Api, clock: FakeClock)
     assert jira.issue(key)["fields"]["resolution"] == "Done"
 
 
+# ----------------------------------------------------------------------------------------------
+# Custom fields, and a Closed issue that is not editable
+
+ROOT_CAUSE, TEAM = "customfield_10060", "customfield_10070"
+
+
+@pytest.fixture()
+def custom(clock: FakeClock) -> Iterator[tuple[JiraStandIn, Api]]:
+    """A site with two text custom fields; the root cause is on the resolution screens too."""
+    clock.now = T0
+    fields = {ROOT_CAUSE: "Root cause", TEAM: "Team"}
+    with JiraStandIn(clock=clock, custom_fields=fields, resolution_screen_fields=[ROOT_CAUSE]) as standin:
+        with Api(standin) as client:
+            yield standin, client
+
+
+def test_custom_fields_on_the_create_and_edit_screens(custom: tuple[JiraStandIn, Api]) -> None:
+    jira, api = custom
+    key = api.created(**{TEAM: "web"})
+
+    assert api.request("PUT", f"/issue/{key}", json={"fields": {ROOT_CAUSE: "disk full"}}).status_code == 204
+
+    fields = jira.issue(key)["fields"]
+    assert (fields[TEAM], fields[ROOT_CAUSE]) == ("web", "disk full")
+    rendered = api.request("GET", f"/issue/{key}", params={"fields": f"{ROOT_CAUSE},summary"}).json()["fields"]
+    assert rendered == {ROOT_CAUSE: "disk full", "summary": "Alert"}
+    every = api.request("GET", f"/issue/{key}").json()["fields"]
+    assert (every[ROOT_CAUSE], every[TEAM]) == ("disk full", "web")
+    found = api.search("labels is EMPTY", fields=["*navigable"]).json()["issues"][0]["fields"]
+    assert found[TEAM] == "web"
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (17, "Operation value must be a string"),
+        (["a"], "Operation value must be a string"),
+        ("x" * 256, "The entered text is too long. It exceeds the allowed limit of 255 characters."),
+    ],
+)
+def test_custom_text_fields_are_validated(custom: tuple[JiraStandIn, Api], value: Any, error: str) -> None:
+    jira, api = custom
+    key = api.created()
+
+    refused = api.request("PUT", f"/issue/{key}", json={"fields": {TEAM: value}})
+
+    assert refused.status_code == 400
+    assert refused.json() == {"errorMessages": [], "errors": {TEAM: error}}
+    assert jira.issue(key)["fields"][TEAM] is None
+
+
+def test_the_resolution_screen_takes_the_fields_named_for_it(custom: tuple[JiraStandIn, Api]) -> None:
+    jira, api = custom
+    key = api.created()
+
+    screen = next(t for t in _transitions(api, key, expand="transitions.fields") if t["id"] == "5")["fields"]
+    assert sorted(screen) == [ROOT_CAUSE, "resolution"]
+    assert (screen[ROOT_CAUSE]["required"], screen[ROOT_CAUSE]["name"]) == (False, "Root cause")
+    refused = api.transition(key, "5", resolution={"name": "Done"}, **{TEAM: "web"})
+    assert refused.json() == {"errorMessages": [], "errors": {TEAM: not_on_screen(TEAM)}}
+
+    assert api.transition(key, "5", resolution={"name": "Done"}, **{ROOT_CAUSE: "disk full"}).status_code == 204
+
+    fields = jira.issue(key)["fields"]
+    assert (fields["status"], fields["resolution"], fields[ROOT_CAUSE]) == ("Resolved", "Done", "disk full")
+    # Transitions without a screen take no field at all.
+    assert api.transition(key, "3", **{ROOT_CAUSE: "x"}).json()["errors"] == {ROOT_CAUSE: not_on_screen(ROOT_CAUSE)}
+
+
+def test_without_custom_fields_the_screens_are_unchanged(jira: JiraStandIn, api: Api) -> None:
+    key = api.created()
+
+    refused = api.request("PUT", f"/issue/{key}", json={"fields": {ROOT_CAUSE: "x"}})
+
+    assert refused.json() == {"errorMessages": [], "errors": {ROOT_CAUSE: not_on_screen(ROOT_CAUSE)}}
+    assert ROOT_CAUSE not in jira.issue(key)["fields"]
+    listed = _transitions(api, key, expand="transitions.fields")
+    assert [sorted(t["fields"]) for t in listed if t["id"] == "5"] == [["resolution"]]
+
+
+def test_custom_field_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="customfield_"):
+        JiraStandIn(custom_fields={"rootcause": "Root cause"})
+    with pytest.raises(ValueError, match="resolution_screen_fields"):
+        JiraStandIn(custom_fields={ROOT_CAUSE: "Root cause"}, resolution_screen_fields=[TEAM])
+
+
+def test_a_closed_issue_is_not_editable_until_reopened(custom: tuple[JiraStandIn, Api]) -> None:
+    jira, api = custom
+    key = api.created()
+    assert api.transition(key, "2", resolution={"name": "Done"}).status_code == 204
+
+    refused = api.request("PUT", f"/issue/{key}", json={"fields": {"summary": "after", TEAM: "web"}})
+
+    assert refused.status_code == 400
+    assert refused.json()["errors"] == {"summary": not_on_screen("summary"), TEAM: not_on_screen(TEAM)}
+    assert (jira.issue(key)["fields"]["summary"], jira.issue(key)["fields"][TEAM]) == ("Alert", None)
+    # A resolved issue still is; a reopened one again.
+    assert api.transition(key, "3").status_code == 204
+    assert api.request("PUT", f"/issue/{key}", json={"fields": {TEAM: "web"}}).status_code == 204
+    assert api.transition(key, "5", resolution={"name": "Done"}).status_code == 204
+    assert api.request("PUT", f"/issue/{key}", json={"fields": {TEAM: "db"}}).status_code == 204
+    assert jira.issue(key)["fields"][TEAM] == "db"
+
+
 @pytest.mark.parametrize(
     ("body", "error"),
     [
