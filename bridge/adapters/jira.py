@@ -18,11 +18,38 @@ does) never makes the bridge touch someone else's issue. Cloud searches with
 ``POST /rest/api/3/search/jql`` (the old ``/search`` answers 410 since 2025, §3); Data Center
 has only ``/rest/api/2/search``.
 
-Jira's operations are not one call each. A create is the issue, then its note as an internal
-comment (2 calls); a resolve reads the transitions, makes one, then writes the summary and the
-note as two internal comments (4 calls; one more read when no transition applies); a create
-already resolved is both (6). Once the issue exists or the transition is made, a failed comment
-is logged, not raised: raising would have the core repeat a write that landed.
+Jira's operations are not one call each:
+
+- ``create``: the issue, then its note as an internal comment (2 calls).
+- ``resolve``: read the transitions, make one, then write the summary and the note as two
+  internal comments (4 calls). The resolution's fields go with the transition when its screen
+  has them; the others in one ``PUT /issue`` before it (5). One more read when no transition
+  applies (the issue may be done already).
+- ``create`` already resolved: both (6, or 7 with the PUT).
+- ``reopen``: read the transitions, make one, then the note as an internal comment (3; one more
+  read when none applies: an issue someone reopened already just gets the note).
+- ``add_note`` 1, ``has_note`` 1 per page of 100 comments, ``find`` 1 per page of 50, ``check`` 1.
+
+Once the issue exists or the transition is made, a failed comment is logged, not raised: raising
+would have the core repeat a write that landed.
+
+Transitions are looked up per issue, by name or id (workflows name them freely, §5). Resolving
+takes ``JIRA_RESOLVE_TRANSITION`` or the first to a done status, preferring "Resolve"; closing
+(``Resolution.close``) takes ``JIRA_CLOSE_TRANSITION`` or a done one named Close / Closed, else
+resolves; reopening takes ``JIRA_REOPEN_TRANSITION`` or one named Reopen, else the first to an
+in-progress or to-do status, and clears the resolution when its screen has the field (otherwise
+the workflow's post-function does, as in Jira's own workflows).
+
+Fields written on resolve go into the transition where its screen has them, and otherwise into a
+``PUT /issue`` *before* the transition: Jira refuses a field that is not on a transition's screen,
+a closed issue is usually not editable any more (``jira.issue.editable=false`` on Closed), and a
+refused edit then leaves the issue as it was, so the core's retry or dead letter starts clean.
+
+Statuses. ``find`` reports a done issue whose status name has the word "closed" as CLOSED, which
+the core never reopens; any other done issue is RESOLVED (or CANCELED when its resolution or
+status says so), which a re-fire may reopen. So a close that fell back to the resolve transition,
+or a close transition to a status not called Closed, leaves an issue that can be reopened: the
+adapter warns, and ``JIRA_CLOSE_TRANSITION`` should name a transition to a Closed status.
 """
 
 from __future__ import annotations
@@ -33,7 +60,7 @@ import math
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -87,6 +114,11 @@ _CANCELED = re.compile(r"won['\u2019]?t (do|fix)|\bcancel|\bduplicate|\bdeclined
 # like cancelling are never chosen by default (they would mark the alert's issue canceled).
 _RESOLVE_WORDS = re.compile(r"resolve", re.IGNORECASE)
 _DONE_WORDS = re.compile(r"\b(done|complete|fix)", re.IGNORECASE)
+_CLOSE_WORDS = re.compile(r"\bclosed?\b", re.IGNORECASE)
+_REOPEN_WORDS = re.compile(r"\bre-?open", re.IGNORECASE)
+# A done status whose name says closed: final, never reopened by the core.
+_CLOSED_STATUS = re.compile(r"\bclosed\b", re.IGNORECASE)
+_OPEN_CATEGORIES = ("indeterminate", "new")  # in progress first: a reopened issue is worked on
 
 _TITLE_LIMIT = 255  # "Summary can't exceed 255 characters." (§1)
 _DESCRIPTION_LIMIT = 32_767  # "...exceeds the allowed limit of 32,767 characters." (§1)
@@ -122,6 +154,16 @@ JIRA_SETTINGS: tuple[Setting, ...] = (
     Setting(
         "JIRA_RESOLVE_TRANSITION",
         "transition (name or id) that resolves; default: the first to a done status, preferring 'Resolve'",
+    ),
+    Setting(
+        "JIRA_CLOSE_TRANSITION",
+        "transition (name or id) that closes (resolution policy close); default: a done one named 'Close', "
+        "else the resolve transition",
+    ),
+    Setting(
+        "JIRA_REOPEN_TRANSITION",
+        "transition (name or id) that reopens a resolved issue; default: one named 'Reopen', "
+        "else the first to an in-progress or to-do status",
     ),
     Setting("JIRA_RESOLUTION", "resolution set when resolving, unless the mapping names one", "Done"),
     Setting("JIRA_INTERNAL_COMMENTS", "notes as internal (agent-only) comments: true or false", "true"),
@@ -194,10 +236,9 @@ class JiraAdapter:
 
         self._priorities = _priority_map(get("JIRA_PRIORITY_MAP") or _DEFAULT_PRIORITY_MAP)
 
-        transition = get("JIRA_RESOLVE_TRANSITION")
-        if transition is not None and _NOT_ONE_LINE.search(transition):
-            raise ConfigError("JIRA_RESOLVE_TRANSITION", "must be a transition name or id")
-        self._transition = transition
+        self._transition = _transition_setting(get, "JIRA_RESOLVE_TRANSITION")
+        self._close_transition = _transition_setting(get, "JIRA_CLOSE_TRANSITION")
+        self._reopen_transition = _transition_setting(get, "JIRA_REOPEN_TRANSITION")
         self._resolution = get("JIRA_RESOLUTION") or "Done"
         if _NOT_ONE_LINE.search(self._resolution):
             raise ConfigError("JIRA_RESOLUTION", "must be a resolution name")
@@ -403,11 +444,11 @@ class JiraAdapter:
         except ItsmError as exc:
             log.warning("Jira issue %s was written, but a comment was not added: %s", ref.number or ref.id, exc)
 
-    def _extra_fields(self, mapped: Mapping[str, str]) -> dict[str, Any]:
+    def _extra_fields(self, mapped: Mapping[str, str], what: str = "mapped fields") -> dict[str, Any]:
         refused = self.managed_fields | ({self._field} if self._field else set())
         ignored = sorted(set(mapped) & refused)
         if ignored:
-            log.warning("mapped fields %s are managed by the bridge and were ignored", ignored)
+            log.warning("%s %s are managed by the bridge and were ignored", what, ignored)
         fields: dict[str, Any] = {}
         for name, value in mapped.items():
             if name in refused:
@@ -474,53 +515,85 @@ class JiraAdapter:
     def resolve(self, ref: WorkItemRef, resolution: Resolution) -> None:
         if not self._transition_to_done(ref, resolution):
             return
-        log.info("Jira issue %s resolved", ref.number or ref.id)
+        log.info("Jira issue %s %s", ref.number or ref.id, "closed" if resolution.close else "resolved")
         # The issue is resolved now: a failed comment must not make the core resolve it again
         # (or dead-letter an alert whose issue is resolved), so it is logged only.
         for text in _resolution_comments(resolution):
             self._comment_after(ref, text)
 
     def _transition_to_done(self, ref: WorkItemRef, resolution: Resolution) -> bool:
-        """Transition ``ref`` to done; False when it already is (nothing to do)."""
+        """Transition ``ref`` to done (closed with ``resolution.close``), writing the resolution's
+        fields; False when it is done already (nothing to do)."""
         issue = self._issue(ref)
+        transitions = self._transitions(issue)
+        extra = self._extra_fields(resolution.fields, "resolution fields")
+        chosen = self._choose_close(transitions, extra) if resolution.close else None
+        if chosen is None:
+            chosen = self._choose_transition(transitions, extra)
+            if resolution.close and chosen is not None:
+                missing = (
+                    f"JIRA_CLOSE_TRANSITION {self._close_transition!r}"
+                    if self._close_transition is not None
+                    else "transition to close it (set JIRA_CLOSE_TRANSITION)"
+                )
+                log.warning(
+                    "Jira issue %s offers no %s; resolving it with %r instead, so a re-fire may reopen it",
+                    ref.number or ref.id,
+                    missing,
+                    _text(chosen.get("name")),
+                )
+        if chosen is None:
+            return self._no_transition(ref, issue, transitions, close=resolution.close)
+        if _category(chosen.get("to")) != "done":
+            log.warning(
+                "JIRA_%s_TRANSITION %r leads to status %r, which is not in the done category",
+                "CLOSE" if resolution.close else "RESOLVE",
+                _text(chosen.get("name")),
+                _target_name(chosen),
+            )
+        elif resolution.close and not _CLOSED_STATUS.search(_target_name(chosen)):
+            log.warning(
+                "Jira issue %s is closed with transition %r to status %r, which the bridge reads as "
+                "resolved (a status named Closed is final): a re-fire may reopen it",
+                ref.number or ref.id,
+                _text(chosen.get("name")),
+                _target_name(chosen),
+            )
+        screen = chosen.get("fields")
+        screen = screen if isinstance(screen, Mapping) else {}
+        on_screen = {name: value for name, value in extra.items() if name in screen}
+        elsewhere = {name: value for name, value in extra.items() if name not in screen}
+        if elsewhere:
+            # Before the transition: a closed issue is often not editable, and a refused edit
+            # leaves the issue as it was (module docstring).
+            self._http.request("PUT", f"{self._api}/issue/{issue}", json={"fields": elsewhere})
+        if "resolution" in screen:
+            # Only when the transition's screen has it: Jira refuses a field that is not on the
+            # screen ("Field 'resolution' cannot be set", §5); without it a post-function sets it.
+            on_screen["resolution"] = {"name": self._resolution_name(resolution, screen["resolution"])}
+        body: dict[str, Any] = {"transition": {"id": _text(chosen.get("id"))}}
+        if on_screen:
+            body["fields"] = on_screen
+        self._http.request("POST", f"{self._api}/issue/{issue}/transitions", json=body)
+        return True
+
+    def _transitions(self, issue: str) -> list[dict[str, Any]]:
         payload = self._http.json(
             "GET", f"{self._api}/issue/{issue}/transitions", params={"expand": "transitions.fields"}
         )
         listed = member_list(_SYSTEM, payload, "transitions", "transitions response")
-        transitions = [t for t in listed if isinstance(t, dict) and _text(t.get("id"))]
-        chosen = self._choose_transition(transitions)
-        if chosen is None:
-            return self._no_transition(ref, issue, transitions)
-        if _category(chosen.get("to")) != "done":
-            target = chosen.get("to")
-            log.warning(
-                "JIRA_RESOLVE_TRANSITION %r leads to status %r, which is not in the done category",
-                _text(chosen.get("name")),
-                _text(target.get("name")) if isinstance(target, Mapping) else "",
-            )
-        body: dict[str, Any] = {"transition": {"id": _text(chosen.get("id"))}}
-        screen = chosen.get("fields")
-        if isinstance(screen, Mapping) and "resolution" in screen:
-            # Only when the transition's screen has it: Jira refuses a field that is not on the
-            # screen ("Field 'resolution' cannot be set", §5); without it a post-function sets it.
-            body["fields"] = {"resolution": {"name": self._resolution_name(resolution, screen["resolution"])}}
-        self._http.request("POST", f"{self._api}/issue/{issue}/transitions", json=body)
-        return True
+        return [t for t in listed if isinstance(t, dict) and _text(t.get("id"))]
 
-    def _choose_transition(self, transitions: list[dict[str, Any]]) -> dict[str, Any] | None:
-        available = [t for t in transitions if t.get("isAvailable") is not False]
+    def _choose_transition(
+        self, transitions: list[dict[str, Any]], provided: Collection[str] = ()
+    ) -> dict[str, Any] | None:
+        """The resolving transition; ``provided`` names the fields the bridge writes with it."""
+        available = _available(transitions)
         if self._transition is not None:
-            wanted = self._transition.casefold()
-            for transition in available:
-                if (
-                    _text(transition.get("id")) == self._transition
-                    or _text(transition.get("name")).casefold() == wanted
-                ):
-                    return transition
-            return None
+            return _named(available, self._transition)
         ranked = sorted(
             (
-                (_transition_rank(t), index, t)
+                (_transition_rank(t, provided), index, t)
                 for index, t in enumerate(available)
                 if _category(t.get("to")) == "done" and not _CANCELED.search(_transition_words(t))
             ),
@@ -528,27 +601,93 @@ class JiraAdapter:
         )
         return ranked[0][2] if ranked else None
 
-    def _no_transition(self, ref: WorkItemRef, issue: str, transitions: list[dict[str, Any]]) -> bool:
+    def _choose_close(self, transitions: list[dict[str, Any]], provided: Collection[str]) -> dict[str, Any] | None:
+        """The closing transition; None when there is none (the caller resolves instead)."""
+        available = _available(transitions)
+        if self._close_transition is not None:
+            return _named(available, self._close_transition)
+        ranked = sorted(
+            (
+                (10 if _blocking(t, provided) else 0, index, t)
+                for index, t in enumerate(available)
+                if _category(t.get("to")) == "done"
+                and _CLOSE_WORDS.search(_transition_words(t))
+                and not _CANCELED.search(_transition_words(t))
+            ),
+            key=lambda entry: (entry[0], entry[1]),
+        )
+        return ranked[0][2] if ranked else None
+
+    def _no_transition(
+        self, ref: WorkItemRef, issue: str, transitions: list[dict[str, Any]], *, close: bool = False
+    ) -> bool:
         """No transition applies: fine when the issue is done already, a workflow problem otherwise."""
-        payload = self._http.json("GET", f"{self._api}/issue/{issue}", params={"fields": "status,resolution"})
-        fields = payload.get("fields") if isinstance(payload, dict) else None
-        status, state = _status(fields if isinstance(fields, Mapping) else {})
+        status, state = self._current_status(issue)
         if status is not WorkItemStatus.OPEN:
             log.info("Jira issue %s is %s already; no transition", ref.number or ref.id, state or status.value)
             return False
-        names = ", ".join(repr(_text(t.get("name"))[:60]) for t in transitions[:20]) or "none"
-        wanted = (
-            "the configured JIRA_RESOLVE_TRANSITION is not among them"
-            if self._transition is not None
-            else "none leads to a done status (set JIRA_RESOLVE_TRANSITION)"
+        if self._transition is not None:
+            wanted = "the configured JIRA_RESOLVE_TRANSITION is not among them"
+        elif close:
+            wanted = "none leads to a done status (set JIRA_CLOSE_TRANSITION or JIRA_RESOLVE_TRANSITION)"
+        else:
+            wanted = "none leads to a done status (set JIRA_RESOLVE_TRANSITION)"
+        raise _stuck(f"cannot {'close' if close else 'resolve'}", ref, state, transitions, wanted)
+
+    def _current_status(self, issue: str) -> tuple[WorkItemStatus, str]:
+        payload = self._http.json("GET", f"{self._api}/issue/{issue}", params={"fields": "status,resolution"})
+        fields = payload.get("fields") if isinstance(payload, dict) else None
+        return _status(fields if isinstance(fields, Mapping) else {})
+
+    # ----------------------------------------------------------------- reopen
+
+    def reopen(self, ref: WorkItemRef, note: str) -> None:
+        issue = self._issue(ref)
+        transitions = self._transitions(issue)
+        chosen = self._choose_reopen(transitions)
+        if chosen is None:
+            status, state = self._current_status(issue)
+            if status is not WorkItemStatus.OPEN:
+                wanted = (
+                    "the configured JIRA_REOPEN_TRANSITION is not among them"
+                    if self._reopen_transition is not None
+                    else "none leads to a to-do or in-progress status (set JIRA_REOPEN_TRANSITION)"
+                )
+                raise _stuck("cannot reopen", ref, state, transitions, wanted)
+            # Someone reopened it already: nothing was written yet, so a failed note is raised.
+            log.info("Jira issue %s is open already (%s); adding the note only", ref.number or ref.id, state)
+            if note:
+                self._comment(ref, note)
+            return
+        if _category(chosen.get("to")) not in _OPEN_CATEGORIES:
+            log.warning(
+                "JIRA_REOPEN_TRANSITION %r leads to status %r, which is not a to-do or in-progress status",
+                _text(chosen.get("name")),
+                _target_name(chosen),
+            )
+        body: dict[str, Any] = {"transition": {"id": _text(chosen.get("id"))}}
+        screen = chosen.get("fields")
+        if isinstance(screen, Mapping) and "resolution" in screen:
+            # A reopened issue is unresolved again; Jira may need that said on the screen (§5).
+            body["fields"] = {"resolution": None}
+        self._http.request("POST", f"{self._api}/issue/{issue}/transitions", json=body)
+        log.info("Jira issue %s reopened", ref.number or ref.id)
+        if note:
+            self._comment_after(ref, note)
+
+    def _choose_reopen(self, transitions: list[dict[str, Any]]) -> dict[str, Any] | None:
+        available = _available(transitions)
+        if self._reopen_transition is not None:
+            return _named(available, self._reopen_transition)
+        ranked = sorted(
+            (
+                (_reopen_rank(t), index, t)
+                for index, t in enumerate(available)
+                if _category(t.get("to")) in _OPEN_CATEGORIES
+            ),
+            key=lambda entry: (entry[0], entry[1]),
         )
-        raise ItsmError(
-            f"{_SYSTEM}: cannot resolve issue {ref.number or ref.id} from status {state!r}: "
-            f"available transitions {names}; {wanted}",
-            retryable=False,
-            reason=Reason.CLIENT_ERROR,
-            maybe_applied=False,
-        )
+        return ranked[0][2] if ranked else None
 
     def _resolution_name(self, resolution: Resolution, screen_field: Any) -> str:
         """The mapping's resolution, else JIRA_RESOLUTION, spelled as the screen offers it."""
@@ -615,6 +754,13 @@ def _authenticator(deployment: str, get: Callable[[str], str | None]) -> Authent
     if not pat:
         raise ConfigError("JIRA_PAT", "is required for JIRA_DEPLOYMENT=datacenter")
     return BearerToken(pat)
+
+
+def _transition_setting(get: Callable[[str], str | None], name: str) -> str | None:
+    value = get(name)
+    if value is not None and _NOT_ONE_LINE.search(value):
+        raise ConfigError(name, "must be a transition name or id")
+    return value
 
 
 def _priority_map(value: str) -> dict[str, str]:
@@ -736,14 +882,14 @@ def _status(fields: Mapping[str, Any]) -> tuple[WorkItemStatus, str]:
     name = _text(status.get("name"))
     resolution = fields.get("resolution")
     resolution_name = _text(resolution.get("name")) if isinstance(resolution, Mapping) else ""
-    closed = name.casefold() == "closed"
     # A category this bridge does not know (or none) is someone working on it: open. So is an
     # issue reopened with a stale resolution: the status category, not the resolution, decides.
-    if _category(status) != "done" and not closed:
+    if _category(status) != "done" and name.casefold() != "closed":
         return WorkItemStatus.OPEN, name
     if _CANCELED.search(resolution_name) or _CANCELED.search(name):
         return WorkItemStatus.CANCELED, name
-    return (WorkItemStatus.CLOSED if closed else WorkItemStatus.RESOLVED), name
+    # Closed is final: the core never reopens it (module docstring).
+    return (WorkItemStatus.CLOSED if _CLOSED_STATUS.search(name) else WorkItemStatus.RESOLVED), name
 
 
 def _category(status: Any) -> str:
@@ -751,29 +897,69 @@ def _category(status: Any) -> str:
     return _text(category.get("key")).lower() if isinstance(category, Mapping) else ""
 
 
-def _transition_words(transition: Mapping[str, Any]) -> str:
+def _target_name(transition: Mapping[str, Any]) -> str:
     target = transition.get("to")
-    target_name = _text(target.get("name")) if isinstance(target, Mapping) else ""
-    return f"{_text(transition.get('name'))} {target_name}"
+    return _text(target.get("name")) if isinstance(target, Mapping) else ""
 
 
-def _transition_rank(transition: Mapping[str, Any]) -> int:
+def _transition_words(transition: Mapping[str, Any]) -> str:
+    return f"{_text(transition.get('name'))} {_target_name(transition)}"
+
+
+def _available(transitions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [t for t in transitions if t.get("isAvailable") is not False]
+
+
+def _named(transitions: list[dict[str, Any]], wanted: str) -> dict[str, Any] | None:
+    """The transition a setting names, by id or by name (any case)."""
+    folded = wanted.casefold()
+    for transition in transitions:
+        if _text(transition.get("id")) == wanted or _text(transition.get("name")).casefold() == folded:
+            return transition
+    return None
+
+
+def _transition_rank(transition: Mapping[str, Any], provided: Collection[str]) -> int:
     words = _transition_words(transition)
     rank = 0 if _RESOLVE_WORDS.search(words) else 1 if _DONE_WORDS.search(words) else 2
+    return rank + (10 if _blocking(transition, provided) else 0)
+
+
+def _reopen_rank(transition: Mapping[str, Any]) -> int:
+    if _REOPEN_WORDS.search(_text(transition.get("name"))):
+        rank = 0
+    else:
+        rank = 1 + _OPEN_CATEGORIES.index(_category(transition.get("to")))
+    return rank + (10 if _blocking(transition) else 0)
+
+
+def _blocking(transition: Mapping[str, Any], provided: Collection[str] = ()) -> bool:
+    """Whether the transition's screen asks for a field the bridge cannot fill (the resolution,
+    and the ``provided`` fields, it can): Jira would refuse the transition (jiralert#118), so such a
+    transition is a last resort."""
     screen = transition.get("fields")
-    if isinstance(screen, Mapping):
-        # A screen asking for a field the bridge cannot fill would be refused (jiralert#118).
-        blocking = [
-            name
-            for name, spec in screen.items()
-            if name != "resolution"
-            and isinstance(spec, Mapping)
-            and spec.get("required") is True
-            and not spec.get("hasDefaultValue")
-        ]
-        if blocking:
-            rank += 10
-    return rank
+    if not isinstance(screen, Mapping):
+        return False
+    return any(
+        name != "resolution"
+        and name not in provided
+        and isinstance(spec, Mapping)
+        and spec.get("required") is True
+        and not spec.get("hasDefaultValue")
+        for name, spec in screen.items()
+    )
+
+
+def _stuck(doing: str, ref: WorkItemRef, state: str, transitions: list[dict[str, Any]], wanted: str) -> ItsmError:
+    """The permanent error of a workflow that offers no usable transition (a setting must change)."""
+    names = ", ".join(repr(_text(t.get("name"))[:60]) for t in transitions[:20]) or "none"
+    return ItsmError(
+        f"{_SYSTEM}: {doing} issue {ref.number or ref.id} from status {state!r}: "
+        f"available transitions {names}; {wanted}",
+        retryable=False,
+        reason=Reason.CLIENT_ERROR,
+        maybe_applied=False,
+    )
 
 
 def _issues(payload: Any) -> list[dict[str, Any]]:

@@ -11,14 +11,34 @@ Two ServiceNow habits shape the code. An encoded query silently drops clauses it
 and may then match unrelated records, so values are validated before they are put into a query
 and every returned record is re-checked. And a 403 means either an ACL (the bridge's own access:
 held until fixed) or a data policy / business rule refusing this write (dead-lettered).
+
+Reference columns (``assignment_group``, ``caller_id``, ``cmdb_ci``...) take sys_ids, but the
+mapping file, routes and settings may name a group, a user or a CI instead: a value that is not a
+sys_id is looked up by the table's display fields (``_References``; defaults below, more from
+``SERVICENOW_REFERENCE_FIELDS``). Exactly one match gives its sys_id; none or several leave the
+field out with a warning, so a misspelt group never costs an alert its incident. Answers, found
+or not, are cached for ``CMDB_CACHE_SECONDS``.
+
+Calls per operation (plus one token request when an OAuth token is due):
+
+- ``find``: 1 GET. ``add_note``, ``reopen`` (state 2, In Progress, with the note): 1 PATCH each.
+  ``has_note``: 1 GET. ``check``: 1 GET.
+- ``create``: 1 POST, already resolved or closed too (state, close fields and both notes in the
+  one insert). ``resolve``: 1 PATCH, state 6 or with ``close`` 7, with close_code, close_notes,
+  the resolution's fields and the note.
+- Before a create or resolve, 1 GET per reference value given as a name and not cached (a user
+  may take up to three: user_name, then name, then email); a failed lookup fails the operation
+  before anything is written.
+- ``find_configuration_item``: 1 GET per candidate value until one matches.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -67,7 +87,9 @@ _STATUSES: Mapping[str, WorkItemStatus] = {
     "7": WorkItemStatus.CLOSED,
     "8": WorkItemStatus.CANCELED,
 }
+_IN_PROGRESS_STATE = "2"
 _RESOLVED_STATE = "6"
+_CLOSED_STATE = "7"
 _FIND_LIMIT = 10
 # Renew an OAuth token this long before it expires, so a call never starts with a dying token.
 _TOKEN_RENEW_MARGIN_SECONDS = 60.0
@@ -82,6 +104,36 @@ _DEFAULT_FIELD_SETTINGS = {
     "category": "SERVICENOW_CATEGORY",
 }
 
+# Real sys_ids: 32 hexadecimal digits. Any other value of a reference column is a display name.
+_SYS_ID_VALUE = re.compile(r"^[0-9a-fA-F]{32}\Z")
+# Table and column names as ServiceNow forms them (u_ custom columns, x_ scoped tables included).
+_NAME = re.compile(r"^[a-z][a-z0-9_]{0,79}\Z")
+_REFERENCE_CACHE_ENTRIES = 1024
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """Where a reference column points: its table, and the fields a display name is matched on,
+    in order (the first that matches exactly one record wins)."""
+
+    table: str
+    fields: tuple[str, ...]
+
+
+# The reference columns of an incident whose values the mapping, routes and settings may give as
+# names. SERVICENOW_REFERENCE_FIELDS adds columns or overrides these.
+_DEFAULT_REFERENCES: Mapping[str, _Reference] = {
+    "assignment_group": _Reference("sys_user_group", ("name",)),
+    "caller_id": _Reference("sys_user", ("user_name", "name", "email")),
+    "assigned_to": _Reference("sys_user", ("user_name", "name", "email")),
+    "opened_by": _Reference("sys_user", ("user_name", "name", "email")),
+    "cmdb_ci": _Reference("cmdb_ci", ("name",)),
+    "business_service": _Reference("cmdb_ci_service", ("name",)),
+    "service_offering": _Reference("cmdb_ci_service", ("name",)),
+    "company": _Reference("core_company", ("name",)),
+    "location": _Reference("cmn_location", ("name",)),
+}
+
 SERVICENOW_SETTINGS: tuple[Setting, ...] = (
     Setting("SERVICENOW_INSTANCE_URL", "e.g. https://contoso.service-now.com", required=True),
     Setting("SERVICENOW_USERNAME", "basic auth user (or OAuth password-grant user)"),
@@ -89,10 +141,16 @@ SERVICENOW_SETTINGS: tuple[Setting, ...] = (
     Setting("SERVICENOW_CLIENT_ID", "OAuth client id (/oauth_token.do)"),
     Setting("SERVICENOW_CLIENT_SECRET", "OAuth client secret", secret=True),
     Setting("SERVICENOW_TABLE", "target table", "incident"),
-    Setting("SERVICENOW_CALLER_ID", "caller_id for new incidents (a sys_user sys_id), unless mapped"),
-    Setting("SERVICENOW_ASSIGNMENT_GROUP", "assignment_group for new incidents (a group sys_id), unless mapped"),
+    Setting("SERVICENOW_CALLER_ID", "caller_id for new incidents (a sys_user sys_id or user name), unless mapped"),
+    Setting(
+        "SERVICENOW_ASSIGNMENT_GROUP", "assignment_group for new incidents (a group sys_id or name), unless mapped"
+    ),
     Setting("SERVICENOW_CATEGORY", "category for new incidents, unless mapped"),
     Setting("SERVICENOW_CLOSE_CODE", "close_code when an alert resolves, unless mapped", "Solution provided"),
+    Setting(
+        "SERVICENOW_REFERENCE_FIELDS",
+        "more reference columns whose names are looked up: column=table[:field[|field...]], comma separated",
+    ),
     Setting("CMDB_TABLE", "CMDB table searched for the alert's resources", "cmdb_ci"),
     Setting("CMDB_RESOURCE_ID_FIELD", "CMDB field holding the Azure resource id", "object_id"),
     Setting("CMDB_NAME_FIELD", "CMDB field matched against configurationItems", "name"),
@@ -173,6 +231,149 @@ class _OAuth:
         return _Token(value=value, renew_at=requested_at + lifetime - margin)
 
 
+@dataclass(frozen=True)
+class _Answer:
+    sys_id: str | None
+    why: str  # when sys_id is None: "no" or "several" (records match)
+    expires: float
+
+
+class _References:
+    """Display names in reference columns, turned into sys_ids by a lookup on the bridge's side.
+
+    Why not ``sysparm_input_display_value=true``, which has the instance do it: it applies to
+    every field of the request, so choice values (state 6, impact 2, the close code) and
+    date-times would be read as display values too (FACTS 4.1); and the instance decides silently
+    what a name matching nothing or several records becomes. Here a name is matched exactly on
+    the table's display fields, and anything but one match leaves the field out, logged.
+
+    Only values of the CMDB lookup's safe shape (``_queryable``) are ever put into a query.
+    Answers, found or not, are kept for ``ttl`` seconds, at most ``_REFERENCE_CACHE_ENTRIES``.
+    """
+
+    def __init__(
+        self,
+        columns: Mapping[str, _Reference],
+        http: ItsmHttpClient,
+        *,
+        ttl: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self._columns = dict(columns)
+        self._http = http
+        self._ttl = ttl
+        self._clock = clock
+        self._cache: OrderedDict[tuple[str, tuple[str, ...], str], _Answer] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def resolve(self, fields: Mapping[str, str]) -> dict[str, str]:
+        """``fields`` with every reference value that is a name replaced by its record's sys_id;
+        a name matching no record or several is left out. An ITSM error is raised as it is."""
+        resolved: dict[str, str] = {}
+        for column, value in fields.items():
+            if column not in self._columns:
+                resolved[column] = value
+                continue
+            sys_id = self.sys_id(column, value)
+            if sys_id is not None:
+                resolved[column] = sys_id
+        return resolved
+
+    def sys_id(self, column: str, value: str) -> str | None:
+        """The sys_id ``value`` of reference column ``column`` stands for; None (logged) when it
+        names no record or several, or cannot be queried safely. Sys_ids and "" pass unchanged."""
+        reference = self._columns.get(column)
+        if reference is None or not value or _SYS_ID_VALUE.match(value):
+            return value
+        if not _queryable(value):
+            log.warning(
+                "ServiceNow reference %s=%r cannot be looked up safely (not a sys_id, nor a name of the "
+                "shape the bridge queries); the field is left out",
+                column,
+                value[:120],
+            )
+            return None
+        key = (reference.table, reference.fields, value.casefold())
+        now = self._clock()
+        with self._lock:
+            answer = self._cache.get(key)
+        if answer is None or answer.expires <= now:
+            answer = self._lookup(reference, value, now + self._ttl)
+            self._remember(key, answer, now)
+        if answer.sys_id is None:
+            log.warning(
+                "ServiceNow reference %s=%r: %s %s record has %s %r; the field is left out",
+                column,
+                value[:120],
+                answer.why,
+                reference.table,
+                " or ".join(reference.fields),
+                value[:120],
+            )
+        return answer.sys_id
+
+    def _lookup(self, reference: _Reference, value: str, expires: float) -> _Answer:
+        wanted = value.casefold()  # "=" ignores case on an instance; the re-check does too
+        for field in reference.fields:
+            payload = self._http.json(
+                "GET",
+                f"/api/now/table/{quote(reference.table, safe='')}",
+                params={
+                    "sysparm_query": f"{field}={value}",
+                    "sysparm_fields": ",".join(dict.fromkeys(("sys_id", field))),
+                    "sysparm_limit": "2",
+                    "sysparm_exclude_reference_link": "true",
+                },
+            )
+            # The instance may have dropped the clause (an unknown field): keep exact matches only.
+            found = {
+                _text(row.get("sys_id"))
+                for row in _result_list(payload)
+                if _text(row.get(field)).casefold() == wanted and _SYS_ID_VALUE.match(_text(row.get("sys_id")))
+            }
+            if len(found) > 1:
+                # Two groups of one name: either could send the incident to the wrong people. A
+                # later field is not tried either: it would pick one of them by another route.
+                return _Answer(None, "several", expires)
+            if found:
+                return _Answer(found.pop(), "", expires)
+        return _Answer(None, "no", expires)
+
+    def _remember(self, key: tuple[str, tuple[str, ...], str], answer: _Answer, now: float) -> None:
+        with self._lock:
+            self._cache.pop(key, None)
+            self._cache[key] = answer
+            if len(self._cache) > _REFERENCE_CACHE_ENTRIES:
+                for stale in [k for k, v in self._cache.items() if v.expires <= now]:
+                    del self._cache[stale]
+            while len(self._cache) > _REFERENCE_CACHE_ENTRIES:
+                self._cache.popitem(last=False)
+
+
+def _reference_columns(value: str | None) -> dict[str, _Reference]:
+    """The default reference columns with ``SERVICENOW_REFERENCE_FIELDS`` over them:
+    ``column=table[:field[|field...]]`` entries separated by commas (the field defaults to name)."""
+    columns = dict(_DEFAULT_REFERENCES)
+    seen: set[str] = set()
+    for entry in (value or "").split(","):
+        if not entry.strip():
+            continue
+        column, sep, target = (part.strip() for part in entry.partition("="))
+        table, colon, listed = (part.strip() for part in target.partition(":"))
+        fields = tuple(f.strip() for f in listed.split("|")) if colon else ("name",)
+        if not sep or not all(_NAME.match(name) for name in (column, table, *fields)):
+            raise ConfigError(
+                "SERVICENOW_REFERENCE_FIELDS",
+                "must be entries like assignment_group=sys_user_group or caller_id=sys_user:user_name|email, "
+                "separated by commas (lower-case table, column and field names)",
+            )
+        if column in seen:
+            raise ConfigError("SERVICENOW_REFERENCE_FIELDS", f"names column {column} twice")
+        seen.add(column)
+        columns[column] = _Reference(table, tuple(dict.fromkeys(fields)))
+    return columns
+
+
 class ServiceNowAdapter:
     """:class:`~bridge.adapters.base.ItsmAdapter` for a ServiceNow instance's Table API.
 
@@ -250,6 +451,7 @@ class ServiceNowAdapter:
         self._default_fields = {
             column: value for column, setting in _DEFAULT_FIELD_SETTINGS.items() if (value := get(setting))
         }
+        columns = _reference_columns(get("SERVICENOW_REFERENCE_FIELDS"))
         self._http = ItsmHttpClient(
             _SYSTEM,
             self._instance,
@@ -260,6 +462,7 @@ class ServiceNowAdapter:
             session=session,
             clock=clock,
         )
+        self._references = _References(columns, self._http, ttl=settings.cmdb_cache_seconds, clock=clock)
 
     @classmethod
     def from_settings(cls, settings: Settings, session: requests.Session | None = None) -> ItsmAdapter:
@@ -310,11 +513,10 @@ class ServiceNowAdapter:
         ]
 
     def create(self, item: WorkItem, resolution: Resolution | None = None) -> WorkItemRef:
-        body: dict[str, str] = dict(self._default_fields)
-        ignored = sorted(set(item.fields) & self.managed_fields)
-        if ignored:
-            log.warning("mapped fields %s are managed by the bridge and were ignored", ignored)
-        body.update({k: v for k, v in item.fields.items() if k not in self.managed_fields})
+        # Looked up before anything is written: a failed lookup then fails the create cleanly.
+        body = self._references.resolve({**self._default_fields, **self._unmanaged(item.fields, "mapped fields")})
+        if resolution is not None:
+            body.update(self._references.resolve(self._unmanaged(resolution.fields, "resolution fields")))
         body.update(
             {
                 "correlation_id": item.correlation_id,
@@ -327,19 +529,15 @@ class ServiceNowAdapter:
         )
         notes = [item.note]
         if resolution is not None:
-            # One insert, already resolved: the data policy wants close_code and close_notes with it.
-            body.update(
-                {
-                    "state": _RESOLVED_STATE,
-                    "close_code": resolution.code or self._close_code,
-                    "close_notes": resolution.summary,
-                }
-            )
+            # One insert, already resolved (or closed): the data policy wants close_code and
+            # close_notes with it.
+            body.update(self._closing(resolution))
             notes.append(resolution.note)
         if any(notes):
             body["work_notes"] = "\n\n".join(n for n in notes if n)
-        if item.configuration_item is not None:
-            body["cmdb_ci"] = item.configuration_item.id
+        ci = self._configuration_item(item)
+        if ci is not None:
+            body["cmdb_ci"] = ci
         payload = self._http.json("POST", self._table_path(), params={"sysparm_fields": "sys_id,number"}, json=body)
         record = _result_object(payload)
         sys_id = _text(record.get("sys_id"))
@@ -369,15 +567,45 @@ class ServiceNowAdapter:
         return marker in _text(notes)
 
     def resolve(self, ref: WorkItemRef, resolution: Resolution) -> None:
-        body = {
-            "state": _RESOLVED_STATE,
+        path = self._record_path(ref)
+        body = self._references.resolve(self._unmanaged(resolution.fields, "resolution fields"))
+        body.update(self._closing(resolution))
+        if resolution.note:
+            body["work_notes"] = resolution.note
+        self._http.json("PATCH", path, params={"sysparm_fields": "sys_id,state"}, json=body)
+        log.info("ServiceNow %s %s %s", self._table, ref.number or ref.id, "closed" if resolution.close else "resolved")
+
+    def reopen(self, ref: WorkItemRef, note: str) -> None:
+        # What the instance's own Reopen does: Resolved back to In Progress (its business rules
+        # count the reopen). The close code and notes stay, as they do there.
+        body = {"state": _IN_PROGRESS_STATE}
+        if note:
+            body["work_notes"] = note
+        self._http.json("PATCH", self._record_path(ref), params={"sysparm_fields": "sys_id,state"}, json=body)
+        log.info("ServiceNow %s %s reopened", self._table, ref.number or ref.id)
+
+    def _closing(self, resolution: Resolution) -> dict[str, str]:
+        return {
+            "state": _CLOSED_STATE if resolution.close else _RESOLVED_STATE,
             "close_code": resolution.code or self._close_code,
             "close_notes": resolution.summary,
         }
-        if resolution.note:
-            body["work_notes"] = resolution.note
-        self._http.json("PATCH", self._record_path(ref), params={"sysparm_fields": "sys_id,state"}, json=body)
-        log.info("ServiceNow %s %s resolved", self._table, ref.number or ref.id)
+
+    def _unmanaged(self, fields: Mapping[str, str], what: str) -> dict[str, str]:
+        """``fields`` without the columns the bridge writes itself (those are logged)."""
+        ignored = sorted(set(fields) & self.managed_fields)
+        if ignored:
+            log.warning("%s %s are managed by the bridge and were ignored", what, ignored)
+        return {k: v for k, v in fields.items() if k not in self.managed_fields}
+
+    def _configuration_item(self, item: WorkItem) -> str | None:
+        """The cmdb_ci to write: the CMDB lookup's sys_id, or a route's CI, which may be a name."""
+        ci = item.configuration_item
+        if ci is None:
+            return None
+        if ci.matched_on != "route":
+            return ci.id
+        return self._references.sys_id("cmdb_ci", ci.id) or None
 
     def check(self) -> None:
         self._http.json("GET", self._table_path(), params={"sysparm_limit": "1", "sysparm_fields": "sys_id"})

@@ -8,11 +8,12 @@ test, built with the contract's ``clock``) and ``itsm`` (a controller of a fake 
 satisfying :class:`FakeItsm`).
 
 The cases here speak only through the :class:`~bridge.adapters.base.ItsmAdapter` protocol and
-that neutral controller, so a new adapter gets the whole suite (lifecycle, neutral statuses,
-ordering and exactness of ``find``, the status table, transport failures, Retry-After, secret
-hygiene) by writing its fakes. Failures are expressed only in terms that a ``responses`` fake
-and a real loopback server can both produce: answer status N with body B and headers H, drop the
-connection, carry the request out and then drop the connection, answer too late. Wire details
+that neutral controller, so a new adapter gets the whole suite (lifecycle, with close, reopen and
+fields written on resolve; neutral statuses, ordering and exactness of ``find``, the status
+table, transport failures, Retry-After, secret hygiene) by writing its fakes. Failures are
+expressed only in terms that a ``responses`` fake and a real loopback server can both produce:
+answer status N with body B and headers H, drop the connection, carry the request out and then
+drop the connection, answer too late. Wire details
 (exact URLs and bodies, exotic client-library exceptions) are tested beside each adapter.
 ``tests/adapters/test_registry.py`` checks that every registered adapter has both subclasses.
 """
@@ -65,7 +66,7 @@ FAKE_KINDS = ("responses", "standin")
 NON_2XX_STATUSES: tuple[int, ...] = (101, 102, 103, 300, 301, 302, 303, 304, 307, 308, *range(400, 600))
 # A sample across the classes, used where every operation is exercised.
 SAMPLE_STATUSES: tuple[int, ...] = (302, 400, 401, 403, 404, 408, 409, 422, 429, 500, 502, 503, 504)
-OPERATIONS = ("find", "create", "add_note", "has_note", "resolve", "find_configuration_item", "check")
+OPERATIONS = ("find", "create", "add_note", "has_note", "resolve", "reopen", "find_configuration_item", "check")
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,11 @@ class FakeItsm(Protocol):
 
     def seed_ci(self, name: str, resource_id: str | None = None) -> str | None:
         """Store a configuration item; return its id, or None when the ITSM has no CMDB."""
+        ...
+
+    def extra_field(self) -> tuple[str, str]:
+        """A field (in the ITSM's own name, not one the adapter manages) and a value for it that a
+        resolve may write; ``records()`` shows it in ``fields`` once written."""
         ...
 
     def records(self) -> list[FakeRecord]:
@@ -342,6 +348,84 @@ class AdapterContract:
         assert adapter.has_note(ref, "[azmon:fired:1]")
         assert adapter.has_note(ref, "[azmon:resolved]")
 
+    def test_reopen_makes_a_resolved_item_open_with_its_note(self, adapter: ItsmAdapter, itsm: FakeItsm) -> None:
+        ref = adapter.create(make_item())
+        adapter.resolve(ref, Resolution(code=None, summary="The alert resolved.", note="Resolved [azmon:resolved:1]"))
+        (resolved,) = adapter.find(KEY)
+        assert resolved.status is WorkItemStatus.RESOLVED  # what the core sees before it reopens
+
+        adapter.reopen(ref, "Fired again at 10:40 [azmon:fired:2]")
+
+        (found,) = adapter.find(KEY)
+        assert (found.ref.id, found.status, found.is_open) == (ref.id, WorkItemStatus.OPEN, True)
+        (stored,) = itsm.records()
+        assert stored.is_open
+        assert stored.notes[-1] == "Fired again at 10:40 [azmon:fired:2]"
+        assert adapter.has_note(ref, "[azmon:fired:2]")
+
+        # Reopened, it resolves again like any open item.
+        adapter.resolve(ref, Resolution(code=None, summary="Over again.", note="Resolved [azmon:resolved:2]"))
+        (again,) = adapter.find(KEY)
+        assert again.status is WorkItemStatus.RESOLVED
+
+    @pytest.mark.parametrize("resolved_first", [False, True], ids=["from-open", "from-resolved"])
+    def test_close_makes_it_closed(self, adapter: ItsmAdapter, itsm: FakeItsm, resolved_first: bool) -> None:
+        ref = adapter.create(make_item())
+        if resolved_first:
+            adapter.resolve(ref, Resolution(code=None, summary="Resolved.", note="Resolved [azmon:resolved]"))
+
+        adapter.resolve(
+            ref, Resolution(code=None, summary="Closed for good.", note="Closed [azmon:closed]", close=True)
+        )
+
+        (found,) = adapter.find(KEY)
+        assert (found.ref.id, found.status, found.is_open) == (ref.id, WorkItemStatus.CLOSED, False)
+        (stored,) = itsm.records()
+        assert stored.status is WorkItemStatus.CLOSED
+        assert stored.notes[-1] == "Closed [azmon:closed]"
+        assert adapter.has_note(ref, "[azmon:closed]")
+
+    @pytest.mark.parametrize("close", [False, True], ids=["resolve", "close"])
+    def test_fields_on_resolve_land_on_the_item(self, adapter: ItsmAdapter, itsm: FakeItsm, close: bool) -> None:
+        name, value = itsm.extra_field()
+        ref = adapter.create(make_item())
+
+        adapter.resolve(ref, Resolution(None, "Done.", "Resolved [azmon:resolved]", close=close, fields={name: value}))
+
+        (stored,) = itsm.records()
+        assert stored.fields[name] == value
+        assert stored.status is (WorkItemStatus.CLOSED if close else WorkItemStatus.RESOLVED)
+        assert stored.notes[-1] == "Resolved [azmon:resolved]"
+
+    def test_resolution_fields_cannot_override_managed_fields(self, adapter: ItsmAdapter, itsm: FakeItsm) -> None:
+        ref = adapter.create(make_item())
+        hijack = {name: "hijack" for name in type(adapter).managed_fields}
+
+        adapter.resolve(ref, Resolution(None, "Done.", "Resolved [azmon:resolved]", fields=hijack))
+
+        (found,) = adapter.find(KEY)
+        assert (found.ref.id, found.correlation_id, found.status) == (ref.id, KEY, WorkItemStatus.RESOLVED)
+        (stored,) = itsm.records()
+        assert (stored.correlation_id, stored.status) == (KEY, WorkItemStatus.RESOLVED)
+        assert (stored.notes[0], stored.notes[-1]) == (make_item().note, "Resolved [azmon:resolved]")
+        assert "hijack" not in stored.notes
+
+    def test_create_already_closed(self, adapter: ItsmAdapter, itsm: FakeItsm) -> None:
+        name, value = itsm.extra_field()
+
+        ref = adapter.create(
+            make_item(),
+            Resolution(None, "Over when it arrived.", "Closed [azmon:closed]", close=True, fields={name: value}),
+        )
+
+        (found,) = adapter.find(KEY)
+        assert (found.ref.id, found.status) == (ref.id, WorkItemStatus.CLOSED)
+        (stored,) = itsm.records()
+        assert stored.status is WorkItemStatus.CLOSED
+        assert stored.fields[name] == value
+        assert adapter.has_note(ref, "[azmon:fired:1]")
+        assert adapter.has_note(ref, "[azmon:closed]")
+
     def test_mapped_fields_cannot_override_managed_fields(self, adapter: ItsmAdapter, itsm: FakeItsm) -> None:
         hijack = {name: "hijack" for name in type(adapter).managed_fields}
 
@@ -424,7 +508,7 @@ class AdapterContract:
         if error is not None:
             assert (error.retryable, error.reason, error.status) == (*classify_status(status), status)
 
-    @pytest.mark.parametrize("operation", ["find", "create", "add_note", "resolve"])
+    @pytest.mark.parametrize("operation", ["find", "create", "add_note", "resolve", "reopen"])
     def test_late_answer_is_a_retryable_timeout(self, adapter: ItsmAdapter, itsm: FakeItsm, operation: str) -> None:
         call = self._operation(adapter, itsm, operation)
         itsm.delay_next()
@@ -437,7 +521,7 @@ class AdapterContract:
         assert caught.value.status is None
         assert caught.value.maybe_applied  # the ITSM had the request: it may still carry it out
 
-    @pytest.mark.parametrize("operation", ["find", "create", "has_note", "find_configuration_item", "check"])
+    @pytest.mark.parametrize("operation", ["find", "create", "has_note", "reopen", "find_configuration_item", "check"])
     def test_dropped_connection_is_retryable(self, adapter: ItsmAdapter, itsm: FakeItsm, operation: str) -> None:
         call = self._operation(adapter, itsm, operation)
         itsm.drop_next()
@@ -617,6 +701,9 @@ class AdapterContract:
             return lambda: adapter.find_configuration_item([RESOURCE_ID], ["vm-web-01"])
         if operation == "check":
             return adapter.check
+        if operation == "reopen":
+            resolved = WorkItemRef(system=type(adapter).name, id=itsm.seed(KEY, status=WorkItemStatus.RESOLVED))
+            return lambda: adapter.reopen(resolved, "Fired again [azmon:fired:2]")
         ref = WorkItemRef(system=type(adapter).name, id=itsm.seed(KEY))
         if operation == "add_note":
             return lambda: adapter.add_note(ref, "note")

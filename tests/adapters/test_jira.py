@@ -66,6 +66,9 @@ _SEED_STATUS = {
     WorkItemStatus.CANCELED: ("Canceled", "Won't Do"),
 }
 _SETTABLE = {"components", "assignee", "reporter", "duedate", FIELD, "customfield_10070"}
+# Custom text fields of the stand-in site: a root cause that resolving may record (edit screen).
+ROOT_CAUSE = "customfield_10060"
+_STANDIN_FIELDS = {ROOT_CAUSE: "Root cause"}
 _RETIRED = (
     "The requested API has been removed. Please migrate to the /rest/api/3/search/jql API. "
     "A full migration guideline is available at https://developer.atlassian.com/changelog/#CHANGE-2046"
@@ -324,6 +327,9 @@ class FakeJira:
     def seed_ci(self, name: str, resource_id: str | None = None) -> str | None:
         return None  # no CMDB in this adapter
 
+    def extra_field(self) -> tuple[str, str]:
+        return "customfield_10070", "team-a"
+
     def records(self) -> list[FakeRecord]:
         return [
             FakeRecord(
@@ -494,6 +500,8 @@ class FakeJira:
             sub = match.group(2)
             if sub is None and method == "GET":
                 return _ok(self._render(issue, (query.get("fields") or "").split(",")))
+            if sub is None and method == "PUT":
+                return self._edit(issue, body)
             if sub == "/comment" and method == "GET":
                 return self._list_comments(issue, query)
             if sub == "/comment" and method == "POST":
@@ -621,6 +629,22 @@ class FakeJira:
         issue = self.issues[issue_id]
         return (201, {"Content-Type": "application/json"}, json.dumps({"id": issue.id, "key": issue.key}))
 
+    def _edit(self, issue: Issue, body: Any) -> Any:
+        fields = body.get("fields") if isinstance(body, dict) else None
+        if not isinstance(fields, dict):
+            return (400, {}, jira_error(["No fields"]))
+        # A closed issue is not editable: its edit screen offers nothing (jira.issue.editable=false).
+        editable = set() if issue.status == "Closed" else _SETTABLE
+        errors = {
+            name: f"Field '{name}' cannot be set. It is not on the appropriate screen, or unknown."
+            for name in fields
+            if name not in editable
+        }
+        if errors:
+            return (400, {}, jira_error([], errors))
+        issue.fields.update(fields)
+        return (204, {}, "")
+
     # -- comments
 
     def _post_comment(self, issue: Issue, body: Any, *, api_comment: bool) -> Any:
@@ -694,6 +718,7 @@ class FakeJira:
         if errors:
             return (400, {}, jira_error([], errors))
         issue.status = transition.to
+        issue.fields.update({name: value for name, value in given_fields.items() if name != "resolution"})
         if _STATUS_CATEGORY.get(transition.to) == "done":
             # A post-function sets a resolution when the screen did not.
             issue.resolution = resolution or ("Won't Do" if transition.to == "Canceled" else "Done")
@@ -797,6 +822,9 @@ class StandInJira:
     def seed_ci(self, name: str, resource_id: str | None = None) -> str | None:
         return None
 
+    def extra_field(self) -> tuple[str, str]:
+        return ROOT_CAUSE, "Disk cleaned up"
+
     def records(self) -> list[FakeRecord]:
         records = []
         for issue in self.standin.issues():
@@ -893,6 +921,7 @@ def jira_standin(request: pytest.FixtureRequest) -> Iterator[JiraStandIn]:
         api_token=API_TOKEN,
         personal_access_token=PAT,
         projects={PROJECT: ("Incident", "Task")},
+        custom_fields=_STANDIN_FIELDS,
     )
     with standin:
         yield standin
@@ -1223,6 +1252,12 @@ class TestStatus:
             ("Done", "done", None, WorkItemStatus.RESOLVED),
             ("Closed", "done", "Done", WorkItemStatus.CLOSED),
             ("CLOSED", "done", None, WorkItemStatus.CLOSED),
+            ("Closed - Complete", "done", "Done", WorkItemStatus.CLOSED),
+            ("Issue closed", "done", "Done", WorkItemStatus.CLOSED),
+            ("Closed", "", None, WorkItemStatus.CLOSED),
+            ("Done", "done", "Done", WorkItemStatus.RESOLVED),  # reopened by the core on a re-fire
+            ("Not yet closed", "indeterminate", None, WorkItemStatus.OPEN),
+            ("Enclosed", "done", "Done", WorkItemStatus.RESOLVED),
             ("Closed", "done", "Won't Do", WorkItemStatus.CANCELED),
             ("Resolved", "done", "Won't Do", WorkItemStatus.CANCELED),
             ("Resolved", "done", "Won\u2019t Fix", WorkItemStatus.CANCELED),
@@ -1743,6 +1778,320 @@ class TestResolve:
         assert dc_fake.issue(issue_id).status == "Resolved"
 
 
+class TestClose:
+    def _close(self, **fields: str) -> Resolution:
+        return Resolution(None, "Closed automatically.", "Alert resolved [azmon:closed]", close=True, fields=fields)
+
+    def test_default_prefers_a_transition_named_close(self, adapter: JiraAdapter, fake: FakeJira) -> None:
+        issue_id = fake.seed(KEY)
+
+        adapter.resolve(WorkItemRef("jira", issue_id), self._close())
+
+        assert fake.bodies("POST", "/transitions") == [{"transition": {"id": "31"}}]
+        assert fake.issue(issue_id).status == "Closed"
+        (found,) = adapter.find(KEY)
+        assert found.status is WorkItemStatus.CLOSED
+        assert [c.text for c in fake.issue(issue_id).comments] == [
+            "Closed automatically.",
+            "Alert resolved [azmon:closed]",
+        ]
+
+    def test_a_resolved_issue_is_closed_too(self, adapter: JiraAdapter, fake: FakeJira) -> None:
+        issue_id = fake.seed(KEY, status=WorkItemStatus.RESOLVED)
+
+        adapter.resolve(WorkItemRef("jira", issue_id), self._close())
+
+        assert fake.issue(issue_id).status == "Closed"
+
+    @pytest.mark.parametrize(("configured", "chosen"), [("finish", "61"), ("FINISH", "61"), ("61", "61")])
+    def test_configured_transition_by_name_or_id(self, fake: FakeJira, configured: str, chosen: str) -> None:
+        fake.workflow["Open"].append(Transition("61", "Finish", "Closed"))
+        issue_id = fake.seed(KEY)
+
+        build(JIRA_CLOSE_TRANSITION=configured).resolve(WorkItemRef("jira", issue_id), self._close())
+
+        assert fake.bodies("POST", "/transitions") == [{"transition": {"id": chosen}}]
+
+    def test_an_unavailable_configured_transition_resolves_instead_with_a_warning(
+        self, fake: FakeJira, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        issue_id = fake.seed(KEY)
+
+        with caplog.at_level(logging.WARNING):
+            build(JIRA_CLOSE_TRANSITION="Archive").resolve(WorkItemRef("jira", issue_id, "OPS-1"), self._close())
+
+        assert fake.bodies("POST", "/transitions") == [
+            {"transition": {"id": "21"}, "fields": {"resolution": {"name": "Done"}}}
+        ]
+        assert fake.issue(issue_id).status == "Resolved"
+        assert "JIRA_CLOSE_TRANSITION 'Archive'" in caplog.text and "may reopen it" in caplog.text
+
+    def test_no_close_transition_resolves_instead_with_a_warning(
+        self, fake: FakeJira, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        fake.workflow["Open"] = [t for t in fake.workflow["Open"] if t.name != "Close"]
+        issue_id = fake.seed(KEY)
+
+        with caplog.at_level(logging.WARNING):
+            build().resolve(WorkItemRef("jira", issue_id, "OPS-1"), self._close())
+
+        assert fake.issue(issue_id).status == "Resolved"
+        assert "set JIRA_CLOSE_TRANSITION" in caplog.text
+
+    def test_closing_to_a_status_not_called_closed_warns(
+        self, fake: FakeJira, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setitem(_STATUS_CATEGORY, "Done", "done")
+        fake.workflow["Open"] = [Transition("71", "Close", "Done")]
+        issue_id = fake.seed(KEY)
+
+        with caplog.at_level(logging.WARNING):
+            build().resolve(WorkItemRef("jira", issue_id, "OPS-1"), self._close())
+
+        assert fake.issue(issue_id).status == "Done"
+        assert "reads as resolved" in caplog.text
+        (found,) = build().find(KEY)
+        assert found.status is WorkItemStatus.RESOLVED
+
+    def test_cancel_like_close_transitions_are_not_chosen(self, fake: FakeJira) -> None:
+        fake.workflow["Open"] = [Transition("41", "Close as duplicate", "Closed"), *fake.workflow["Open"]]
+        issue_id = fake.seed(KEY)
+
+        build().resolve(WorkItemRef("jira", issue_id), self._close())
+
+        assert fake.bodies("POST", "/transitions") == [{"transition": {"id": "31"}}]
+
+    def test_nothing_to_do_when_closed_already(self, adapter: JiraAdapter, fake: FakeJira) -> None:
+        issue_id = fake.seed(KEY, status=WorkItemStatus.CLOSED)
+
+        adapter.resolve(WorkItemRef("jira", issue_id), self._close())
+
+        assert [m for m, _ in fake.calls()] == ["GET", "GET"]
+
+    def test_create_already_closed(self, adapter: JiraAdapter, fake: FakeJira) -> None:
+        ref = adapter.create(make_item(), self._close(customfield_10070="team-a"))
+
+        base = f"/rest/api/3/issue/{ref.id}"
+        assert fake.calls() == [
+            ("POST", "/rest/api/3/issue"),
+            ("POST", f"{base}/comment"),
+            ("GET", f"{base}/transitions"),
+            ("PUT", base),
+            ("POST", f"{base}/transitions"),
+            ("POST", f"{base}/comment"),
+            ("POST", f"{base}/comment"),
+        ]
+        issue = fake.issue(ref.id)
+        assert (issue.status, issue.fields["customfield_10070"]) == ("Closed", "team-a")
+
+
+class TestResolutionFields:
+    def _resolution(self, **fields: str) -> Resolution:
+        return Resolution(None, "Resolved automatically.", "Alert resolved [azmon:resolved]", fields=fields)
+
+    def test_fields_on_the_transition_screen_go_with_the_transition(self, fake: FakeJira) -> None:
+        screen = {**_resolution_screen(), "customfield_10070": {"required": False, "name": "Team"}}
+        fake.workflow["Open"] = [Transition("21", "Resolve", "Resolved", screen)]
+        issue_id = fake.seed(KEY)
+
+        build().resolve(WorkItemRef("jira", issue_id), self._resolution(customfield_10070="team-a"))
+
+        assert [m for m, _ in fake.calls()] == ["GET", "POST", "POST", "POST"]  # no PUT
+        assert fake.bodies("POST", "/transitions") == [
+            {"transition": {"id": "21"}, "fields": {"customfield_10070": "team-a", "resolution": {"name": "Done"}}}
+        ]
+        assert fake.issue(issue_id).fields["customfield_10070"] == "team-a"
+
+    def test_other_fields_are_one_put_before_the_transition(self, adapter: JiraAdapter, fake: FakeJira) -> None:
+        issue_id = fake.seed(KEY)
+
+        adapter.resolve(
+            WorkItemRef("jira", issue_id),
+            self._resolution(customfield_10070="team-a", components="Web", assignee="5b10ac8d82e05b22cc7d4ef5"),
+        )
+
+        base = f"/rest/api/3/issue/{issue_id}"
+        assert fake.calls()[:3] == [("GET", f"{base}/transitions"), ("PUT", base), ("POST", f"{base}/transitions")]
+        assert fake.bodies("PUT", base) == [
+            {
+                "fields": {
+                    "customfield_10070": "team-a",
+                    "components": [{"name": "Web"}],
+                    "assignee": {"accountId": "5b10ac8d82e05b22cc7d4ef5"},
+                }
+            }
+        ]
+        assert fake.bodies("POST", "/transitions") == [
+            {"transition": {"id": "21"}, "fields": {"resolution": {"name": "Done"}}}
+        ]
+
+    def test_a_refused_edit_leaves_the_issue_open(self, adapter: JiraAdapter, fake: FakeJira) -> None:
+        issue_id = fake.seed(KEY)
+
+        with pytest.raises(ItsmError) as caught:
+            adapter.resolve(WorkItemRef("jira", issue_id), self._resolution(customfield_99999="x"))
+
+        assert (caught.value.status, caught.value.retryable, caught.value.reason) == (400, False, Reason.CLIENT_ERROR)
+        assert "customfield_99999: Field 'customfield_99999' cannot be set" in str(caught.value)
+        assert fake.issue(issue_id).status == "Open"
+        assert fake.bodies("POST", "/transitions") == [] and fake.issue(issue_id).comments == []
+
+    def test_managed_fields_are_ignored_with_a_warning(
+        self, adapter: JiraAdapter, fake: FakeJira, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        issue_id = fake.seed(KEY)
+
+        with caplog.at_level(logging.WARNING):
+            adapter.resolve(
+                WorkItemRef("jira", issue_id),
+                self._resolution(resolution="Won't Do", status="Open", labels="x", duedate="2025-07-01"),
+            )
+
+        assert fake.bodies("PUT", f"/issue/{issue_id}") == [{"fields": {"duedate": "2025-07-01"}}]
+        assert fake.issue(issue_id).resolution == "Done"
+        assert "resolution fields ['labels', 'resolution', 'status'] are managed" in caplog.text
+
+    def test_a_screen_field_the_bridge_provides_is_not_blocking(self, fake: FakeJira) -> None:
+        blocked = {"customfield_10070": {"required": True, "name": "Team"}, **_resolution_screen()}
+        fake.workflow["Open"] = [
+            Transition("31", "Close", "Closed"),
+            Transition("21", "Done", "Resolved", blocked),
+        ]
+        issue_id = fake.seed(KEY)
+
+        build().resolve(WorkItemRef("jira", issue_id), self._resolution(customfield_10070="team-a"))
+
+        assert fake.bodies("POST", "/transitions")[0]["transition"] == {"id": "21"}
+        assert fake.issue(issue_id).status == "Resolved"
+
+
+class TestReopen:
+    NOTE = "Fired again [azmon:fired:2]"
+
+    def test_default_prefers_a_transition_named_reopen(self, adapter: JiraAdapter, fake: FakeJira) -> None:
+        issue_id = fake.seed(KEY, status=WorkItemStatus.RESOLVED)
+
+        adapter.reopen(WorkItemRef("jira", issue_id, "OPS-1"), self.NOTE)
+
+        base = f"/rest/api/3/issue/{issue_id}"
+        assert fake.calls() == [
+            ("GET", f"{base}/transitions"),
+            ("POST", f"{base}/transitions"),
+            ("POST", f"{base}/comment"),
+        ]
+        assert fake.bodies("POST", "/transitions") == [{"transition": {"id": "51"}}]
+        issue = fake.issue(issue_id)
+        assert (issue.status, issue.resolution) == ("Open", None)
+        assert [c.text for c in issue.comments] == [self.NOTE] and issue.comments[0].internal
+
+    def test_the_resolution_is_cleared_when_the_screen_has_it(self, adapter: JiraAdapter, fake: FakeJira) -> None:
+        fake.workflow["Resolved"] = [Transition("51", "Reopen", "Open", _resolution_screen(required=False))]
+        issue_id = fake.seed(KEY, status=WorkItemStatus.RESOLVED)
+
+        adapter.reopen(WorkItemRef("jira", issue_id), self.NOTE)
+
+        assert fake.bodies("POST", "/transitions") == [{"transition": {"id": "51"}, "fields": {"resolution": None}}]
+
+    def test_without_a_reopen_it_prefers_in_progress_then_to_do(self, fake: FakeJira) -> None:
+        fake.workflow["Resolved"] = [
+            Transition("31", "Close", "Closed"),
+            Transition("61", "Back to the queue", "Open"),
+            Transition("62", "Work on it", "In Progress"),
+        ]
+        issue_id = fake.seed(KEY, status=WorkItemStatus.RESOLVED)
+
+        build().reopen(WorkItemRef("jira", issue_id), self.NOTE)
+
+        assert fake.bodies("POST", "/transitions") == [{"transition": {"id": "62"}}]
+        assert fake.issue(issue_id).status == "In Progress"
+
+    def test_a_screen_with_other_required_fields_is_a_last_resort(self, fake: FakeJira) -> None:
+        fake.workflow["Resolved"] = [
+            Transition("51", "Reopen", "Open", {"customfield_1": {"required": True, "name": "Reason"}}),
+            Transition("61", "Back to the queue", "Open"),
+        ]
+        issue_id = fake.seed(KEY, status=WorkItemStatus.RESOLVED)
+
+        build().reopen(WorkItemRef("jira", issue_id), self.NOTE)
+
+        assert fake.bodies("POST", "/transitions") == [{"transition": {"id": "61"}}]
+
+    @pytest.mark.parametrize(("configured", "chosen"), [("back to the queue", "61"), ("61", "61")])
+    def test_configured_transition_by_name_or_id(self, fake: FakeJira, configured: str, chosen: str) -> None:
+        fake.workflow["Resolved"].append(Transition("61", "Back to the queue", "Open"))
+        issue_id = fake.seed(KEY, status=WorkItemStatus.RESOLVED)
+
+        build(JIRA_REOPEN_TRANSITION=configured).reopen(WorkItemRef("jira", issue_id), self.NOTE)
+
+        assert fake.bodies("POST", "/transitions") == [{"transition": {"id": chosen}}]
+
+    def test_a_configured_transition_that_is_not_available_fails_permanently(self, fake: FakeJira) -> None:
+        issue_id = fake.seed(KEY, status=WorkItemStatus.RESOLVED)
+
+        with pytest.raises(ItsmError) as caught:
+            build(JIRA_REOPEN_TRANSITION="Escalate").reopen(WorkItemRef("jira", issue_id, "OPS-1"), self.NOTE)
+
+        error = caught.value
+        assert (error.retryable, error.reason, error.maybe_applied) == (False, Reason.CLIENT_ERROR, False)
+        assert "cannot reopen issue OPS-1 from status 'Resolved'" in str(error)
+        assert "JIRA_REOPEN_TRANSITION" in str(error) and "'Reopen'" in str(error)
+        assert fake.bodies("POST", "/transitions") == [] and fake.issue(issue_id).comments == []
+
+    def test_no_way_back_fails_permanently(self, fake: FakeJira) -> None:
+        fake.workflow["Resolved"] = [Transition("31", "Close", "Closed")]
+        issue_id = fake.seed(KEY, status=WorkItemStatus.RESOLVED)
+
+        with pytest.raises(ItsmError) as caught:
+            build().reopen(WorkItemRef("jira", issue_id), self.NOTE)
+
+        assert "set JIRA_REOPEN_TRANSITION" in str(caught.value)
+        assert fake.issue(issue_id).status == "Resolved"
+
+    def test_an_issue_someone_reopened_just_gets_the_note(self, adapter: JiraAdapter, fake: FakeJira) -> None:
+        fake.workflow["Open"] = [Transition("21", "Resolve", "Resolved", _resolution_screen())]
+        issue_id = fake.seed(KEY)
+
+        adapter.reopen(WorkItemRef("jira", issue_id), self.NOTE)
+
+        assert [m for m, _ in fake.calls()] == ["GET", "GET", "POST"]
+        assert fake.bodies("POST", "/transitions") == []
+        assert [c.text for c in fake.issue(issue_id).comments] == [self.NOTE]
+
+    def test_a_failed_note_after_the_transition_does_not_raise(
+        self, adapter: JiraAdapter, fake: FakeJira, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        issue_id = fake.seed(KEY, status=WorkItemStatus.RESOLVED)
+        fake.fail_on("POST", r"/comment$", 503)
+
+        with caplog.at_level(logging.WARNING):
+            adapter.reopen(WorkItemRef("jira", issue_id), self.NOTE)
+
+        assert fake.issue(issue_id).status == "Open"
+        assert "a comment was not added" in caplog.text
+
+    def test_a_failed_transition_is_raised(self, adapter: JiraAdapter, fake: FakeJira) -> None:
+        issue_id = fake.seed(KEY, status=WorkItemStatus.RESOLVED)
+        fake.fail_on("POST", r"/transitions$", 409)
+
+        with pytest.raises(ItsmError) as caught:
+            adapter.reopen(WorkItemRef("jira", issue_id), self.NOTE)
+
+        assert caught.value.status == 409
+        assert fake.issue(issue_id).comments == []
+
+    def test_datacenter_reopen(self, dc_adapter: JiraAdapter, dc_fake: FakeJira) -> None:
+        issue_id = dc_fake.seed(KEY, status=WorkItemStatus.RESOLVED)
+
+        dc_adapter.reopen(WorkItemRef("jira", issue_id), self.NOTE)
+
+        assert [p for _, p in dc_fake.calls()] == [
+            f"/rest/api/2/issue/{issue_id}/transitions",
+            f"/rest/api/2/issue/{issue_id}/transitions",
+            f"/rest/servicedeskapi/request/{issue_id}/comment",
+        ]
+        assert dc_fake.issue(issue_id).status == "Open"
+
+
 class TestDataCenter:
     def test_create_uses_api_2_with_plain_text(self, dc_adapter: JiraAdapter, dc_fake: FakeJira) -> None:
         ref = dc_adapter.create(make_item(fields={"assignee": "jsmith"}))
@@ -1871,6 +2220,8 @@ class TestSettings:
             "JIRA_LABEL_PREFIX",
             "JIRA_PRIORITY_MAP",
             "JIRA_RESOLVE_TRANSITION",
+            "JIRA_CLOSE_TRANSITION",
+            "JIRA_REOPEN_TRANSITION",
             "JIRA_RESOLUTION",
             "JIRA_INTERNAL_COMMENTS",
         }
@@ -1916,6 +2267,8 @@ class TestSettings:
             ("cloud", {"JIRA_PRIORITY_MAP": ","}, "JIRA_PRIORITY_MAP"),
             ("cloud", {"JIRA_INTERNAL_COMMENTS": "maybe"}, "JIRA_INTERNAL_COMMENTS"),
             ("cloud", {"JIRA_RESOLVE_TRANSITION": "Resolve\nnow"}, "JIRA_RESOLVE_TRANSITION"),
+            ("cloud", {"JIRA_CLOSE_TRANSITION": "Close\tnow"}, "JIRA_CLOSE_TRANSITION"),
+            ("cloud", {"JIRA_REOPEN_TRANSITION": "Re\ropen"}, "JIRA_REOPEN_TRANSITION"),
         ],
     )
     def test_bad_settings_name_the_setting_and_never_a_secret(
@@ -1958,6 +2311,10 @@ class TestSettings:
         assert "contoso.atlassian.net" in repr(adapter)
 
 
+def adf_or_text(body: Any) -> str:
+    return body if isinstance(body, str) else adf_plain(body)
+
+
 class TestStandInWire:
     """What the contract does not show about the adapter over the stand-in's real sockets."""
 
@@ -1996,6 +2353,28 @@ class TestStandInWire:
             assert {r.auth for r in standin.requests} == {"bearer"}
         (found,) = live.find(KEY)
         assert (found.ref, found.status, found.state) == (ref, WorkItemStatus.RESOLVED, "Resolved")
+
+    def test_fields_reopen_and_close_on_the_wire(self, standin: JiraStandIn, live: JiraAdapter) -> None:
+        ref = live.create(make_item())
+        key = ref.number or ""
+
+        live.resolve(ref, Resolution(None, "Resolved.", "resolved [r1]", fields={ROOT_CAUSE: "disk full"}))
+        fields = standin.issue(key)["fields"]
+        assert (fields["status"], fields["resolution"], fields[ROOT_CAUSE]) == ("Resolved", "Done", "disk full")
+
+        live.reopen(ref, "fired again [f2]")
+        fields = standin.issue(key)["fields"]
+        assert (fields["status"], fields["resolution"]) == ("Open", None)  # the workflow's post-function
+        assert adf_or_text(standin.comments(key)[-1]["body"]) == "fired again [f2]"
+        assert [r.status for r in live.find(KEY)] == [WorkItemStatus.OPEN]
+
+        live.resolve(ref, Resolution(None, "Closed.", "closed [c1]", close=True))
+        fields = standin.issue(key)["fields"]
+        assert (fields["status"], fields["resolution"]) == ("Closed", "Done")  # "Close Issue", resolution screen
+        assert [r.status for r in live.find(KEY)] == [WorkItemStatus.CLOSED]
+        posts = [r.path for r in standin.requests if r.method in ("PUT", "POST") and "/issue/" in r.path]
+        assert sum(path.endswith("/transitions") for path in posts) == 3
+        assert sum(path.endswith(f"/issue/{ref.id}") for path in posts) == 1  # the one PUT, before resolving
 
     def test_a_long_description_is_accepted(self, standin: JiraStandIn, live: JiraAdapter) -> None:
         description = "\n".join(f"line {n}: " + "x" * 20 for n in range(1, 1200))[: JiraAdapter.description_limit]

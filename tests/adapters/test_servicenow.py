@@ -39,6 +39,7 @@ from urllib3.exceptions import ProtocolError
 
 from bridge import __version__
 from bridge.adapters import adapter_class, build_adapter
+from bridge.adapters import servicenow as servicenow_module
 from bridge.adapters.base import ConfigurationItem, ItsmAdapter, Resolution, WorkItemRef, WorkItemStatus
 from bridge.adapters.registry import settings_of
 from bridge.adapters.servicenow import CORRELATION_DISPLAY, KEY_PATTERN, SERVICENOW_SETTINGS, ServiceNowAdapter
@@ -89,6 +90,7 @@ _INCIDENT_FIELDS = frozenset(
         "caller_id",
         "assignment_group",
         "category",
+        "subcategory",
         "close_code",
         "close_notes",
         "sys_created_on",
@@ -97,6 +99,16 @@ _INCIDENT_FIELDS = frozenset(
     }
 )
 _CI_FIELDS = frozenset({"sys_id", "name", "object_id", "sys_class_name", "u_azure_id", "sys_created_on"})
+# The tables reference columns point at, and the fields a query may name there.
+_REFERENCE_TABLES: Mapping[str, frozenset[str]] = {
+    "sys_user": frozenset({"sys_id", "user_name", "name", "email"}),
+    "sys_user_group": frozenset({"sys_id", "name", "u_code"}),
+    "cmdb_ci_service": frozenset({"sys_id", "name"}),
+    "core_company": frozenset({"sys_id", "name"}),
+    "cmn_location": frozenset({"sys_id", "name"}),
+}
+# A column a resolve may write that the adapter does not manage (and that is no reference).
+EXTRA_FIELD = ("subcategory", "Azure Monitor")
 # A status whose answer carries no body (RFC 9110 6.4.1): a server sends none, even for a fault.
 _NO_BODY = frozenset({*range(100, 200), 204, 304})
 
@@ -141,7 +153,11 @@ class FakeServiceNow:
     def __init__(self, mock: responses.RequestsMock, *, auth: str, clock: FakeClock) -> None:
         self.auth = auth
         self.clock = clock
-        self.tables: dict[str, dict[str, dict[str, str]]] = {"incident": {}, "cmdb_ci": {}}
+        self.tables: dict[str, dict[str, dict[str, str]]] = {
+            "incident": {},
+            "cmdb_ci": {},
+            **{table: {} for table in _REFERENCE_TABLES},
+        }
         self.journal: dict[str, list[str]] = {}
         self.failures: deque[tuple[int, Mapping[str, str], str] | Exception | _CommitThenDrop] = deque()
         self.token_failures: deque[tuple[int, Mapping[str, str], str] | Exception] = deque()
@@ -177,6 +193,9 @@ class FakeServiceNow:
         if resource_id is not None:
             fields["object_id"] = resource_id
         return self._insert("cmdb_ci", fields)
+
+    def extra_field(self) -> tuple[str, str]:
+        return EXTRA_FIELD
 
     def records(self) -> list[FakeRecord]:
         return [
@@ -241,6 +260,19 @@ class FakeServiceNow:
 
     def incident(self, sys_id: str) -> dict[str, str]:
         return self.tables["incident"][sys_id]
+
+    def seed_record(self, table: str, **fields: str) -> str:
+        """A record of a table reference columns point at (a user, a group...)."""
+        return self._insert(table, fields)
+
+    def lookups(self) -> list[tuple[str, str]]:
+        """(table, sysparm_query) of every GET on a table other than incident and cmdb_ci."""
+        found = []
+        for request in self.api_requests:
+            table = urlsplit(request.url or "").path.split("/")[4]
+            if request.method == "GET" and table in _REFERENCE_TABLES:
+                found.append((table, parse_qs(urlsplit(request.url or "").query)["sysparm_query"][0]))
+        return found
 
     # ------------------------------------------------------------- HTTP
 
@@ -346,7 +378,7 @@ class FakeServiceNow:
 
     def _list(self, table: str, params: Mapping[str, str]) -> Any:
         rows = list(self.tables[table].values())
-        known = _INCIDENT_FIELDS if table == "incident" else _CI_FIELDS
+        known = _INCIDENT_FIELDS if table == "incident" else _REFERENCE_TABLES.get(table, _CI_FIELDS)
         order: tuple[str, bool] | None = None
         conditions: list[tuple[str, str]] = []
         for clause in params.get("sysparm_query", "").split("^"):
@@ -473,6 +505,9 @@ class StandInServiceNow:
         if resource_id is not None:
             values["object_id"] = resource_id
         return str(self.standin.insert("cmdb_ci", values)["sys_id"])
+
+    def extra_field(self) -> tuple[str, str]:
+        return EXTRA_FIELD
 
     def records(self) -> list[FakeRecord]:
         return [
@@ -886,11 +921,13 @@ class TestFind:
 
 class TestCreate:
     def test_exact_request_with_every_field(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
+        caller = fake.seed_record("sys_user", user_name="azure.monitor", name="Azure Monitor")
+        group = "b" * 32
         item = make_item(
             configuration_item=ConfigurationItem(id="c" * 32, name="vm-web-01", matched_on="resource_id"),
             fields={
                 "caller_id": "azure.monitor",
-                "assignment_group": "Cloud Operations",
+                "assignment_group": group,
                 "category": "software",
                 "u_source": "azure",
                 "u_alert_rule": "cpu-high",
@@ -899,7 +936,8 @@ class TestCreate:
 
         ref = adapter.create(item)
 
-        (request,) = fake.api_requests
+        lookup, request = fake.api_requests
+        assert (lookup.method, path_of(lookup)) == ("GET", "/api/now/table/sys_user")
         assert request.method == "POST"
         assert path_of(request) == "/api/now/table/incident"
         assert query_of(request) == {"sysparm_fields": ["sys_id,number"]}
@@ -913,8 +951,8 @@ class TestCreate:
             "urgency": "2",
             "work_notes": item.note,
             "cmdb_ci": "c" * 32,
-            "caller_id": "azure.monitor",
-            "assignment_group": "Cloud Operations",
+            "caller_id": caller,
+            "assignment_group": group,
             "category": "software",
             "u_source": "azure",
             "u_alert_rule": "cpu-high",
@@ -942,6 +980,9 @@ class TestCreate:
         assert (body["impact"], body["urgency"]) == ("1", "3")
 
     def test_settings_give_defaults_the_mapping_overrides(self, fake: FakeServiceNow, clock: FakeClock) -> None:
+        caller = fake.seed_record("sys_user", user_name="azure.monitor")
+        default_group = fake.seed_record("sys_user_group", name="Default Group")
+        routed_group = fake.seed_record("sys_user_group", name="Routed Group")
         adapter = ServiceNowAdapter(
             make_settings(
                 SERVICENOW_CALLER_ID="azure.monitor",
@@ -954,24 +995,30 @@ class TestCreate:
         adapter.create(make_item(fields={"assignment_group": "Routed Group", "u_source": "azure"}))
         adapter.create(make_item())
 
-        first, second = (json_of(r) for r in fake.api_requests)
+        first, second = (json_of(r) for r in fake.api_requests if r.method == "POST")
         assert (first["caller_id"], first["assignment_group"], first["category"], first["u_source"]) == (
-            "azure.monitor",
-            "Routed Group",
+            caller,
+            routed_group,
             "software",
             "azure",
         )
         assert (second["caller_id"], second["assignment_group"], second["category"]) == (
-            "azure.monitor",
-            "Default Group",
+            caller,
+            default_group,
             "software",
         )
         assert "u_source" not in second
+        # The overridden default is never looked up; each name once (then cached).
+        assert fake.lookups() == [
+            ("sys_user", "user_name=azure.monitor"),
+            ("sys_user_group", "name=Routed Group"),
+            ("sys_user_group", "name=Default Group"),
+        ]
 
     def test_mapped_fields_cannot_override_managed_fields(
         self, fake: FakeServiceNow, clock: FakeClock, caplog: pytest.LogCaptureFixture
     ) -> None:
-        adapter = ServiceNowAdapter(make_settings(SERVICENOW_ASSIGNMENT_GROUP="Default Group"), clock=clock)
+        adapter = ServiceNowAdapter(make_settings(SERVICENOW_ASSIGNMENT_GROUP="d" * 32), clock=clock)
         item = make_item(
             fields={
                 "correlation_id": "hijack",
@@ -979,7 +1026,7 @@ class TestCreate:
                 "impact": "1",
                 "state": "7",
                 "work_notes": "hijack",
-                "assignment_group": "Routed Group",
+                "assignment_group": "e" * 32,
             },
         )
         with caplog.at_level(logging.WARNING, logger="bridge.adapters.servicenow"):
@@ -992,7 +1039,7 @@ class TestCreate:
             body["impact"],
             body["work_notes"],
             body["assignment_group"],
-        ) == (KEY, "Azure Monitor", "2", item.note, "Routed Group")
+        ) == (KEY, "Azure Monitor", "2", item.note, "e" * 32)
         assert "state" not in body
         (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         for name in ("correlation_id", "correlation_display", "impact", "state", "work_notes"):
@@ -1173,6 +1220,378 @@ class TestNotesAndResolve:
         with pytest.raises(ValueError):
             adapter.has_note(ref, "m")
         assert fake.api_requests == []
+
+
+class TestCloseAndReopen:
+    def test_close_is_state_7_with_the_close_fields_in_one_patch(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow
+    ) -> None:
+        sys_id = fake.seed(KEY)
+
+        adapter.resolve(
+            WorkItemRef("servicenow", sys_id),
+            Resolution(None, "Closed for good.", "Closed [c]", close=True, fields={"subcategory": "Azure"}),
+        )
+
+        (request,) = fake.api_requests
+        assert (request.method, path_of(request)) == ("PATCH", f"/api/now/table/incident/{sys_id}")
+        assert json_of(request) == {
+            "subcategory": "Azure",
+            "state": "7",
+            "close_code": "Solution provided",
+            "close_notes": "Closed for good.",
+            "work_notes": "Closed [c]",
+        }
+
+    def test_resolution_fields_are_written_with_the_resolve_and_managed_ones_ignored(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        sys_id = fake.seed(KEY)
+        fields = {"u_root_cause": "disk full", "state": "1", "close_notes": "hijack", "work_notes": "hijack"}
+
+        with caplog.at_level(logging.WARNING, logger="bridge.adapters.servicenow"):
+            adapter.resolve(
+                WorkItemRef("servicenow", sys_id), Resolution("Workaround provided", "Fixed.", "", fields=fields)
+            )
+
+        assert json_of(fake.api_requests[0]) == {
+            "u_root_cause": "disk full",
+            "state": "6",
+            "close_code": "Workaround provided",
+            "close_notes": "Fixed.",
+        }
+        (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert warning.startswith("resolution fields ['close_notes', 'state', 'work_notes'] are managed")
+
+    def test_create_already_closed_is_one_insert_with_the_fields(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow
+    ) -> None:
+        item = make_item(fields={"subcategory": "mapped", "u_source": "azure"})
+
+        ref = adapter.create(
+            item, Resolution(None, "Over.", "Closed [c]", close=True, fields={"subcategory": "on resolve"})
+        )
+
+        (request,) = fake.api_requests
+        body = json_of(request)
+        assert (body["state"], body["close_code"], body["close_notes"]) == ("7", "Solution provided", "Over.")
+        # The resolution's fields win over the mapping's: they are written with the resolution.
+        assert (body["subcategory"], body["u_source"]) == ("on resolve", "azure")
+        assert body["work_notes"] == f"{item.note}\n\nClosed [c]"
+        assert fake.incident(ref.id)["state"] == "7"
+
+    def test_reopen_is_one_patch_to_in_progress_with_the_note(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow
+    ) -> None:
+        sys_id = fake.seed(KEY, status=WorkItemStatus.RESOLVED)
+
+        adapter.reopen(WorkItemRef("servicenow", sys_id, "INC0010001"), "Fired again [azmon:fired:2]")
+
+        (request,) = fake.api_requests
+        assert (request.method, path_of(request)) == ("PATCH", f"/api/now/table/incident/{sys_id}")
+        assert query_of(request) == {"sysparm_fields": ["sys_id,state"]}
+        assert json_of(request) == {"state": "2", "work_notes": "Fired again [azmon:fired:2]"}
+        assert fake.journal[sys_id] == ["Fired again [azmon:fired:2]"]
+
+    def test_reopen_without_a_note_changes_the_state_only(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow
+    ) -> None:
+        sys_id = fake.seed(KEY, status=WorkItemStatus.RESOLVED)
+
+        adapter.reopen(WorkItemRef("servicenow", sys_id), "")
+
+        assert json_of(fake.api_requests[0]) == {"state": "2"}
+
+    def test_reopen_refuses_foreign_or_path_like_refs(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
+        for ref in (WorkItemRef("servicenow", "../sys_user/x"), WorkItemRef("jira", "a" * 32)):
+            with pytest.raises(ValueError):
+                adapter.reopen(ref, "note")
+        assert fake.api_requests == []
+
+
+def reference_adapter(clock: FakeClock, **extra: str) -> ServiceNowAdapter:
+    return ServiceNowAdapter(make_settings(**{"CMDB_CACHE_SECONDS": "300", **extra}), clock=clock)
+
+
+class TestReferences:
+    """Display names in reference columns, looked up on the bridge's side (issue #11)."""
+
+    def test_a_group_name_becomes_its_sys_id(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
+        group = fake.seed_record("sys_user_group", name="Azure Ops")
+        fake.seed_record("sys_user_group", name="Azure Ops Tier 2")
+
+        adapter.create(make_item(fields={"assignment_group": "azure ops"}))
+
+        lookup, insert = fake.api_requests
+        assert (lookup.method, path_of(lookup)) == ("GET", "/api/now/table/sys_user_group")
+        assert query_of(lookup) == {
+            "sysparm_query": ["name=azure ops"],
+            "sysparm_fields": ["sys_id,name"],
+            "sysparm_limit": ["2"],
+            "sysparm_exclude_reference_link": ["true"],
+        }
+        assert json_of(insert)["assignment_group"] == group
+        assert all("sysparm_input_display_value" not in query_of(r) for r in fake.api_requests)
+
+    @pytest.mark.parametrize(
+        ("value", "queries"),
+        [
+            ("jsmith", ["user_name=jsmith"]),
+            ("John Smith", ["user_name=John Smith", "name=John Smith"]),
+            (
+                "john.smith@contoso.com",
+                ["user_name=john.smith@contoso.com", "name=john.smith@contoso.com", "email=john.smith@contoso.com"],
+            ),
+        ],
+    )
+    def test_a_user_by_user_name_then_name_then_email(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow, value: str, queries: list[str]
+    ) -> None:
+        user = fake.seed_record("sys_user", user_name="jsmith", name="John Smith", email="john.smith@contoso.com")
+
+        adapter.create(make_item(fields={"caller_id": value, "assigned_to": value, "opened_by": value}))
+
+        body = json_of(fake.api_requests[-1])
+        assert (body["caller_id"], body["assigned_to"], body["opened_by"]) == (user, user, user)
+        # Three columns of one table and one value: looked up once.
+        assert fake.lookups() == [("sys_user", q) for q in queries]
+
+    @pytest.mark.parametrize(
+        ("column", "table"),
+        [
+            ("business_service", "cmdb_ci_service"),
+            ("service_offering", "cmdb_ci_service"),
+            ("company", "core_company"),
+            ("location", "cmn_location"),
+        ],
+    )
+    def test_default_reference_columns(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow, column: str, table: str
+    ) -> None:
+        record = fake.seed_record(table, name="Contoso Web")
+
+        adapter.create(make_item(fields={column: "Contoso Web"}))
+
+        assert fake.lookups() == [(table, "name=Contoso Web")]
+        assert json_of(fake.api_requests[-1])[column] == record
+
+    def test_sys_ids_empty_values_and_other_columns_are_never_looked_up(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow
+    ) -> None:
+        fields = {"assignment_group": "A" * 32, "caller_id": "", "category": "Cloud Ops", "u_team": "Azure Ops"}
+
+        adapter.create(make_item(fields=fields))
+
+        (insert,) = fake.api_requests
+        assert {k: json_of(insert)[k] for k in fields} == fields
+
+    @pytest.mark.parametrize("seeded", [0, 2], ids=["none", "several"])
+    def test_no_match_or_several_leave_the_field_out_with_a_warning(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow, caplog: pytest.LogCaptureFixture, seeded: int
+    ) -> None:
+        for _ in range(seeded):
+            fake.seed_record("sys_user_group", name="Azure Ops")
+
+        with caplog.at_level(logging.WARNING, logger="bridge.adapters.servicenow"):
+            ref = adapter.create(make_item(fields={"assignment_group": "Azure Ops", "category": "software"}))
+
+        body = json_of(fake.api_requests[-1])
+        assert "assignment_group" not in body and body["category"] == "software"
+        assert fake.incident(ref.id)["correlation_id"] == KEY  # the alert keeps its incident
+        (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert "assignment_group='Azure Ops'" in warning
+        assert ("several" if seeded else "no") + " sys_user_group record has name 'Azure Ops'" in warning
+
+    def test_several_users_of_one_name_are_not_narrowed_by_email(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow
+    ) -> None:
+        fake.seed_record("sys_user", user_name="js1", name="John Smith", email="js@contoso.com")
+        fake.seed_record("sys_user", user_name="js2", name="John Smith", email="other@contoso.com")
+
+        adapter.create(make_item(fields={"caller_id": "John Smith"}))
+
+        assert "caller_id" not in json_of(fake.api_requests[-1])
+        assert fake.lookups() == [("sys_user", "user_name=John Smith"), ("sys_user", "name=John Smith")]
+
+    def test_a_dropped_clause_binds_nothing(self, adapter: ServiceNowAdapter, mock: responses.RequestsMock) -> None:
+        # The instance ignored the clause and answered with unrelated groups: none equals the name.
+        mock.get(
+            f"{INSTANCE}/api/now/table/sys_user_group",
+            json={"result": [{"sys_id": "a" * 32, "name": "Network"}, {"sys_id": "b" * 32, "name": "DBA"}]},
+        )
+        mock.post(TABLE_URL, json={"result": {"sys_id": "d" * 32, "number": "INC0010099"}}, status=201)
+
+        adapter.create(make_item(fields={"assignment_group": "Azure Ops"}))
+
+        assert "assignment_group" not in json.loads(_body_text(mock.calls[-1].request))
+
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            "javascript:gs.getUserID()",
+            " JavaScript:x",
+            "Azure Ops^ORname=x",
+            "Azure Ops^NQname=x",
+            "name=Azure Ops",
+            "Azure\nOps",
+            "Azure%5EOps",
+            "Azure Ops ",
+            "a" * 1_025,
+        ],
+        ids=lambda v: repr(v)[:30],
+    )
+    def test_unsafe_values_are_never_queried(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow, caplog: pytest.LogCaptureFixture, bad: str
+    ) -> None:
+        fake.seed_record("sys_user_group", name="Azure Ops")
+
+        with caplog.at_level(logging.WARNING, logger="bridge.adapters.servicenow"):
+            adapter.create(make_item(fields={"assignment_group": bad}))
+
+        assert fake.lookups() == []
+        assert "assignment_group" not in json_of(fake.api_requests[-1])
+        assert any("assignment_group=" in r.getMessage() and "left out" in r.getMessage() for r in caplog.records)
+
+    def test_answers_are_cached_found_or_not_until_they_expire(self, fake: FakeServiceNow, clock: FakeClock) -> None:
+        adapter = reference_adapter(clock, CMDB_CACHE_SECONDS="60")
+        fake.seed_record("sys_user_group", name="Azure Ops")
+        item = make_item(fields={"assignment_group": "Azure Ops", "u_team": "x", "location": "Nowhere"})
+
+        adapter.create(item)
+        adapter.create(make_item(fields={"assignment_group": "AZURE OPS", "location": "Nowhere"}))
+        assert fake.lookups() == [("sys_user_group", "name=Azure Ops"), ("cmn_location", "name=Nowhere")]
+
+        clock.advance(61)
+        adapter.create(item)
+        assert len(fake.lookups()) == 4
+
+    def test_the_cache_is_bounded(
+        self, fake: FakeServiceNow, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(servicenow_module, "_REFERENCE_CACHE_ENTRIES", 2)
+        adapter = reference_adapter(clock)
+
+        for name in ("g1", "g2", "g3", "g1"):
+            adapter.create(make_item(fields={"assignment_group": name}))
+
+        # g1 was the oldest when g3 came: forgotten, so asked again.
+        assert [q for _, q in fake.lookups()] == ["name=g1", "name=g2", "name=g3", "name=g1"]
+
+    def test_a_failed_lookup_fails_the_create_before_anything_is_written(
+        self, adapter: ServiceNowAdapter, fake: FakeServiceNow
+    ) -> None:
+        fake.fail_next(503, {"Retry-After": "5"})
+
+        with pytest.raises(ItsmError) as caught:
+            adapter.create(make_item(fields={"assignment_group": "Azure Ops"}))
+
+        assert (caught.value.status, caught.value.retryable, caught.value.retry_after) == (503, True, 5.0)
+        assert [r.method for r in fake.api_requests] == ["GET"]
+        assert fake.records() == []
+        # A failure is not an answer: the next try asks again.
+        group = fake.seed_record("sys_user_group", name="Azure Ops")
+        adapter.create(make_item(fields={"assignment_group": "Azure Ops"}))
+        assert json_of(fake.api_requests[-1])["assignment_group"] == group
+
+    def test_names_in_resolution_fields_are_looked_up(self, adapter: ServiceNowAdapter, fake: FakeServiceNow) -> None:
+        user = fake.seed_record("sys_user", user_name="svc_ops", name="Ops Service")
+        sys_id = fake.seed(KEY)
+
+        adapter.resolve(
+            WorkItemRef("servicenow", sys_id),
+            Resolution(None, "Fixed.", "", fields={"assigned_to": "Ops Service", "u_fix": "restart"}),
+        )
+
+        body = json_of(fake.api_requests[-1])
+        assert (body["assigned_to"], body["u_fix"], body["state"]) == (user, "restart", "6")
+
+    @pytest.mark.parametrize(
+        ("matched_on", "value", "lookups", "sent"),
+        [
+            ("route", "vm-web-01", [("cmdb_ci", "name=vm-web-01")], "ci"),
+            ("route", "f" * 32, [], "f" * 32),
+            ("route", "vm-missing", [("cmdb_ci", "name=vm-missing")], None),
+            ("resource_id", "c" * 32, [], "c" * 32),
+        ],
+    )
+    def test_a_routes_configuration_item_may_be_a_name(
+        self,
+        adapter: ServiceNowAdapter,
+        fake: FakeServiceNow,
+        matched_on: str,
+        value: str,
+        lookups: list[tuple[str, str]],
+        sent: str | None,
+    ) -> None:
+        ci = fake.seed_ci("vm-web-01")
+
+        adapter.create(make_item(configuration_item=ConfigurationItem(id=value, matched_on=matched_on)))
+
+        queried = [
+            (path_of(r).split("/")[-1], query_of(r)["sysparm_query"][0]) for r in fake.api_requests if r.method == "GET"
+        ]
+        assert queried == lookups
+        body = json_of(fake.api_requests[-1])
+        assert body.get("cmdb_ci") == (ci if sent == "ci" else sent)
+
+
+class TestReferenceSetting:
+    def test_adds_and_overrides_columns(self, fake: FakeServiceNow, clock: FakeClock) -> None:
+        team = fake.seed_record("sys_user_group", name="Web", u_code="WEB-1")
+        user = fake.seed_record("sys_user", user_name="jsmith", email="js@contoso.com")
+        adapter = reference_adapter(
+            clock, SERVICENOW_REFERENCE_FIELDS=" u_team = sys_user_group : u_code|name , caller_id=sys_user:email,"
+        )
+
+        adapter.create(make_item(fields={"u_team": "Web", "caller_id": "js@contoso.com"}))
+
+        assert fake.lookups() == [
+            ("sys_user_group", "u_code=Web"),
+            ("sys_user_group", "name=Web"),
+            ("sys_user", "email=js@contoso.com"),
+        ]
+        body = json_of(fake.api_requests[-1])
+        assert (body["u_team"], body["caller_id"]) == (team, user)
+
+    def test_the_field_defaults_to_name_and_route_cis_follow_a_cmdb_ci_entry(
+        self, fake: FakeServiceNow, clock: FakeClock
+    ) -> None:
+        fake.tables["cmdb_ci_server"] = {}
+        server = fake._insert("cmdb_ci_server", {"name": "db-01"})
+        adapter = reference_adapter(clock, SERVICENOW_REFERENCE_FIELDS="cmdb_ci=cmdb_ci_server,u_site=cmn_location")
+
+        adapter.create(
+            make_item(
+                fields={"u_site": "Paris"},
+                configuration_item=ConfigurationItem(id="db-01", matched_on="route"),
+            )
+        )
+
+        gets = [(path_of(r), query_of(r)["sysparm_query"][0]) for r in fake.api_requests if r.method == "GET"]
+        assert gets == [("/api/now/table/cmn_location", "name=Paris"), ("/api/now/table/cmdb_ci_server", "name=db-01")]
+        assert json_of(fake.api_requests[-1])["cmdb_ci"] == server
+
+    @pytest.mark.parametrize(
+        ("value", "phrase"),
+        [
+            ("u_team", "must be entries like"),
+            ("u_team=", "must be entries like"),
+            ("=sys_user_group", "must be entries like"),
+            ("u_team=sys_user_group:", "must be entries like"),
+            ("u_team=sys_user_group:name|", "must be entries like"),
+            ("u_team=Sys_User_Group", "must be entries like"),
+            ("u_team=sys_user_group^ORname=x", "must be entries like"),
+            ("u_team=sys_user_group:name=x", "must be entries like"),
+            ("u_team=../sys_user", "must be entries like"),
+            ("u_team=sys_user_group,u_team=sys_user", "names column u_team twice"),
+        ],
+    )
+    def test_bad_values_are_a_config_error_naming_the_setting(self, value: str, phrase: str) -> None:
+        with pytest.raises(ConfigError) as caught:
+            ServiceNowAdapter(make_settings(SERVICENOW_REFERENCE_FIELDS=value))
+
+        assert caught.value.setting == "SERVICENOW_REFERENCE_FIELDS"
+        assert phrase in str(caught.value)
 
 
 class TestConfigurationItems:
@@ -1785,6 +2204,7 @@ class TestConstruction:
             "SERVICENOW_ASSIGNMENT_GROUP",
             "SERVICENOW_CATEGORY",
             "SERVICENOW_CLOSE_CODE",
+            "SERVICENOW_REFERENCE_FIELDS",
             "CMDB_TABLE",
             "CMDB_RESOURCE_ID_FIELD",
             "CMDB_NAME_FIELD",
@@ -2008,6 +2428,68 @@ class TestOverTheStandIn:
         assert (rows[late.id]["state"], rows[late.id]["close_code"]) == ("6", "Workaround provided")
         assert standin.journal("incident", late.id) == [item.note, "Resolved [r2]"]
         assert [r.status for r in adapter.find(KEY)] == [WorkItemStatus.RESOLVED] * 2
+
+    def test_reopen_and_close_as_the_instance_stores_them(self, standin: ServiceNowStandIn) -> None:
+        adapter = ServiceNowAdapter(standin_settings(standin))
+        ref = adapter.create(make_item())
+        adapter.resolve(ref, Resolution(None, "over", "Resolved [r1]"))
+
+        adapter.reopen(ref, "Fired again [f2]")
+
+        (row,) = standin.records("incident")
+        assert (row["state"], row["reopen_count"], row["active"]) == ("2", "1", "true")
+        assert (row["close_code"], row["close_notes"]) == ("Solution provided", "over")  # kept, as there
+        assert standin.journal("incident", ref.id)[-1] == "Fired again [f2]"
+        assert [r.status for r in adapter.find(KEY)] == [WorkItemStatus.OPEN]
+
+        adapter.resolve(ref, Resolution(None, "over for good", "Closed [c1]", close=True, fields={"subcategory": "x"}))
+
+        (row,) = standin.records("incident")
+        assert (row["state"], row["active"], row["close_notes"], row["subcategory"]) == (
+            "7",
+            "false",
+            "over for good",
+            "x",
+        )
+        assert row["closed_at"]
+        assert [r.status for r in adapter.find(KEY)] == [WorkItemStatus.CLOSED]
+
+        # Closed is final on an instance: the core never reopens it, and the instance would refuse.
+        with pytest.raises(ItsmError) as caught:
+            adapter.reopen(ref, "Fired again [f3]")
+        assert (caught.value.status, caught.value.reason, caught.value.retryable) == (403, Reason.CLIENT_ERROR, False)
+        assert standin.records("incident")[0]["state"] == "7"
+
+    def test_names_are_looked_up_on_the_instance(self, standin: ServiceNowStandIn) -> None:
+        group = standin.insert("sys_user_group", {"name": "Azure Ops"})["sys_id"]
+        caller = standin.insert("sys_user", {"user_name": "azure.monitor", "name": "Azure Monitor"})["sys_id"]
+        service = standin.insert("cmdb_ci_service", {"name": "Web Shop"})["sys_id"]
+        offering = standin.insert("service_offering", {"name": "Web Shop EU"})["sys_id"]
+        ci = standin.insert("cmdb_ci", {"name": "vm-web-01"})["sys_id"]
+        adapter = ServiceNowAdapter(
+            standin_settings(standin, SERVICENOW_ASSIGNMENT_GROUP="azure ops", SERVICENOW_CALLER_ID="Azure Monitor")
+        )
+        item = make_item(
+            fields={"business_service": "Web Shop", "service_offering": "Web Shop EU", "location": "Nowhere"},
+            configuration_item=ConfigurationItem(id="vm-web-01", matched_on="route"),
+        )
+
+        ref = adapter.create(item)
+
+        (row,) = standin.records("incident")
+        assert row["sys_id"] == ref.id
+        assert (row["assignment_group"], row["caller_id"], row["cmdb_ci"]) == (group, caller, ci)
+        assert (row["business_service"], row["service_offering"], row["location"]) == (service, offering, "")
+        queries = [r.query["sysparm_query"] for r in standin.requests if r.method == "GET"]
+        assert queries == [
+            "user_name=Azure Monitor",
+            "name=Azure Monitor",
+            "name=azure ops",
+            "name=Web Shop",
+            "name=Web Shop EU",
+            "name=Nowhere",
+            "name=vm-web-01",
+        ]
 
     @pytest.mark.parametrize("auth", ["oauth_client_credentials", "oauth_password"])
     def test_expired_token_is_renewed_once(self, standin: ServiceNowStandIn, clock: FakeClock, auth: str) -> None:
