@@ -31,7 +31,7 @@ from typing import IO, Any
 import pytest
 import requests
 
-from bridge import __version__
+from bridge import __version__, demo
 from bridge.api import ApiRequest, UnavailableApi
 from bridge.cli import SEND_SECRET_VARIABLE, _parser, main
 from bridge.config import SETTINGS
@@ -48,7 +48,7 @@ PROCESS_TIMEOUT_SECONDS = 60
 PASSWORD = "Pa55-w0rd-must-not-show"
 CLIENT_SECRET = "cl13nt-s3cret-must-not-show"
 TENANT = "5c0f3a1e-9d7b-4e2a-8f61-2b4d6c8e0a13"
-DEMO_STEPS = 12
+DEMO_STEPS = 17
 
 
 def child_env() -> dict[str, str]:
@@ -86,21 +86,31 @@ def assert_demo_output(
     assert len(step_rows) == DEMO_STEPS
     assert all(row.endswith("yes") for row in step_rows), step_rows
     steps = {row.split()[0]: row for row in step_rows}
-    assert "ITSM down" in steps["12"] and "202 queued" in steps["12"]
-    assert re.search(rf"^the queued alert became {prefix}5 [\d.]+ s after recovery$", text, re.MULTILINE)
-    assert f"Work items in the {itsm} stand-in (5)" in text
+    # The metric condition, re-fired under a new alertId within its rule's window: one work item.
+    assert all(f" {prefix}1 " in steps[str(n)] for n in range(1, 8)), step_rows[:7]
+    assert "new alertId" in steps["6"] and "200 reopened" in steps["6"]
+    assert "200 resolved" in steps["7"]
+    # The Service Health event of one trackingId: created, updated, resolved on one work item.
+    assert "200 created" in steps["11"] and "200 updated" in steps["12"] and "200 resolved" in steps["13"]
+    assert all(f" {prefix}5 " in steps[str(n)] for n in (11, 12, 13)), step_rows[10:13]
+    assert "ITSM down" in steps["17"] and "202 queued" in steps["17"]
+    assert re.search(rf"^the queued alert became {prefix}6 [\d.]+ s after recovery$", text, re.MULTILINE)
+    assert f"Work items in the {itsm} stand-in (6)" in text
     rows = {line.split()[0]: line for line in text.splitlines() if line.startswith(prefix)}
-    assert sorted(rows) == [f"{prefix}{n}" for n in range(1, 6)]
+    assert sorted(rows) == [f"{prefix}{n}" for n in range(1, 7)]
     assert " resolved " in rows[f"{prefix}1"] and "test-metricAlertRule" in rows[f"{prefix}1"]
+    # Kept by fingerprint under the re-fire window: its correlation id is the thread's hash.
+    assert re.search(r"\s[0-9a-f]{40}\s", rows[f"{prefix}1"])
     assert " open " in rows[f"{prefix}2"] and "test-logAlertRule-v2" in rows[f"{prefix}2"]
     assert " open " in rows[f"{prefix}3"] and "test-activityLogAlertRule" in rows[f"{prefix}3"]
     assert " resolved " in rows[f"{prefix}4"] and "test-ServiceHealthAlertRule" in rows[f"{prefix}4"]
+    assert " resolved " in rows[f"{prefix}5"] and "test-ServiceHealthAlertRule" in rows[f"{prefix}5"]
     # The alert sent while the ITSM was down, created by the outbox once it was back.
-    assert " open " in rows[f"{prefix}5"] and "0d8f3c2b-5a4e-4f6d-9b7c-1e2f3a4b5c6d" in rows[f"{prefix}5"]
+    assert " open " in rows[f"{prefix}6"] and "0d8f3c2b-5a4e-4f6d-9b7c-1e2f3a4b5c6d" in rows[f"{prefix}6"]
     bound = sorted(number for number, row in rows.items() if not re.search(r"\s-\s", row))
     if bound_to_ci:
         assert "test-storageAccount" in rows[f"{prefix}1"] and "test-computer" in rows[f"{prefix}2"]
-        assert bound == [f"{prefix}1", f"{prefix}2", f"{prefix}3", f"{prefix}5"]  # 4 bound to a CI
+        assert bound == [f"{prefix}1", f"{prefix}2", f"{prefix}3", f"{prefix}6"]  # 4 bound to a CI
     else:
         assert bound == []  # Jira has no CMDB to bind to
     assert "every step did what it should" in text
@@ -120,6 +130,21 @@ def test_the_demo_runs_against_jira_too() -> None:
     assert run_demo(out=out, itsm="jira") == 0
 
     assert_demo_output(out.getvalue(), itsm="Jira", prefix="OPS-", bound_to_ci=False)
+
+
+def test_the_demo_fails_when_the_refire_opens_another_work_item(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Without the re-fire window the new alertId is a new alert: its own work item, not a reopen.
+    monkeypatch.setattr(demo, "DEMO_MAPPING", {})
+    out = io.StringIO()
+
+    assert run_demo(out=out) == 1
+
+    text = out.getvalue()
+    refire = next(line for line in text.splitlines() if line.startswith("6 "))
+    assert "200 created" in refire and refire.endswith("NO")
+    assert "expected the metric steps to answer with one work item" in text
+    assert "expected the metric work item's notes to name both its first alert and the re-fired one" in text
+    assert "check(s) failed" in text
 
 
 def test_python_m_bridge_demo_exits_0() -> None:
