@@ -4,8 +4,12 @@ Only adapts the Functions types to the transport-neutral core and back; all beha
 the ``bridge`` package, shared with ``python -m bridge serve``:
 
 - ``alerts`` (HTTP POST /api/alerts) and ``health`` (HTTP GET /api/health): :mod:`bridge.api`;
-- ``outbox`` (queue trigger on ``OUTBOX_QUEUE_NAME``): one reconcile pass for the message's key;
-- ``outbox_sweep`` (timer, every 5 minutes): re-schedules records a crash left unscheduled.
+- ``outbox`` (queue trigger on ``OUTBOX_QUEUE_NAME``): one reconcile pass for the message's key,
+  including the quiet resolve of a stateless alert (``AUTO_RESOLVE_AFTER``), whose message is
+  sent with that delay;
+- ``outbox_sweep`` (timer, every 5 minutes): re-schedules records whose time has passed with no
+  message on its way (a crash between record and message, a quiet resolve whose message was
+  lost). Idempotent and safe on every instance: each pass holds the record's claim.
 """
 
 from __future__ import annotations
