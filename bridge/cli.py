@@ -419,7 +419,7 @@ def _outbox_replay(runtime: Any, key: str | None, *, replay_all: bool) -> int:
     if replay_all:
         keys = [r.key for r in reconciler.store.records() if outbox_state(r) != "done"]
     elif key:
-        keys = [key.strip().lower()]
+        keys = [reconciler.record_key(key.strip().lower())]
     else:
         print("outbox replay: give a KEY or --all", file=sys.stderr)
         return 2
@@ -529,7 +529,7 @@ def _parser() -> argparse.ArgumentParser:
                             description="list: what waits (pending), is held (credential refused) or was "
                             "dead-lettered, and why. replay KEY|--all: make it due now and run one pass.")
     outbox.add_argument("action", choices=["list", "replay"])
-    outbox.add_argument("key", nargs="?", help="replay: the correlation key (see list)")
+    outbox.add_argument("key", nargs="?", help="replay: the key (see list) or the correlationId an answer gave")
     outbox.add_argument("--all", action="store_true",
                         help="list: also what is done; replay: every record that is not done")
     outbox.add_argument("--settings", help="a local.settings.json whose Values fill in unset variables")

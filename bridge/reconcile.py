@@ -239,7 +239,7 @@ class Reconciler:
             # An identical redelivery of what is already written: nothing to do, no ITSM call.
             return self._processed(record, fingerprint, Action.IGNORED, "identical alert already recorded")
         if not new and record.dead is not None:
-            return Delivery("rejected", key, reason=record.dead.reason)
+            return Delivery("rejected", record.correlation_id, reason=record.dead.reason)
 
         budget = self.timing.inline_seconds - (self._clock() - started)
         # The inline pass starts from the record as recorded just now (see _Owner).
@@ -312,7 +312,7 @@ class Reconciler:
                 return self._processed(record, fingerprint, Action.IGNORED, reason)
             return self._processed(record, fingerprint, Action(record.written[fingerprint]))
         if record.dead is not None:
-            return Delivery("rejected", key, reason=record.dead.reason)
+            return Delivery("rejected", record.correlation_id, reason=record.dead.reason)
         if _plan(record, self._wall()) is None and record.claim is None:
             # Nothing to write for this payload now: a Resolved before any Fired.
             return self._processed(
@@ -330,7 +330,7 @@ class Reconciler:
         except StateUnavailable as exc:
             # The record holds the due time; the sweep re-schedules it.
             logger.warning("correlationId=%s could not be scheduled (%s); the sweep will find it", key, exc)
-        return Delivery("queued", key, reason=f"queued for the outbox: {reason}", retry_after=delay)
+        return Delivery("queued", record.correlation_id, reason=f"queued for the outbox: {reason}", retry_after=delay)
 
     def _processed(self, record: Record, fingerprint: str, action: Action, reason: str | None = None) -> Delivery:
         if action is Action.IGNORED and reason is None:
@@ -498,8 +498,17 @@ class Reconciler:
         except Exception:
             logger.exception("could not log an outbox pass over %s", key)
 
+    def record_key(self, name: str) -> str:
+        """The record key ``name`` means: a key, or the correlation id an answer gave (a work item
+        kept by fingerprint or Service Health event carries its own, see bridge.threads)."""
+        if self.store.load(name) is not None:
+            return name
+        return next((r.key for r in self.store.records() if r.correlation == name), name)
+
     def replay(self, key: str) -> Record | None:
-        """Make a held, failing or dead-lettered record due now, with a fresh retry horizon."""
+        """Make a held, failing or dead-lettered record due now, with a fresh retry horizon.
+        ``key`` may be the correlation id an answer gave (:meth:`record_key`)."""
+        key = self.record_key(key)
         for _ in range(_CONFLICT_RETRIES):
             current = self.store.load(key)
             if current is None:

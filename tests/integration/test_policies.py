@@ -388,3 +388,20 @@ def test_a_route_sets_fields_and_names_the_configuration_item(
     assert (row["category"], row["subcategory"]) == ("Software", "test-RG")
     assert row["cmdb_ci"] == vm["sys_id"]  # the name, resolved to the CI's sys_id
     assert "set by the mapping file's route" in row["description"]
+
+
+def test_a_queued_thread_answers_the_work_items_correlation_id_and_replay_takes_it(
+    start_bridge: StartBridge, snow: ServiceNowStandIn
+) -> None:
+    bridge = start_bridge(REOPEN_WINDOW="1h")
+    snow.faults.status(503, path=r"^/api/now/table/incident")
+    queued = bridge.post_alert(metric(1))
+    assert queued.status_code == 202
+    correlation = queued.json()["correlationId"]
+    snow.faults.clear()
+
+    record = bridge.reconciler.replay(correlation)
+
+    assert record is not None and record.correlation_id == correlation != record.key
+    bridge.reconciler.run(record.key)
+    assert incidents(snow)["INC0010001"]["correlation_id"] == correlation
