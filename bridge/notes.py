@@ -9,6 +9,7 @@ a redelivery (and a write whose answer was lost).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from .adapters.base import Resolution
 from .alerts import Alert, AlertKind
@@ -27,7 +28,7 @@ from .mapping import (
 from .rules import MappingRules
 from .state.record import Event
 
-__all__ = ["duration", "member_note", "predecessor_line", "quiet_resolution", "reopen_note"]
+__all__ = ["duration", "member_note", "predecessor_line", "quiet_resolution", "reopen_note", "stage_resolution"]
 
 # A note lists at most this many of the changes it reports; the rest are counted.
 _MAX_LISTED = 5
@@ -111,6 +112,36 @@ def quiet_resolution(alert: Alert, rules: MappingRules, quiet: float, reference:
             [
                 f"No repeat of this alert for {duration(quiet)}: the bridge resolved this work item "
                 "(auto-resolve of alerts that never report Resolved).",
+                *_reference(reference),
+                f"[{note_marker(fingerprint(alert))}]",
+            ]
+        )
+    )
+    return Resolution(code=base.code, summary=summary, note=note, close=base.close, fields=base.fields)
+
+
+def stage_resolution(alert: Alert, event: Event, rules: MappingRules, reference: str | None = None) -> Resolution:
+    """The resolution of a Service Health work item: the communication that ended the event,
+    with its stage and text (it carries no resolvedDateTime)."""
+    base = resolution(alert, rules, reference)
+    tracking = _mapping(alert.context.get("properties")).get("trackingId")
+    what = f"tracking ID {tracking}" if isinstance(tracking, str) and tracking else "the event"
+    stage = event.stage or "Resolved"
+    text = _communication(alert)
+    communication = [f"Communication: {text}"] if text else []
+    when = datetime.fromtimestamp(event.when, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    summary = "\n".join(
+        _written(
+            [f"Resolved automatically: Azure Service Health reported {what} as {stage} at {when}.", *communication]
+        )
+    )
+    note = "\n".join(
+        _written(
+            [
+                f"Azure Service Health reported stage {stage} for {what}; the bridge "
+                f"{'closed' if base.close else 'resolved'} this work item.",
+                *communication,
+                f"Portal: {alert.portal_link}",
                 *_reference(reference),
                 f"[{note_marker(fingerprint(alert))}]",
             ]

@@ -688,7 +688,7 @@ class Reconciler:
         ending = threads.resolving_event(record) if over else None
         how = None
         if ending is not None:
-            how = resolution(self._alert(key, ending.fingerprint, cache), self._rules)
+            how = self._resolution_of(key, record, ending, cache, None)
         note_only = how is not None and self._resolution_policy(key, record, cache) == "note-only"
         ci = ci_note = None
         override = configuration_item_override(alert, self._rules)
@@ -816,7 +816,7 @@ class Reconciler:
             self._hold_if_unsettled(record)
         reference = telemetry.current().current_reference()
         if ending is not None:
-            how = resolution(self._alert(key, ending.fingerprint, cache), self._rules, reference)
+            how = self._resolution_of(key, record, ending, cache, reference)
             marker_fp = ending.fingerprint
         else:
             latest = record.fired_events[-1]
@@ -878,6 +878,15 @@ class Reconciler:
             raise
         logger.info("correlationId=%s reopened %s", record.correlation_id, _label(ours.ref))
         self._update(key, owner, lambda r: _reopened(r, refire, wrote, Action.REOPENED, True), fact=True)
+
+    def _resolution_of(
+        self, key: str, record: Record, ending: Event, cache: dict[str, Alert], reference: str | None
+    ) -> Resolution:
+        """How to write the end that ``ending`` reports (a Service Health stage has its own text)."""
+        alert = self._alert(key, ending.fingerprint, cache)
+        if record.thread == threads.SERVICE_HEALTH:
+            return notes.stage_resolution(alert, ending, self._rules, reference)
+        return resolution(alert, self._rules, reference)
 
     def _resolution_policy(self, key: str, record: Record, cache: dict[str, Alert]) -> str:
         """The resolution policy of the record's latest alert's route."""

@@ -274,6 +274,9 @@ def test_service_health_one_incident_from_active_to_resolved(bridge: LocalBridge
     assert "stage Active" in update and "Mitigation in progress" in update
     assert act(bridge, health(3, "Resolved", "2026-03-01T11:00:00Z", "Mitigated")) == ("resolved", "INC0010001")
     assert incidents(snow)["INC0010001"]["state"] == "6"
+    close_notes = incidents(snow)["INC0010001"]["close_notes"]
+    assert "TRK-001 as Resolved at 2026-03-01T11:00:00Z" in close_notes and "Mitigated" in close_notes
+    assert "stage Resolved" in notes(snow, "INC0010001")[-1]
     assert act(bridge, health(4, "RCA", "2026-03-02T09:00:00Z", "Root cause")) == ("ignored", "INC0010001")
     # Active again after the resolve: the same incident is reopened.
     assert act(bridge, health(5, "Active", "2026-03-03T09:00:00Z", "Recurred")) == ("reopened", "INC0010001")
