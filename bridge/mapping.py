@@ -801,10 +801,22 @@ def _service_health_details(alert: Alert) -> list[str]:
     add("Impacted services", _impacted_services(props.get("impactedServices")))
     add("Impact start", props.get("impactStartTime"))
     add("Impact mitigated", props.get("impactMitigationTime"))
-    communication = props.get("communication") or props.get("defaultLanguageContent")
-    if isinstance(communication, str):
-        add("Communication", _cap(_plain(communication[:_MARKUP_MAX_CHARS]), 1_000))
+    communication = communication_text(alert, 1_000)
+    if communication:
+        add("Communication", communication)
     return lines
+
+
+def communication_text(alert: Alert, limit: int) -> str:
+    """A Service Health alert's communication as plain text, at most ``limit`` characters; ""
+    for any other alert, or one without it."""
+    if alert.kind is not AlertKind.SERVICE_HEALTH:
+        return ""
+    props = _mapping(alert.context.get("properties"))
+    communication = props.get("communication") or props.get("defaultLanguageContent")
+    if not isinstance(communication, str):
+        return ""
+    return _cap(_plain(communication[:_MARKUP_MAX_CHARS]), limit)
 
 
 def _resource_health_details(alert: Alert) -> list[str]:

@@ -16,19 +16,28 @@ from .alerts import Alert, AlertKind
 from .correlation import fingerprint, note_marker
 from .mapping import (
     _cap,
+    _iso,
     _mapping,
-    _plain,
     _reference,
     _rule_name,
     _target,
     _written,
+    communication_text,
     resolution,
     update_note,
 )
 from .rules import MappingRules
 from .state.record import Event
 
-__all__ = ["duration", "member_note", "predecessor_line", "quiet_resolution", "reopen_note", "stage_resolution"]
+__all__ = [
+    "duration",
+    "member_note",
+    "members_line",
+    "predecessor_line",
+    "quiet_resolution",
+    "reopen_note",
+    "stage_resolution",
+]
 
 # A note lists at most this many of the changes it reports; the rest are counted.
 _MAX_LISTED = 5
@@ -86,6 +95,16 @@ def reopen_note(alert: Alert, event: Event, resolved_at: float, reference: str |
     return "\n".join([*_written(lines), update_note(alert, reference)])
 
 
+def members_line(alerts: Sequence[Alert]) -> str | None:
+    """The line naming the other alerts a thread's new work item is made for (they arrived
+    before it was created), so every member is named on the work item."""
+    if not alerts:
+        return None
+    shown = [alert.alert_id for alert in alerts[:_MAX_LISTED]]
+    more = f" and {len(alerts) - _MAX_LISTED} more" if len(alerts) > _MAX_LISTED else ""
+    return _written([f"Also in this work item: alert(s) {', '.join(shown)}{more}."])[0]
+
+
 def predecessor_line(previous: dict[str, str | None] | None) -> str | None:
     """The line that names the work item the same condition had before this one."""
     if not previous:
@@ -129,7 +148,7 @@ def stage_resolution(alert: Alert, event: Event, rules: MappingRules, reference:
     stage = event.stage or "Resolved"
     text = _communication(alert)
     communication = [f"Communication: {text}"] if text else []
-    when = datetime.fromtimestamp(event.when, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    when = _iso(datetime.fromtimestamp(event.when, UTC))
     summary = "\n".join(
         _written(
             [f"Resolved automatically: Azure Service Health reported {what} as {stage} at {when}.", *communication]
@@ -151,10 +170,4 @@ def stage_resolution(alert: Alert, event: Event, rules: MappingRules, reference:
 
 
 def _communication(alert: Alert) -> str:
-    if alert.kind is not AlertKind.SERVICE_HEALTH:
-        return ""
-    props = _mapping(alert.context.get("properties"))
-    text = props.get("communication") or props.get("defaultLanguageContent")
-    if not isinstance(text, str):
-        return ""
-    return _cap(_plain(text[:64_000]), _COMMUNICATION_MAX_CHARS)
+    return communication_text(alert, _COMMUNICATION_MAX_CHARS)

@@ -41,7 +41,7 @@ from .correlation import note_marker
 from .deadline import deadline
 from .epoch import StoreEpoch
 from .errors import ItsmError
-from .mapping import build_work_item, configuration_item_override, policy_for, resolution, update_note
+from .mapping import build_work_item, configuration_item_override, resolution, update_note
 from .retry import RetryPolicy, call_with_retry
 from .rules import MappingRules
 from .state.base import StateConflict, StateStore, StateUnavailable, Versioned
@@ -689,7 +689,7 @@ class Reconciler:
         how = None
         if ending is not None:
             how = self._resolution_of(key, record, ending, cache, None)
-        note_only = how is not None and self._resolution_policy(key, record, cache) == "note-only"
+        note_only = how is not None and record.resolution_policy == "note-only"
         ci = ci_note = None
         override = configuration_item_override(alert, self._rules)
         if override is not None:
@@ -712,6 +712,13 @@ class Reconciler:
         follows = notes.predecessor_line(record.previous)
         if follows is not None:
             item = replace(item, description=f"{follows}\n\n{item.description}", note=f"{follows}\n{item.note}")
+        if record.thread is not None:
+            # Other members recorded before the create are in it too: name them on it.
+            joined = [e for e in fired if e.member != latest.member and e.fingerprint not in record.written]
+            others = {e.member: e.fingerprint for e in joined}
+            also = notes.members_line([self._alert(key, fp, cache) for fp in others.values()])
+            if also is not None:
+                item = replace(item, note=f"{also}\n{item.note}")
         if how is not None and note_only:
             # The policy never resolves: the item is made open, its first note saying it is over.
             item, how = replace(item, note=f"{item.note}\n\n{how.note}"), None
@@ -824,7 +831,7 @@ class Reconciler:
                 self._alert(key, latest.fingerprint, cache), self._rules, record.auto_resolve_after, reference
             )
             marker_fp = latest.fingerprint
-        note_only = self._resolution_policy(key, record, cache) == "note-only"
+        note_only = record.resolution_policy == "note-only"
         kind = "note-only" if note_only else _kind(how)
         intent = record.intent
         if note_only and intent is not None and intent.operation == "note" and intent.fingerprint == marker_fp:
@@ -861,7 +868,7 @@ class Reconciler:
             if ours is not None and ours.is_open:
                 # Open again: our reopen landed although its answer was lost, or a person reopened it.
                 action = Action.REOPENED if sent else Action.UPDATED
-                self._update(key, owner, lambda r: _reopened(r, refire, wrote, action, sent), fact=True)
+                self._update(key, owner, lambda r: _reopened(r, refire, wrote, action), fact=True)
             else:
                 self._update(key, owner, lambda r: _left_alone(r, ours, self._wall(), ignore=False), fact=True)
             return
@@ -877,7 +884,7 @@ class Reconciler:
             self._after_write_failed(key, owner, exc)
             raise
         logger.info("correlationId=%s reopened %s", record.correlation_id, _label(ours.ref))
-        self._update(key, owner, lambda r: _reopened(r, refire, wrote, Action.REOPENED, True), fact=True)
+        self._update(key, owner, lambda r: _reopened(r, refire, wrote, Action.REOPENED), fact=True)
 
     def _resolution_of(
         self, key: str, record: Record, ending: Event, cache: dict[str, Alert], reference: str | None
@@ -887,11 +894,6 @@ class Reconciler:
         if record.thread == threads.SERVICE_HEALTH:
             return notes.stage_resolution(alert, ending, self._rules, reference)
         return resolution(alert, self._rules, reference)
-
-    def _resolution_policy(self, key: str, record: Record, cache: dict[str, Alert]) -> str:
-        """The resolution policy of the record's latest alert's route."""
-        latest = (record.fired_events or record.events)[-1]
-        return policy_for(self._alert(key, latest.fingerprint, cache), self._rules).resolution
 
     def _hold_if_unsettled(self, record: Record) -> None:
         """A write whose outcome is unknown and that has not shown up yet may still be on its
@@ -1167,7 +1169,7 @@ def _resolved(record: Record, ending: Event | None, wrote: dict[str, str], kind:
         wrote[event.fingerprint] = record.written[event.fingerprint]
 
 
-def _reopened(record: Record, refire: list[Event], wrote: dict[str, str], action: Action, sent: bool) -> None:
+def _reopened(record: Record, refire: list[Event], wrote: dict[str, str], action: Action) -> None:
     """The item is open again (reopened by us, or found open): the firing is written on it."""
     record.item_open, record.item_status, record.intent = True, None, None
     record.resolution_written, record.resolution_kind = False, None
@@ -1184,7 +1186,7 @@ def _renew(record: Record) -> None:
     if not refire:
         return
     _ignore_rest(record)
-    opener = refire[0]
+    opener = min(refire, key=lambda e: (e.when, e.received_at))
     record.previous = record.item
     record.item, record.item_open, record.item_status = None, False, None
     record.adopted = record.searched = record.resolution_written = False
@@ -1192,11 +1194,6 @@ def _renew(record: Record) -> None:
     record.intent = None
     record.episode += 1
     record.correlation = threads.episode_correlation(record.key, opener.member or opener.fingerprint)
-    if record.thread is None:
-        # One stateless alertId: the events before this firing belong to the earlier work item.
-        for event in record.events:
-            if event.fingerprint not in record.written and event.when < opener.when:
-                record.mark(event.fingerprint, Action.IGNORED, "the earlier work item of this alert is no longer open")
 
 
 def _kind(how: Resolution | None) -> str:

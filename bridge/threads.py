@@ -116,12 +116,6 @@ def resolving_event(record: Record) -> Event | None:
     return record.resolved_event
 
 
-def end_time(record: Record, now: float) -> float:
-    """The alert time the condition ended at (the re-fire window counts from it)."""
-    event = resolving_event(record)
-    return event.when if event is not None else now
-
-
 def refire_events(record: Record) -> list[Event]:
     """Unwritten events that start the condition again after the work item stopped being open:
     newer than its resolution (or than when the bridge saw a person close it). Never for one

@@ -165,9 +165,8 @@ def test_a_stale_firing_delivered_after_the_resolve_reopens_nothing(
     post(bridge, metric(1, "Resolved"))
     # Alert 2 fired (10:02) and resolved (10:04) before alert 1's resolve (10:05); its Fired
     # arrives last. The condition is over: nothing to reopen.
-    assert act(bridge, metric(2, "Resolved", fired="2026-03-01T10:02:00Z", resolved="2026-03-01T10:04:00Z"))[0] in (
-        "ignored",
-    )
+    late_resolve = metric(2, "Resolved", fired="2026-03-01T10:02:00Z", resolved="2026-03-01T10:04:00Z")
+    assert act(bridge, late_resolve)[0] == "ignored"
     assert act(bridge, metric(2, fired="2026-03-01T10:02:00Z"))[0] == "ignored"
     assert list(incidents(snow)) == ["INC0010001"] and incidents(snow)["INC0010001"]["state"] == "6"
 
@@ -336,7 +335,7 @@ def test_a_stateless_alert_is_resolved_after_the_quiet_time_and_a_repeat_opens_t
     record = bridge.reconciler.store.load(key)
     assert record is not None and record.record.due is None  # nothing more to wake for
 
-    assert act(bridge, activity(1, "2099-03-01T10:00:00Z") | {})[0] in ("created",)
+    assert act(bridge, activity(1, "2099-03-01T10:00:00Z"))[0] == "created"
     assert "Follows INC0010001" in list(incidents(snow).values())[-1]["description"]
 
 
